@@ -1,0 +1,35 @@
+# Set-up, tests, demo and benchmarks. `make test` and `make demo` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# one BLAS/torch thread per pytest worker: two workers on two cores
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: setup test demo bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# the pinned CPU build first, so nothing below pulls a CUDA build of torch
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -n 2 --durations=15 tests
+
+demo: setup
+	$(VENV)/bin/zoo train vae_digits --out runs/demo
+
+bench: setup
+	$(PY) -m benchmarks
+
+lint: setup
+	$(VENV)/bin/ruff check zoo guides inference tests benchmarks
+	$(VENV)/bin/ruff format --check zoo guides inference tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,39 @@
+"""ArviZ summaries: R-hat and ESS, divergences, PSIS-LOO."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from inference.posterior import az
+
+__all__ = ["summary", "divergences", "loo"]
+
+
+def summary(idata, var_names: list[str] | None = None):
+    """ArviZ's summary table (mean, sd, HDI, MCSE, ESS bulk/tail, R-hat) as a DataFrame."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # R-hat of a single chain warns; the table says NaN
+        return az.summary(idata, var_names=var_names)
+
+
+def divergences(idata) -> int:
+    """Number of divergent transitions (0 for a variational posterior)."""
+    stats = getattr(idata, "sample_stats", None)
+    if stats is None or "diverging" not in stats:
+        return 0
+    return int(np.asarray(stats["diverging"]).sum())
+
+
+def loo(idata) -> dict[str, float]:
+    """PSIS-LOO: elpd_loo, its standard error, p_loo and the worst Pareto k."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ArviZ warns on high k; the returned k says it
+        result = az.loo(idata, pointwise=True)
+    return {
+        "elpd_loo": float(result["elpd_loo"]),
+        "se": float(result["se"]),
+        "p_loo": float(result["p_loo"]),
+        "max_pareto_k": float(np.max(np.asarray(result["pareto_k"]))),
+    }

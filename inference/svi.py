@@ -1,0 +1,372 @@
+"""Minibatch stochastic variational inference: ``fit(model, guide, data, ...)``."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro.optim.clipped_adam import ClippedAdam
+from torch import nn
+from tqdm.auto import tqdm
+
+from inference.checkpoint import load_checkpoint, save_checkpoint
+from inference.data import Minibatches, full_batch
+from inference.elbos import ELBOS, PairLoss, make_elbo
+
+__all__ = ["fit", "FitResult", "TrainingDiverged", "OPTIMIZERS", "SCHEDULES", "restore"]
+
+OPTIMIZERS = ("adam", "adamw", "clipped_adam")
+SCHEDULES = ("constant", "exponential", "cosine")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; parameters were restored to the last finite state."""
+
+
+@dataclass
+class FitResult:
+    """What a fit produced. ``losses`` are per-step negative-ELBO estimates (full-data
+    scale); ``loss_fn`` holds the trained model and guide parameters."""
+
+    losses: list[float]
+    steps: int
+    epochs: float
+    stopped: str
+    seconds: float
+    loss_fn: PairLoss
+    lrs: list[float] = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float:
+        tail = self.losses[-max(1, min(50, len(self.losses) // 10)) :]
+        return sum(tail) / len(tail)
+
+
+def _optimizer(name: str, params, lr: float, clip_norm: float | None, weight_decay: float):
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    if name == "clipped_adam":
+        return ClippedAdam(params, lr=lr, clip_norm=clip_norm or 10.0, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer '{name}'; valid: {list(OPTIMIZERS)}")
+
+
+def _schedule(name: str, opt, steps: int, final_factor: float):
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    if name == "exponential":
+        gamma = final_factor ** (1.0 / max(1, steps))
+        return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
+    if name == "cosine":
+        base = opt.param_groups[0]["lr"]
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps), base * final_factor)
+    raise ValueError(f"unknown lr_schedule '{name}'; valid: {list(SCHEDULES)}")
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _check_options(
+    steps,
+    epochs,
+    elbo,
+    optimizer,
+    lr,
+    lr_schedule,
+    clip_norm,
+    patience,
+    checkpoint_every,
+    log_every,
+):
+    if steps is None and epochs is None:
+        raise ValueError("give steps or epochs")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if epochs is not None and not epochs > 0:
+        raise ValueError(f"epochs must be positive, got {epochs!r}")
+    if elbo not in ELBOS:
+        raise ValueError(f"unknown elbo '{elbo}'; valid: {sorted(ELBOS)}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer '{optimizer}'; valid: {list(OPTIMIZERS)}")
+    if lr_schedule not in SCHEDULES:
+        raise ValueError(f"unknown lr_schedule '{lr_schedule}'; valid: {list(SCHEDULES)}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"clip_norm must be positive, got {clip_norm!r}")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be >= 1 epoch, got {patience!r}")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every!r}")
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1, got {log_every!r}")
+
+
+def _default_validate() -> bool:
+    return os.environ.get("ZOO_VALIDATE", "0") not in ("", "0", "false", "False")
+
+
+def fit(
+    model: nn.Module,
+    guide: nn.Module,
+    data: Mapping[str, torch.Tensor],
+    *,
+    steps: int | None = None,
+    epochs: float | None = None,
+    batch_size: int | None = None,
+    elbo: str = "trace",
+    num_particles: int = 1,
+    vectorize_particles: bool = True,
+    optimizer: str = "adam",
+    lr: float = 1e-2,
+    weight_decay: float = 0.0,
+    lr_schedule: str = "constant",
+    lr_final_factor: float = 0.1,
+    clip_norm: float | None = None,
+    patience: int | None = None,
+    min_rel_improvement: float = 1e-3,
+    log_every: int = 10,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    meta: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    validate: bool | None = None,
+    callback: Callable[[int, float], None] | None = None,
+) -> FitResult:
+    """Fit ``guide`` to ``model``'s posterior on ``data`` by minibatch SVI.
+
+    :param model: a module called as ``model(batch)`` whose data plate is
+        ``pyro.plate("data", batch.size, subsample=batch.index)``.
+    :param guide: a module called as ``guide(batch)`` (see :func:`guides.build`).
+    :param data: row-aligned tensors (already validated).
+    :param steps: optimisation steps; or ``epochs`` passes over the data.
+    :param batch_size: rows per step (``None``: the whole data set).
+    :param elbo: one of ``trace``, ``jit`` (Trace_ELBO compiled by the PyTorch JIT),
+        ``meanfield``, ``renyi``, ``iwae``, ``graph``, ``enum``.
+    :param num_particles: ELBO particles, vectorized unless ``vectorize_particles=False``.
+    :param optimizer: ``adam``, ``adamw`` or ``clipped_adam``; ``clip_norm`` clips the
+        global gradient norm (per-parameter for ``clipped_adam``).
+    :param lr_schedule: ``constant``, ``exponential`` or ``cosine`` down to
+        ``lr * lr_final_factor`` at the last step.
+    :param patience: stop early when the epoch-mean loss has not improved by
+        ``min_rel_improvement`` (relative) for this many epochs.
+    :param log_every: steps between loss checks, progress updates and NaN guards (the loop
+        does not synchronise with the device in between).
+    :param checkpoint: file to write every ``checkpoint_every`` steps and at the end;
+        with ``resume=True`` training continues exactly from it when it exists.
+    :param validate: Pyro's distribution argument checks (default: off unless the
+        environment sets ``ZOO_VALIDATE=1``, as the test suite does).
+    :raises TrainingDiverged: the loss became NaN/Inf; the parameters are restored to the
+        last finite state (and written to ``checkpoint``) before raising.
+    """
+    _check_options(
+        steps,
+        epochs,
+        elbo,
+        optimizer,
+        lr,
+        lr_schedule,
+        clip_norm,
+        patience,
+        checkpoint_every,
+        log_every,
+    )
+    if validate is None:
+        validate = _default_validate()
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available")
+    pyro.set_rng_seed(seed)
+    model.to(device)
+    guide.to(device)
+    data = {k: v.to(device) for k, v in data.items()}
+    loader = Minibatches(data, batch_size, seed=seed)
+    total = steps if steps is not None else int(math.ceil(epochs * loader.steps_per_epoch))
+
+    elbo_obj = make_elbo(
+        elbo,
+        num_particles=num_particles,
+        vectorize_particles=vectorize_particles,
+        max_plate_nesting=getattr(model, "max_plate_nesting", None),
+    )
+    loss_fn = PairLoss(model, guide, elbo, elbo_obj, list(data), loader.size)
+    with pyro.validation_enabled(validate):
+        loss_fn.initialize(next(_peek(loader)), jit=(elbo == "jit"))
+    params = [p for p in loss_fn.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model and guide have no trainable parameters")
+    opt = _optimizer(optimizer, params, lr, clip_norm, weight_decay)
+    sched = _schedule(lr_schedule, opt, total, lr_final_factor)
+
+    losses: list[float] = []
+    lrs: list[float] = []
+    step = 0
+    best, stale, last_epoch = math.inf, 0, 0
+    epoch_losses: list[float] = []
+    if checkpoint is not None and resume and Path(checkpoint).exists():
+        state, saved = load_checkpoint(checkpoint)
+        loss_fn.load_state_dict(state["module"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loader"])
+        losses = state["losses"].tolist()
+        lrs = state["lrs"].tolist()
+        step = int(saved["step"])
+        best, stale = float(saved["best"]), int(saved["stale"])
+        last_epoch = int(saved["last_epoch"])
+        epoch_losses = state["epoch_losses"].tolist()
+        _set_rng_state(state["rng"])
+
+    def write_checkpoint() -> None:
+        if checkpoint is None:
+            return
+        state = {
+            "module": loss_fn.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "loader": loader.state_dict(),
+            "losses": torch.tensor(losses, dtype=torch.float64),
+            "lrs": torch.tensor(lrs, dtype=torch.float64),
+            "epoch_losses": torch.tensor(epoch_losses, dtype=torch.float64),
+            "rng": _rng_state(),
+        }
+        info = dict(
+            meta or {},
+            step=step,
+            best=best,
+            stale=stale,
+            last_epoch=last_epoch,
+            elbo=elbo,
+            seed=seed,
+            total_steps=total,
+        )
+        save_checkpoint(checkpoint, state, info)
+
+    snapshot = {k: v.detach().clone() for k, v in loss_fn.state_dict().items()}
+    snapshot_step = step
+    pending: list[torch.Tensor] = []
+    stopped = "steps"
+    start = time.perf_counter()
+    bar = tqdm(
+        total=total,
+        initial=step,
+        disable=not progress,
+        desc="svi",
+        unit="step",
+        dynamic_ncols=True,
+        leave=False,
+    )
+    try:
+        with pyro.validation_enabled(validate):
+            while step < total:
+                batch = next(loader)
+                opt.zero_grad(set_to_none=True)
+                pending.append(loss_fn.step_loss(batch))
+                if clip_norm is not None and optimizer != "clipped_adam":
+                    torch.nn.utils.clip_grad_norm_(params, clip_norm, foreach=True)
+                opt.step()
+                lrs.append(sched.get_last_lr()[0])
+                sched.step()
+                step += 1
+                at_epoch_end = loader.position == loader.steps_per_epoch
+                if len(pending) >= log_every or at_epoch_end or step == total:
+                    values = torch.stack(pending).tolist()
+                    pending.clear()
+                    if not all(math.isfinite(v) for v in values):
+                        first_bad = next(i for i, v in enumerate(values) if not math.isfinite(v))
+                        bad_step = step - len(values) + first_bad + 1
+                        loss_fn.load_state_dict(snapshot)
+                        step = snapshot_step
+                        write_checkpoint()
+                        raise TrainingDiverged(
+                            f"loss became {values[first_bad]} at step {bad_step}; parameters "
+                            f"restored to step {snapshot_step} (last finite loss). Try a "
+                            "smaller lr, clip_norm, or check the data."
+                        )
+                    losses.extend(values)
+                    epoch_losses.extend(values)
+                    snapshot = {k: v.detach().clone() for k, v in loss_fn.state_dict().items()}
+                    snapshot_step = step
+                    bar.update(len(values))
+                    bar.set_postfix(loss=f"{values[-1]:.4g}", refresh=False)
+                    if callback is not None:
+                        callback(step, values[-1])
+                if at_epoch_end and loader.epoch + 1 > last_epoch:
+                    last_epoch = loader.epoch + 1
+                    mean = sum(epoch_losses) / max(1, len(epoch_losses))
+                    epoch_losses = []
+                    if patience is not None:
+                        if mean < best - min_rel_improvement * abs(best):
+                            best, stale = mean, 0
+                        else:
+                            stale += 1
+                        if stale >= patience:
+                            stopped = "early_stopping"
+                            break
+                if checkpoint_every is not None and step % checkpoint_every == 0:
+                    write_checkpoint()
+    finally:
+        bar.close()
+    write_checkpoint()
+    return FitResult(
+        losses=losses,
+        steps=step,
+        epochs=step / loader.steps_per_epoch,
+        stopped=stopped,
+        seconds=time.perf_counter() - start,
+        loss_fn=loss_fn,
+        lrs=lrs,
+    )
+
+
+def _peek(loader: Minibatches):
+    """The first batch the loader will give, without moving it (the state is restored)."""
+    state = loader.state_dict()
+    yield next(loader)
+    loader.load_state_dict(state)
+
+
+def restore(
+    model: nn.Module,
+    guide: nn.Module,
+    data: Mapping[str, torch.Tensor],
+    checkpoint: str | os.PathLike,
+) -> dict[str, Any]:
+    """Load a checkpoint's parameters into ``model`` and ``guide`` (built as for training).
+    Returns the checkpoint's metadata."""
+    state, meta = load_checkpoint(checkpoint)
+    size = len(next(iter(data.values())))
+    elbo_name = meta.get("elbo", "trace")
+    loss_fn = PairLoss(model, guide, elbo_name, make_elbo("trace"), list(data), size)
+    with torch.no_grad():
+        guide(full_batch(data))
+    missing, unexpected = loss_fn.load_state_dict(state["module"], strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint '{checkpoint}' was written for another model or guide: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return meta

@@ -1,0 +1,21 @@
+"""latent-zoo: latent-variable models from recent papers as Pyro models plus guides."""
+
+from zoo import eight_schools, vae_digits  # noqa: F401  (registers the models)
+from zoo.base import DATA_PLATE, ConfigError, ZooModel
+from zoo.priors import PriorError, parse_prior
+from zoo.registry import create, get, list_models, register
+
+list = list_models  # noqa: A001  (``zoo.list()`` as in the design)
+
+__all__ = [
+    "DATA_PLATE",
+    "ConfigError",
+    "PriorError",
+    "ZooModel",
+    "create",
+    "get",
+    "list",
+    "list_models",
+    "parse_prior",
+    "register",
+]
