@@ -29,10 +29,11 @@ def log_weights_per_row(
     local latents and observations only; a model's global sites are not part of it.
     """
     size = len(next(iter(data.values())))
+    device = next(iter(data.values())).device
     rows = []
     with torch.no_grad():
         for start in range(0, size, chunk):
-            index = torch.arange(start, min(size, start + chunk))
+            index = torch.arange(start, min(size, start + chunk), device=device)
             batch = Batch({k: v[index] for k, v in data.items()}, index=index, size=size)
             rows.append(_chunk_log_weights(model, guide, batch, num_particles))
     return torch.cat(rows, dim=-1)
@@ -52,7 +53,7 @@ def _chunk_log_weights(model, guide, batch: Batch, num_particles: int) -> torch.
     model_trace = poutine.trace(poutine.replay(vectorized(model), trace=guide_trace)).get_trace(
         batch
     )
-    total = torch.zeros(num_particles, batch.batch_size)
+    total = torch.zeros(num_particles, batch.batch_size, device=batch.index.device)
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
         for site in trace.nodes.values():
             if site["type"] != "sample" or site["infer"].get("_deterministic"):

@@ -86,7 +86,7 @@ def _replay(model: nn.Module, draws: Mapping[str, torch.Tensor], batch, names, m
             posterior_samples=dict(draws),
             parallel=True,
         ).get_vectorized_trace(batch)
-        lp = torch.zeros(num)
+        lp = torch.zeros(num, device=batch.index.device)
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
                 continue

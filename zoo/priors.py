@@ -61,15 +61,15 @@ def check_override(site: str, default: dist.Distribution, override: object) -> d
             f"prior for site '{site}' must be a pyro.distributions Distribution, "
             f"got {type(override).__name__}"
         )
-    if not _same_support(default.support, override.support):
-        raise PriorError(
-            f"prior for site '{site}' must have support {support_name(default.support)}; "
-            f"{type(override).__name__} has support {support_name(override.support)}"
-        )
     if override.event_shape != default.event_shape:
         raise PriorError(
             f"prior for site '{site}' must have event shape {tuple(default.event_shape)}; "
             f"got {tuple(override.event_shape)}"
+        )
+    if not _same_support(default.support, override.support):
+        raise PriorError(
+            f"prior for site '{site}' must have support {support_name(default.support)}; "
+            f"{type(override).__name__} has support {support_name(override.support)}"
         )
     try:
         torch.broadcast_shapes(override.batch_shape, default.batch_shape)

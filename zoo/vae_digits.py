@@ -47,7 +47,7 @@ class VAEDigits(ZooModel):
         likelihood: str = "bernoulli"
         batch_size: int = 128
         lr: float = 1e-3
-        epochs: float = 60.0
+        epochs: float = 300.0
 
     def __init__(self, config=None, *, priors=None, **overrides):
         super().__init__(config, priors=priors, **overrides)
