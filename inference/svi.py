@@ -180,7 +180,7 @@ def fit(
     :param validate: Pyro's distribution argument checks (default: off unless the
         environment sets ``ZOO_VALIDATE=1``, as the test suite does).
     :raises TrainingDiverged: the loss became NaN/Inf; the parameters are restored to the
-        last finite state (and written to ``checkpoint``) before raising.
+        last finite state before raising, and the last checkpoint on disk is left as it was.
     """
     _check_options(
         steps,
@@ -214,7 +214,7 @@ def fit(
     )
     loss_fn = PairLoss(model, guide, elbo, elbo_obj, list(data), loader.size)
     with pyro.validation_enabled(validate):
-        loss_fn.initialize(next(_peek(loader)), jit=(elbo == "jit"))
+        loss_fn.initialize(_peek(loader), jit=(elbo == "jit"))
     params = [p for p in loss_fn.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model and guide have no trainable parameters")
@@ -292,7 +292,8 @@ def fit(
                 sched.step()
                 step += 1
                 at_epoch_end = loader.position == loader.steps_per_epoch
-                if len(pending) >= log_every or at_epoch_end or step == total:
+                checkpoint_due = checkpoint_every is not None and step % checkpoint_every == 0
+                if len(pending) >= log_every or at_epoch_end or checkpoint_due or step == total:
                     values = torch.stack(pending).tolist()
                     pending.clear()
                     if not all(math.isfinite(v) for v in values):
@@ -300,7 +301,8 @@ def fit(
                         bad_step = step - len(values) + first_bad + 1
                         loss_fn.load_state_dict(snapshot)
                         step = snapshot_step
-                        write_checkpoint()
+                        del lrs[len(losses) :]
+                        # the checkpoint on disk (if any) predates the divergence: keep it
                         raise TrainingDiverged(
                             f"loss became {values[first_bad]} at step {bad_step}; parameters "
                             f"restored to step {snapshot_step} (last finite loss). Try a "
@@ -326,7 +328,7 @@ def fit(
                         if stale >= patience:
                             stopped = "early_stopping"
                             break
-                if checkpoint_every is not None and step % checkpoint_every == 0:
+                if checkpoint_due:
                     write_checkpoint()
     finally:
         bar.close()
@@ -343,10 +345,11 @@ def fit(
 
 
 def _peek(loader: Minibatches):
-    """The first batch the loader will give, without moving it (the state is restored)."""
+    """The first batch the loader will give, without moving the loader."""
     state = loader.state_dict()
-    yield next(loader)
+    batch = next(loader)
     loader.load_state_dict(state)
+    return batch
 
 
 def restore(
