@@ -14,6 +14,7 @@ import torch
 from pyro import poutine
 from pyro.infer import autoguide
 from pyro.nn import PyroModule
+from pyro.poutine.subsample_messenger import _Subsample
 
 from guides.encoders import NormalEncoder, as_pyro_module, mlp
 
@@ -81,7 +82,10 @@ class SwappedGuide(PyroModule):
         with poutine.block():
             trace = poutine.trace(global_model).get_trace(batch)
         self._has_globals = any(
-            site["type"] == "sample" and not site["is_observed"] for site in trace.nodes.values()
+            site["type"] == "sample"
+            and not site["is_observed"]
+            and not isinstance(site["fn"], _Subsample)  # a plate's subsample site
+            for site in trace.nodes.values()
         )
         if self._has_globals:
             self.global_guide = self._factory(global_model, **self._options)

@@ -47,7 +47,7 @@ def make_elbo(
         kwargs["vectorize_particles"] = vectorize_particles
     if max_plate_nesting is not None:
         kwargs["max_plate_nesting"] = max_plate_nesting
-    if name != "enum":
+    if name not in ("enum", "renyi", "iwae"):  # RenyiELBO takes no ignore_jit_warnings
         kwargs["ignore_jit_warnings"] = True
     return cls(**kwargs)
 
@@ -98,9 +98,11 @@ class PairLoss(nn.Module):
     def initialize(self, batch: Batch, *, jit: bool = False) -> None:
         """Create lazily initialised guide parameters and, for ``jit``, trace the loss."""
         with torch.no_grad():
-            self._loss(batch) if self.elbo_name in _DIFFERENTIABLE else self.pair.guide(
-                *self._args(batch)
-            )
+            # (TraceEnum_ELBO refuses to compute a loss that needs no gradient)
+            if self.elbo_name in _DIFFERENTIABLE and self.elbo_name != "enum":
+                self._loss(batch)
+            else:
+                self.pair.guide(*self._args(batch))
         if jit:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

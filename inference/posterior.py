@@ -63,7 +63,8 @@ def draw_latents(
             parallel=True,
             return_sites=names["latent"],
         )
-        return {k: v.detach() for k, v in predictive(batch).items()}
+        mpn = int(getattr(model, "max_plate_nesting", 1))
+        return {k: _per_draw(v.detach(), num_draws, mpn) for k, v in predictive(batch).items()}
 
 
 def _sum_to(log_prob: torch.Tensor, keep: int) -> torch.Tensor:
@@ -91,7 +92,7 @@ def _replay(model: nn.Module, draws: Mapping[str, torch.Tensor], batch, names, m
             if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
                 continue
             if site["infer"].get("_deterministic"):
-                out["deterministic"][name] = _per_draw(site["value"], num, site["fn"], mpn)
+                out["deterministic"][name] = _per_draw(site["value"], num, mpn)
                 continue
             log_prob = site["fn"].log_prob(site["value"]).expand(site["fn"].batch_shape)
             log_prob = log_prob.reshape((num,) + log_prob.shape[1:])
@@ -100,12 +101,12 @@ def _replay(model: nn.Module, draws: Mapping[str, torch.Tensor], batch, names, m
                 # pointwise over the data plate (dim -1), summed over inner plates
                 out["log_lik"][name] = _sum_to(log_prob.movedim(-1, 1), 2)
                 # y_rep ~ p(y | draw): the observed site's distribution under each draw
-                out["predictive"][name] = _per_draw(site["fn"].sample(), num, site["fn"], mpn)
+                out["predictive"][name] = _per_draw(site["fn"].sample(), num, mpn)
     out["lp"] = lp
     return out
 
 
-def _per_draw(value: torch.Tensor, num: int, fn, mpn: int) -> torch.Tensor:
+def _per_draw(value: torch.Tensor, num: int, mpn: int) -> torch.Tensor:
     """Drop the singleton plate dimensions that broadcasting against the draws plate (at
     dim -(mpn+1)) left between the draws dimension and the site's own dimensions."""
     value = value.reshape((num,) + value.shape[1:]) if value.dim() else value.expand(num)

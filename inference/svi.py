@@ -64,11 +64,14 @@ def _schedule(name: str, opt, steps: int, final_factor: float):
     if name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     if name == "exponential":
-        gamma = final_factor ** (1.0 / max(1, steps))
+        # the last of ``steps`` steps runs at lr * final_factor
+        gamma = final_factor ** (1.0 / max(1, steps - 1))
         return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
     if name == "cosine":
         base = opt.param_groups[0]["lr"]
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps), base * final_factor)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, max(1, steps - 1), base * final_factor
+        )
     raise ValueError(f"unknown lr_schedule '{name}'; valid: {list(SCHEDULES)}")
 
 
@@ -321,7 +324,8 @@ def fit(
                     mean = sum(epoch_losses) / max(1, len(epoch_losses))
                     epoch_losses = []
                     if patience is not None:
-                        if mean < best - min_rel_improvement * abs(best):
+                        # (best starts at inf, where inf - inf would be nan)
+                        if best == math.inf or mean < best - min_rel_improvement * abs(best):
                             best, stale = mean, 0
                         else:
                             stale += 1

@@ -70,7 +70,8 @@ class VAEDigits(ZooModel):
             if self.config.likelihood == "bernoulli"
             else constraints.unit_interval
         )
-        return {"x": Field(shape=(64,), support=support, doc="8x8 image, pixels in [0, 1]")}
+        doc = "8x8 image: binary pixels, or in [0, 1] for the continuous Bernoulli"
+        return {"x": Field(shape=(64,), support=support, doc=doc)}
 
     def default_priors(self) -> dict[str, dist.Distribution]:
         return {"z": dist.Normal(0.0, 1.0).expand([self.config.latent_dim]).to_event(1)}

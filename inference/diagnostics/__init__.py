@@ -1,5 +1,18 @@
 """Posterior diagnostics: ArviZ where ArviZ has them, plus what the zoo adds."""
 
+from inference.diagnostics.collapse import latent_activity
+from inference.diagnostics.khat import guide_khat, khat_verdict, pointwise_khat
+from inference.diagnostics.sbc import SBCResult, sbc
 from inference.diagnostics.summary import divergences, loo, summary
 
-__all__ = ["divergences", "loo", "summary"]
+__all__ = [
+    "SBCResult",
+    "divergences",
+    "guide_khat",
+    "khat_verdict",
+    "latent_activity",
+    "loo",
+    "pointwise_khat",
+    "sbc",
+    "summary",
+]

@@ -1,0 +1,130 @@
+"""Diagnostic figures, each saved as a PNG whose path is returned.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas, not
+through pyplot's global state, so they work headless and leave no open figures behind.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from inference.posterior import az
+
+__all__ = ["plot_elbo", "plot_ppc", "plot_rank_histogram", "plot_trace"]
+
+
+def _figure(**kwargs) -> Figure:
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
+    return path
+
+
+def plot_elbo(losses: Sequence[float], path: str | os.PathLike) -> Path:
+    """Training loss (negative ELBO) per step, with a running mean; log scale when the
+    losses are all positive and span more than a decade."""
+    losses = np.asarray(losses, dtype=float)
+    if losses.size == 0:
+        raise ValueError("no losses to plot")
+    fig = _figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    steps = np.arange(1, losses.size + 1)
+    ax.plot(steps, losses, lw=0.6, alpha=0.5, label="loss")
+    window = max(1, losses.size // 50)
+    if window > 1:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"mean of {window}")
+    finite = losses[np.isfinite(losses)]
+    if finite.size and finite.min() > 0 and finite.max() / finite.min() > 10:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("negative ELBO")
+    ax.legend(loc="upper right")
+    return _save(fig, path)
+
+
+def plot_ppc(
+    idata,
+    path: str | os.PathLike,
+    *,
+    var_names: Sequence[str] | None = None,
+    num_pp_samples: int = 50,
+    kind: str = "kde",
+    seed: int = 0,
+) -> Path:
+    """ArviZ posterior predictive check (observed vs replicated data), using only
+    ``num_pp_samples`` predictive draws so high-dimensional observations stay fast."""
+    names = list(var_names) if var_names is not None else list(idata.observed_data.data_vars)
+    if not names:
+        raise ValueError("the InferenceData has no observed data to check")
+    total = idata.posterior_predictive.sizes["chain"] * idata.posterior_predictive.sizes["draw"]
+    fig = _figure(figsize=(5 * len(names), 3.5))
+    axes = [fig.add_subplot(1, len(names), i + 1) for i in range(len(names))]
+    az.plot_ppc(
+        idata,
+        var_names=names,
+        kind=kind,
+        num_pp_samples=int(min(num_pp_samples, total)),
+        random_seed=seed,
+        ax=np.asarray(axes),
+        show=False,
+    )
+    return _save(fig, path)
+
+
+def plot_rank_histogram(result, path: str | os.PathLike, *, max_panels: int = 12) -> Path:
+    """SBC rank histograms (one panel per scalar component, the first ``max_panels``), with
+    the uniform expectation and its 99% band; the title gives the uniformity p-value."""
+    from scipy import stats
+
+    from inference.diagnostics.sbc import rank_histogram
+
+    names = list(result.ranks)[:max_panels]
+    if not names:
+        raise ValueError("the SBC result has no ranks")
+    bins = result.bins or max(2, min(20, result.num_replicates // 5, result.num_draws + 1))
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig = _figure(figsize=(3.2 * cols, 2.6 * rows))
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        observed, expected = rank_histogram(result.ranks[name], result.num_draws, bins)
+        n = len(result.ranks[name])
+        ax.bar(np.arange(bins), observed, width=0.9, color="C0")
+        lo = stats.binom.ppf(0.005, n, expected / n)
+        hi = stats.binom.ppf(0.995, n, expected / n)
+        ax.fill_between(np.arange(bins), lo, hi, step="mid", color="0.7", alpha=0.5, lw=0)
+        ax.plot(np.arange(bins), expected, color="k", lw=1, drawstyle="steps-mid")
+        ax.set_title(f"{name}  p={result.pvalues[name]:.3g}", fontsize=9)
+        ax.set_xticks([])
+    fig.suptitle(f"SBC ranks ({result.num_draws} draws, {result.num_replicates} replicates)")
+    return _save(fig, path)
+
+
+def plot_trace(idata, path: str | os.PathLike, var_names: Sequence[str] | None = None) -> Path:
+    """ArviZ trace plot (densities per chain and draws in order), for MCMC runs."""
+    names = list(var_names) if var_names is not None else list(idata.posterior.data_vars)
+    if not names:
+        raise ValueError("the InferenceData has no posterior variables")
+    fig = _figure(figsize=(10, 2.2 * len(names)))
+    axes = np.asarray(
+        [
+            [fig.add_subplot(len(names), 2, 2 * i + j + 1) for j in range(2)]
+            for i in range(len(names))
+        ]
+    )
+    az.plot_trace(idata, var_names=names, axes=axes, compact=True, show=False)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,49 @@
+"""Every tutorial notebook runs end to end in smoke mode (ZOO_SMOKE=1: tiny step counts)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+TUTORIALS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("*.ipynb"))
+
+
+def test_python3_kernel_is_found():
+    # ipykernel (a dev extra) installs the 'python3' spec into the environment, and
+    # jupyter_client falls back to the running interpreter for 'python3' regardless
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    assert KernelSpecManager().get_kernel_spec("python3").language == "python"
+
+
+def test_there_are_tutorials():
+    names = {p.stem for p in TUTORIALS}
+    assert {"eight_schools", "vae_digits"} <= names
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_tutorial_runs_in_smoke_mode(path, monkeypatch):
+    monkeypatch.setenv("ZOO_SMOKE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(path, as_version=4)
+    assert any("ZOO_SMOKE" in cell.source for cell in nb.cells if cell.cell_type == "code")
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    client.execute()
+    errors = [
+        out
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "error"
+    ]
+    assert not errors
+    assert os.environ["ZOO_SMOKE"] == "1"

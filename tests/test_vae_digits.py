@@ -1,0 +1,212 @@
+"""vae_digits: shapes, site match, guide and prior swaps, a held-out ELBO floor and a
+recovery test against a known decoder whose exact log-likelihood is computed by quadrature."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.poutine.subsample_messenger import _Subsample
+
+import guides
+import zoo
+from inference.data import full_batch
+from inference.evaluation import elbo_per_row
+from inference.svi import fit
+
+
+def _latent_sites(trace):
+    return {
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and not isinstance(site["fn"], _Subsample)
+        and not site["is_observed"]
+        and not site["infer"].get("_deterministic")
+    }
+
+
+def _traces(model, guide, batch):
+    with torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(batch)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
+    return model_trace, guide_trace
+
+
+def _split(data, seed=0, holdout=0.15):
+    perm = torch.randperm(len(data["x"]), generator=torch.Generator().manual_seed(seed))
+    n_train = int(round((1 - holdout) * len(perm)))
+    train = {k: v[perm[:n_train]] for k, v in data.items()}
+    test = {k: v[perm[n_train:]] for k, v in data.items()}
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return zoo.create("vae_digits").default_data()
+
+
+def test_trace_shapes(digits):
+    model = zoo.create("vae_digits", latent_dim=3, hidden=(32,))
+    batch = full_batch({"x": digits["x"][:16]})
+    model_trace, guide_trace = _traces(model, model.guide, batch)
+    assert guide_trace.nodes["z"]["value"].shape == (16, 3)
+    assert model_trace.nodes["z"]["value"].shape == (16, 3)
+    assert model_trace.nodes["x"]["value"].shape == (16, 64)
+    assert model_trace.nodes["x"]["is_observed"]
+    # the model replays the guide's z
+    assert torch.equal(model_trace.nodes["z"]["value"], guide_trace.nodes["z"]["value"])
+
+
+def test_model_and_guide_sites_match(digits):
+    model = zoo.create("vae_digits", hidden=(32,))
+    batch = full_batch({"x": digits["x"][:8]})
+    model_trace, guide_trace = _traces(model, model.guide, batch)
+    assert _latent_sites(guide_trace) == _latent_sites(model_trace) == {"z"}
+    assert _latent_sites(model_trace) == set(model.local_sites)
+
+
+def test_elbo_is_finite(digits):
+    model = zoo.create("vae_digits", hidden=(32,))
+    pyro.set_rng_seed(0)
+    elbo = elbo_per_row(model, model.guide, {"x": digits["x"][:64]}, num_particles=4)
+    assert elbo.shape == (64,)
+    assert torch.isfinite(elbo).all()
+    # 64 Bernoulli pixels: an ELBO is a log-probability bound, so it is negative
+    assert (elbo < 0).all()
+
+
+@pytest.mark.parametrize("kind", sorted(guides.KINDS))
+def test_guide_swap_trains(kind, digits):
+    model = zoo.create("vae_digits", latent_dim=2, hidden=(16,))
+    guide = guides.build(kind, model)
+    result = fit(model, guide, {"x": digits["x"][:256]}, steps=5, batch_size=64, progress=False)
+    assert len(result.losses) == 5
+    assert all(math.isfinite(v) for v in result.losses)
+    model_trace, guide_trace = _traces(model, guide, full_batch({"x": digits["x"][:4]}))
+    assert _latent_sites(guide_trace) == _latent_sites(model_trace) == {"z"}
+
+
+def test_encoder_swap(digits):
+    model = zoo.create("vae_digits", latent_dim=2, hidden=(16,))
+    encoder = guides.NormalEncoder(64, 2, (8, 8))
+    guide = guides.build("normal", model, encoder=encoder)
+    assert model.encoder is encoder
+    result = fit(model, guide, {"x": digits["x"][:256]}, steps=5, batch_size=64, progress=False)
+    assert all(math.isfinite(v) for v in result.losses)
+    # the swapped encoder's parameters are the ones being trained
+    trained = {id(p) for p in result.loss_fn.parameters()}
+    assert all(id(p) in trained for p in encoder.parameters())
+
+
+def test_bad_encoder_swaps_are_refused():
+    model = zoo.create("vae_digits", latent_dim=2, hidden=(16,))
+    with pytest.raises(guides.GuideError, match="encoder"):
+        guides.build("normal", model, encoder="not a module")
+    with pytest.raises(guides.GuideError, match="no local latents"):
+        guides.build("normal", zoo.create("eight_schools"), encoder=guides.NormalEncoder(8, 1))
+    with pytest.raises(guides.GuideError, match="unknown guide kind"):
+        guides.build("nonsense", model)
+
+
+def test_prior_swap_is_used(digits):
+    d = 3
+    laplace = dist.Laplace(0.0, 1.0).expand([d]).to_event(1)
+    model = zoo.create("vae_digits", latent_dim=d, hidden=(16,), priors={"z": laplace})
+    model_trace, _ = _traces(model, model.guide, full_batch({"x": digits["x"][:8]}))
+    site = model_trace.nodes["z"]
+    expected = torch.distributions.Laplace(0.0, 1.0).log_prob(site["value"]).sum(-1)
+    assert torch.allclose(site["fn"].log_prob(site["value"]), expected)
+    normal = torch.distributions.Normal(0.0, 1.0).log_prob(site["value"]).sum(-1)
+    assert not torch.allclose(site["fn"].log_prob(site["value"]), normal)
+
+
+def test_bad_prior_swaps_are_refused():
+    d = 3
+    with pytest.raises(zoo.PriorError, match="event shape"):
+        zoo.create("vae_digits", latent_dim=d, priors={"z": dist.Laplace(0.0, 1.0).expand([d + 1])})
+    with pytest.raises(zoo.PriorError, match="event shape"):
+        zoo.create(
+            "vae_digits",
+            latent_dim=d,
+            priors={"z": dist.Laplace(0.0, 1.0).expand([d + 1]).to_event(1)},
+        )
+    with pytest.raises(zoo.PriorError, match="support"):
+        zoo.create(
+            "vae_digits", latent_dim=d, priors={"z": dist.Gamma(1.0, 1.0).expand([d]).to_event(1)}
+        )
+    with pytest.raises(zoo.PriorError, match="unknown prior site"):
+        zoo.create("vae_digits", priors={"w": dist.Normal(0.0, 1.0)})
+
+
+# Measured (2025, CPU, seeds 0-2 of fit, this split, 1000 steps of batch 128, lr 1e-3): held-out
+# elbo_per_image -23.2 / -23.9 / -24.0; the untrained model gives -49.3. The floor leaves ~2 nats
+# of margin for platform and seed noise and sits far above the untrained value.
+HELDOUT_ELBO_FLOOR = -26.0
+
+
+def test_heldout_elbo_floor(digits):
+    train, test = _split(digits, seed=0)
+    assert len(test["x"]) == 270
+    model = zoo.create("vae_digits")
+    guide = model.guide
+    pyro.set_rng_seed(0)
+    untrained = float(elbo_per_row(model, guide, test, num_particles=10).mean())
+    assert untrained < HELDOUT_ELBO_FLOOR - 10, "the floor must fail for an untrained model"
+    fit(model, guide, train, steps=1000, batch_size=128, lr=1e-3, progress=False, log_every=50)
+    pyro.set_rng_seed(0)
+    metrics = model.evaluate(guide, test)
+    assert metrics["elbo_per_image"] > HELDOUT_ELBO_FLOOR, metrics
+    # the 100-sample IWAE bound is (up to Monte Carlo noise) at least the ELBO
+    assert metrics["iwae100_per_image"] > metrics["elbo_per_image"] - 0.5
+
+
+# ----- recovery: data from a known linear decoder with a 2-d latent ---------------------------
+
+
+def _simulate(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    weight = 1.5 * torch.randn(64, 2, generator=g)
+    bias = torch.randn(64, generator=g)
+    z = torch.randn(n, 2, generator=g)
+    x = torch.bernoulli(torch.sigmoid(z @ weight.T + bias), generator=g)
+    return weight, bias, x
+
+
+def _true_log_likelihood(weight, bias, x, half_width=6.0, points=301):
+    """log p(x_n) under the true model by quadrature on a 2-d grid over z (the posterior
+    sd is ~0.2, the grid spacing 0.04, so the sum is exact to well under 0.01 nats)."""
+    t = torch.linspace(-half_width, half_width, points, dtype=torch.float64)
+    z = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
+    log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    logits = z @ weight.double().T + bias.double()
+    x = x.double()
+    log_lik = x @ torch.nn.functional.logsigmoid(logits).T
+    log_lik = log_lik + (1 - x) @ torch.nn.functional.logsigmoid(-logits).T  # (N, G)
+    cell = float((t[1] - t[0]) ** 2)
+    return torch.logsumexp(log_lik + log_prior, dim=-1) + math.log(cell)
+
+
+# Measured (fit seeds 0-2): true held-out log p(x) -33.14 nats/image; fitted ELBO -33.37..-33.42
+# (gap 0.23-0.28), fitted IWAE-100 -33.24..-33.25 (gap ~0.1). Tolerances: 1.0 nat for the ELBO,
+# 0.6 for IWAE; an untrained model is ~20 nats off.
+ELBO_TOLERANCE = 1.0
+IWAE_TOLERANCE = 0.6
+
+
+def test_recovers_known_decoder_likelihood():
+    weight, bias, x = _simulate(2000, seed=0)
+    train, test = {"x": x[:1700]}, {"x": x[1700:]}
+    truth = float(_true_log_likelihood(weight, bias, test["x"]).mean())
+    model = zoo.create("vae_digits", latent_dim=2, hidden=())  # linear decoder: same family
+    guide = guides.build("default", model, encoder=guides.NormalEncoder(64, 2, (64,)))
+    pyro.set_rng_seed(0)
+    untrained = float(elbo_per_row(model, guide, test, num_particles=10).mean())
+    assert untrained < truth - 5 * ELBO_TOLERANCE
+    fit(model, guide, train, steps=1500, batch_size=128, lr=1e-2, progress=False, log_every=50)
+    pyro.set_rng_seed(0)
+    metrics = model.evaluate(guide, test)
+    assert abs(metrics["elbo_per_image"] - truth) < ELBO_TOLERANCE, (metrics, truth)
+    assert abs(metrics["iwae100_per_image"] - truth) < IWAE_TOLERANCE, (metrics, truth)
