@@ -25,8 +25,8 @@ class GuideError(ValueError):
     """A guide request that cannot be met: the message names the kind or option."""
 
 
-def _normal(model: Callable, init_scale: float = 0.05) -> autoguide.AutoGuide:
-    return autoguide.AutoNormal(model, init_scale=init_scale)
+def _normal(model: Callable, init_scale: float = 0.05, **kwargs) -> autoguide.AutoGuide:
+    return autoguide.AutoNormal(model, init_scale=init_scale, **kwargs)
 
 
 def _lowrank(model: Callable, rank: int | None = None, init_scale: float = 0.05):
@@ -42,8 +42,12 @@ def _flow(model: Callable, num_transforms: int = 2, hidden_dim: int | None = Non
     return autoguide.AutoIAFNormal(model, hidden_dim=hidden, num_transforms=num_transforms)
 
 
-def _delta(model: Callable):
-    return autoguide.AutoDelta(model)
+def _delta(model: Callable, **kwargs):
+    return autoguide.AutoDelta(model, **kwargs)
+
+
+#: families with one parameter per row under the data plate, indexed by the batch's rows
+_FOLLOW_BATCH = ("normal", "delta")
 
 
 #: guide kind -> AutoGuide factory for the global sites (``default`` is the model's own)
@@ -88,7 +92,12 @@ class SwappedGuide(PyroModule):
             for site in trace.nodes.values()
         )
         if self._has_globals:
-            self.global_guide = self._factory(global_model, **self._options)
+            options = dict(self._options)
+            if self.kind in _FOLLOW_BATCH and hasattr(self._zoo_model, "data_plate"):
+                # the guide's data plate follows the batch's rows: without it an AutoGuide
+                # subsamples its per-row parameters at random, not at ``batch.index``
+                options.setdefault("create_plates", self._zoo_model.data_plate)
+            self.global_guide = self._factory(global_model, **options)
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
         if self._has_globals is None:

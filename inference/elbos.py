@@ -11,7 +11,7 @@ from torch import nn
 
 from inference.data import Batch
 
-__all__ = ["ELBOS", "make_elbo", "FlatBatch", "PairLoss"]
+__all__ = ["ELBOS", "ELBO_NAMES", "make_elbo", "resolve_elbo", "FlatBatch", "PairLoss"]
 
 #: ELBO name -> (Pyro class, extra kwargs). ``jit`` is Trace_ELBO traced by the PyTorch JIT.
 ELBOS: dict[str, tuple[type, dict]] = {
@@ -23,6 +23,20 @@ ELBOS: dict[str, tuple[type, dict]] = {
     "graph": (infer.TraceGraph_ELBO, {}),
     "enum": (infer.TraceEnum_ELBO, {}),
 }
+
+#: names ``fit`` accepts: ``auto`` picks the fastest correct path for the model
+ELBO_NAMES = ("auto", *ELBOS)
+
+
+def resolve_elbo(name: str, model: nn.Module) -> str:
+    """``auto`` -> ``jit`` for a model that declares ``static_structure`` (its sites and
+    shapes never depend on data values, so a traced loss stays correct), else ``trace``."""
+    if name not in ELBO_NAMES:
+        raise ValueError(f"unknown elbo '{name}'; valid: {list(ELBO_NAMES)}")
+    if name != "auto":
+        return name
+    return "jit" if getattr(model, "static_structure", False) else "trace"
+
 
 # ELBOs whose differentiable_loss gives the gradient directly (others use loss_and_grads)
 _DIFFERENTIABLE = {"trace", "jit", "meanfield", "enum"}
@@ -106,11 +120,18 @@ class PairLoss(nn.Module):
         if jit:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._compiled = torch.jit.trace(self.pair, self._args(batch), check_trace=False)
+                traced = torch.jit.trace(self.pair, self._args(batch), check_trace=False)
+            # kept out of the module tree: it shares the pair's parameters, and state_dict
+            # must list each of them once
+            object.__setattr__(self, "_compiled", traced)
 
     def _loss(self, batch: Batch) -> torch.Tensor:
-        fn = self._compiled if self._compiled is not None else self.pair
-        return fn(*self._args(batch))
+        if self._compiled is None:
+            return self.pair(*self._args(batch))
+        # The traced graph runs as recorded: the graph executor's profiling and fusion
+        # passes cost more than they save on a CPU (measured in benchmarks/vae_step.py).
+        with torch.jit.optimized_execution(False):
+            return self._compiled(*self._args(batch))
 
     def step_loss(self, batch: Batch) -> torch.Tensor:
         if self.elbo_name in _DIFFERENTIABLE:

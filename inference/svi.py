@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from inference.checkpoint import load_checkpoint, save_checkpoint
 from inference.data import Minibatches, full_batch
-from inference.elbos import ELBOS, PairLoss, make_elbo
+from inference.elbos import ELBO_NAMES, PairLoss, make_elbo, resolve_elbo
 
 __all__ = ["fit", "FitResult", "TrainingDiverged", "OPTIMIZERS", "SCHEDULES", "restore"]
 
@@ -51,10 +51,13 @@ class FitResult:
 
 
 def _optimizer(name: str, params, lr: float, clip_norm: float | None, weight_decay: float):
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        try:
+            # one fused kernel for all parameters: half the time of foreach Adam on a CPU
+            return cls(params, lr=lr, weight_decay=weight_decay, fused=True)
+        except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+            return cls(params, lr=lr, weight_decay=weight_decay, foreach=True)
     if name == "clipped_adam":
         return ClippedAdam(params, lr=lr, clip_norm=clip_norm or 10.0, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer '{name}'; valid: {list(OPTIMIZERS)}")
@@ -62,7 +65,7 @@ def _optimizer(name: str, params, lr: float, clip_norm: float | None, weight_dec
 
 def _schedule(name: str, opt, steps: int, final_factor: float):
     if name == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        return None  # nothing to step
     if name == "exponential":
         # the last of ``steps`` steps runs at lr * final_factor
         gamma = final_factor ** (1.0 / max(1, steps - 1))
@@ -107,8 +110,8 @@ def _check_options(
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if epochs is not None and not epochs > 0:
         raise ValueError(f"epochs must be positive, got {epochs!r}")
-    if elbo not in ELBOS:
-        raise ValueError(f"unknown elbo '{elbo}'; valid: {sorted(ELBOS)}")
+    if elbo not in ELBO_NAMES:
+        raise ValueError(f"unknown elbo '{elbo}'; valid: {list(ELBO_NAMES)}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer '{optimizer}'; valid: {list(OPTIMIZERS)}")
     if lr_schedule not in SCHEDULES:
@@ -137,7 +140,7 @@ def fit(
     steps: int | None = None,
     epochs: float | None = None,
     batch_size: int | None = None,
-    elbo: str = "trace",
+    elbo: str = "auto",
     num_particles: int = 1,
     vectorize_particles: bool = True,
     optimizer: str = "adam",
@@ -168,7 +171,8 @@ def fit(
     :param steps: optimisation steps; or ``epochs`` passes over the data.
     :param batch_size: rows per step (``None``: the whole data set).
     :param elbo: one of ``trace``, ``jit`` (Trace_ELBO compiled by the PyTorch JIT),
-        ``meanfield``, ``renyi``, ``iwae``, ``graph``, ``enum``.
+        ``meanfield``, ``renyi``, ``iwae``, ``graph``, ``enum``; ``auto`` (default) takes
+        ``jit`` for models that declare ``static_structure`` and ``trace`` otherwise.
     :param num_particles: ELBO particles, vectorized unless ``vectorize_particles=False``.
     :param optimizer: ``adam``, ``adamw`` or ``clipped_adam``; ``clip_norm`` clips the
         global gradient norm (per-parameter for ``clipped_adam``).
@@ -202,6 +206,7 @@ def fit(
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but CUDA is not available")
+    elbo = resolve_elbo(elbo, model)
     pyro.set_rng_seed(seed)
     model.to(device)
     guide.to(device)
@@ -233,7 +238,8 @@ def fit(
         state, saved = load_checkpoint(checkpoint)
         loss_fn.load_state_dict(state["module"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
         losses = state["losses"].tolist()
         lrs = state["lrs"].tolist()
@@ -249,7 +255,7 @@ def fit(
         state = {
             "module": loss_fn.state_dict(),
             "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
+            "scheduler": {} if sched is None else sched.state_dict(),
             "loader": loader.state_dict(),
             "losses": torch.tensor(losses, dtype=torch.float64),
             "lrs": torch.tensor(lrs, dtype=torch.float64),
@@ -291,8 +297,11 @@ def fit(
                 if clip_norm is not None and optimizer != "clipped_adam":
                     torch.nn.utils.clip_grad_norm_(params, clip_norm, foreach=True)
                 opt.step()
-                lrs.append(sched.get_last_lr()[0])
-                sched.step()
+                if sched is None:
+                    lrs.append(lr)
+                else:
+                    lrs.append(sched.get_last_lr()[0])
+                    sched.step()
                 step += 1
                 at_epoch_end = loader.position == loader.steps_per_epoch
                 checkpoint_due = checkpoint_every is not None and step % checkpoint_every == 0

@@ -80,6 +80,12 @@ class ZooModel(PyroModule):
     max_plate_nesting: ClassVar[int] = 1
     #: engines the model is small enough for
     supports_nuts: ClassVar[bool] = False
+    #: rows are exchangeable given the globals, so minibatches (and DDP ranks) may split
+    #: them; False for a model whose rows depend on each other (one long time series)
+    splittable: ClassVar[bool] = True
+    #: sites and shapes never depend on data values: the loss may be traced by the JIT
+    #: (``elbo="auto"`` then takes the compiled path)
+    static_structure: ClassVar[bool] = False
 
     @dataclasses.dataclass
     class Config:

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", default=None, metavar="FILE", help=".npz or .csv data file")
     train.add_argument("--out", default=None, metavar="DIR", help="run folder")
     train.add_argument("--engine", default="svi", help="svi or nuts")
-    train.add_argument("--elbo", default="trace")
+    train.add_argument("--elbo", default="auto")
     train.add_argument("--chains", type=int, default=2, help="NUTS chains")
     train.add_argument("--checkpoint-every", type=int, default=None, metavar="N")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint")

@@ -51,6 +51,7 @@ class EightSchools(ZooModel):
     name = "eight_schools"
     paper = None
     supports_nuts = True
+    static_structure = True
 
     @dataclass
     class Config:

@@ -39,7 +39,7 @@ from pyro.distributions.torch_distribution import ExpandedDistribution
 
 import guides
 from inference.data import DataError
-from inference.elbos import ELBOS
+from inference.elbos import ELBO_NAMES, resolve_elbo
 from zoo import registry
 from zoo.base import ConfigError, ZooModel
 from zoo.datafiles import load_data_file
@@ -417,7 +417,7 @@ def train_run(
     device: str | None = None,
     data_path: str | os.PathLike | None = None,
     engine: str = "svi",
-    elbo: str = "trace",
+    elbo: str = "auto",
     resume: bool = False,
     progress: bool = True,
     chains: int = 2,
@@ -457,8 +457,8 @@ def train_run(
         raise guides.GuideError(
             f"unknown guide kind '{guide}'; valid kinds: {sorted(guides.KINDS)}"
         )
-    if elbo not in ELBOS:
-        raise ValueError(f"unknown elbo '{elbo}'; valid: {sorted(ELBOS)}")
+    if elbo not in ELBO_NAMES:
+        raise ValueError(f"unknown elbo '{elbo}'; valid: {list(ELBO_NAMES)}")
     steps = _positive_int("steps", steps)
     chains = _positive_int("chains", chains, allow_none=False)
     checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
@@ -512,7 +512,7 @@ def train_run(
         "batch_size": batch_size,
         "lr": lr,
         "engine": engine,
-        "elbo": elbo if engine == "svi" else None,
+        "elbo": resolve_elbo(elbo, model) if engine == "svi" else None,
         "chains": chains if engine == "nuts" else None,
         "checkpoint_every": checkpoint_every if engine == "svi" else None,
         "device": device,

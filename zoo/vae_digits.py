@@ -39,6 +39,7 @@ class VAEDigits(ZooModel):
     paper = None
     local_sites = ("z",)
     holdout = 0.15
+    static_structure = True
 
     @dataclass
     class Config:
