@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, default=None, metavar="N")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument(
+        "--trainer", default="plain", help="plain, or lightning (DDP across devices and nodes)"
+    )
+    train.add_argument("--devices", type=int, default=1, help="lightning: devices per node")
+    train.add_argument("--num-nodes", type=int, default=1, help="lightning: number of nodes")
+    train.add_argument("--accelerator", default="cpu", help="lightning: cpu or gpu")
+    train.add_argument("--strategy", default=None, help="lightning: default ddp (or auto)")
 
     diagnose = sub.add_parser("diagnose", help="recompute a run's idata and report")
     diagnose.add_argument("run")
@@ -121,7 +128,7 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from zoo.runs import train_run
+    from zoo.runs import _launch_rank, train_run
 
     run_dir = train_run(
         args.name,
@@ -139,7 +146,14 @@ def _cmd_train(args) -> int:
         progress=not args.no_progress,
         chains=args.chains,
         checkpoint_every=args.checkpoint_every,
+        trainer=args.trainer,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        accelerator=args.accelerator,
+        strategy=args.strategy,
     )
+    if _launch_rank() != 0:  # another rank of a distributed run: rank 0 reports
+        return 0
     print(f"run written to {run_dir}")
     print(f"report: {run_dir / 'report.md'}")
     return 0

@@ -57,6 +57,8 @@ __all__ = [
 ]
 
 ENGINES = ("svi", "nuts")
+#: who runs the SVI loop: the plain engine (inference.svi.fit) or Lightning (DDP scale-out)
+TRAINERS = ("plain", "lightning")
 DEFAULT_LR = 0.02
 DEFAULT_STEPS = 2000
 DEFAULT_NUTS_DRAWS = 1000
@@ -65,6 +67,7 @@ RUN_FILES = (
     "config.json",
     "metrics.csv",
     "checkpoint.pt",
+    "lightning.ckpt",
     "idata.nc",
     "diagnostics.json",
     "report.md",
@@ -422,6 +425,11 @@ def train_run(
     progress: bool = True,
     chains: int = 2,
     checkpoint_every: int | None = None,
+    trainer: str = "plain",
+    devices: int = 1,
+    num_nodes: int = 1,
+    accelerator: str = "cpu",
+    strategy: str | None = None,
 ) -> Path:
     """Train model ``name`` into the run folder ``out`` and write its diagnostics.
 
@@ -435,6 +443,11 @@ def train_run(
     :param resume: continue from the folder's checkpoint (same settings required).
     :param chains: NUTS chains.
     :param checkpoint_every: SVI steps between checkpoints (default: a tenth of the run).
+    :param trainer: ``plain`` (:func:`inference.svi.fit`) or ``lightning``
+        (:mod:`inference.lightning`: ``devices`` processes or GPUs per node on ``num_nodes``
+        nodes, ``accelerator`` ``cpu`` or ``gpu``, ``strategy`` default ``ddp``). The
+        Config's ``batch_size`` is the global batch, split evenly across the ranks; the run
+        folder is the same, plus Lightning's own ``lightning.ckpt`` and ``lightning_logs/``.
     :returns: the run folder.
     :raises KeyError, ValueError, ConfigError, PriorError, GuideError, DataError: bad input,
         raised before anything is written.
@@ -465,6 +478,22 @@ def train_run(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     device = _check_device(device)
+    if trainer not in TRAINERS:
+        raise ValueError(f"unknown trainer '{trainer}'; valid trainers: {list(TRAINERS)}")
+    world = 1
+    if trainer == "lightning":
+        if engine != "svi":
+            raise ValueError("--trainer lightning trains the svi engine; nuts runs plain")
+        if device is not None:
+            raise ValueError("--device applies to the plain trainer; use --accelerator")
+        try:
+            from inference.lightning import check_trainer_options
+        except ImportError as error:  # pragma: no cover - the extra is missing
+            raise ValueError(str(error)) from None
+        devices, num_nodes, accelerator, strategy = check_trainer_options(
+            devices, num_nodes, accelerator, strategy, elbo
+        )
+        world = devices * num_nodes
     overrides = parse_sets(model_cls, sets)
     prior_dists, prior_texts = parse_priors(priors)
     pyro.set_rng_seed(seed)  # networks are initialised when the model is built
@@ -501,6 +530,15 @@ def train_run(
     if checkpoint_every is None:
         checkpoint_every = max(1, min(500, total // 10))
     model_guide = guides.build(guide, model) if engine == "svi" else None
+    if trainer == "lightning":
+        from inference.lightning import check_splittable
+
+        global_batch = batch_size or _rows(train)
+        if global_batch < world:
+            raise ValueError(
+                f"a global batch of {global_batch} rows cannot be split across {world} ranks"
+            )
+        check_splittable(model, train, global_batch // world, world)
 
     record = {
         "model": name,
@@ -519,17 +557,33 @@ def train_run(
         "data": source,
         "rows": {"train": _rows(train), "test": _rows(test) if test is not None else 0},
     }
+    if trainer == "lightning":
+        record["elbo"] = "trace" if elbo == "auto" else elbo  # Lightning runs eagerly
+        record["trainer"] = trainer
+        record["lightning"] = {
+            "devices": devices,
+            "num_nodes": num_nodes,
+            "accelerator": accelerator,
+            "strategy": strategy,
+            "batch_per_rank": (batch_size or _rows(train)) // world,
+        }
+    rank_zero = _launch_rank() == 0
     run_dir = Path(out) if out is not None else _default_out(name)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--out '{run_dir}' exists and is not a folder")
     held = [f for f in RUN_FILES if (run_dir / f).exists()]
-    if held and not resume:
+    if held and not resume and rank_zero:
         raise ValueError(
             f"run folder '{run_dir}' already holds a run ({', '.join(held)}); "
             "use --resume to continue it or choose another --out"
         )
     if resume and (run_dir / "config.json").exists():
         old = _read_config(run_dir)
+        if old.get("trainer", "plain") != record.get("trainer", "plain"):
+            raise ValueError(
+                f"cannot resume '{run_dir}': it was trained with trainer="
+                f"{old.get('trainer', 'plain')}, not {record.get('trainer', 'plain')}"
+            )
         for key in _RESUME_KEYS:
             if old.get(key) != record[key]:
                 raise ValueError(
@@ -548,6 +602,9 @@ def train_run(
         )
         _write_outputs(run_dir, record, model, None, train, test, mcmc=mcmc)
         return run_dir
+
+    if trainer == "lightning":
+        return _train_lightning(run_dir, record, model, model_guide, train, test, resume, progress)
 
     from inference.svi import fit
 
@@ -572,6 +629,79 @@ def train_run(
         )
     _write_metrics(run_dir / "metrics.csv", result.losses, result.lrs)
     _write_outputs(run_dir, record, model, model_guide, train, test, losses=result.losses)
+    return run_dir
+
+
+def _launch_rank() -> int:
+    """This process's global rank as the launcher (Lightning, torchrun, SLURM) set it; 0
+    when not launched as one of several processes."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
+        try:
+            rank = int(os.environ.get(key, "0"))
+        except ValueError:
+            continue
+        if rank != 0:
+            return rank
+    return 0
+
+
+def _train_lightning(run_dir, record, model, guide, train, test, resume, progress) -> Path:
+    """The Lightning path of :func:`train_run`: every rank trains; rank 0 alone writes
+    config.json (already), metrics.csv, checkpoint.pt (the plain engine's format, so
+    ``zoo diagnose`` reads it), Lightning's ``lightning.ckpt`` and the diagnostics."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from inference.checkpoint import save_checkpoint
+    from inference.lightning import fit_lightning
+
+    opts = record["lightning"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
+        module, trainer = fit_lightning(
+            model,
+            guide,
+            train,
+            steps=record["steps"],
+            batch_size=opts["batch_per_rank"],
+            elbo=record["elbo"],
+            lr=record["lr"],
+            seed=record["seed"],
+            devices=opts["devices"],
+            num_nodes=opts["num_nodes"],
+            accelerator=opts["accelerator"],
+            strategy=opts["strategy"],
+            default_root_dir=run_dir,
+            checkpoint=run_dir / "lightning.ckpt",
+            checkpoint_every=record["checkpoint_every"],
+            resume=resume,
+            progress=progress,
+            logger=CSVLogger(save_dir=run_dir, name="lightning_logs"),
+        )
+    losses = module.gathered_losses()  # a collective: every rank calls it
+    if trainer.global_rank != 0:
+        return run_dir
+    start = trainer.global_step - len(losses)
+    losses = _read_losses(run_dir / "metrics.csv")[:start] + losses if start > 0 else losses
+    if not all(math.isfinite(v) for v in losses):
+        from inference.svi import TrainingDiverged
+
+        raise TrainingDiverged("the loss became NaN or infinite under Lightning; try a smaller lr")
+    _write_metrics(run_dir / "metrics.csv", losses, [record["lr"]] * len(losses))
+    model.cpu()
+    guide.cpu()
+    save_checkpoint(
+        run_dir / "checkpoint.pt",
+        {"module": {k: v.detach().cpu() for k, v in module.loss_fn.state_dict().items()}},
+        {
+            "model": record["model"],
+            "guide": record["guide"],
+            "elbo": record["elbo"],
+            "seed": record["seed"],
+            "step": int(trainer.global_step),
+            "trainer": "lightning",
+        },
+    )
+    _write_outputs(run_dir, record, model, guide, train, test, losses=losses)
     return run_dir
 
 
