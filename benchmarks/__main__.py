@@ -8,7 +8,13 @@ from pathlib import Path
 
 import torch
 
-BENCHMARKS = ("benchmarks.vae_step", "benchmarks.nuts_ess")
+BENCHMARKS = (
+    "benchmarks.vae_step",
+    "benchmarks.nuts_ess",
+    "benchmarks.numpyro_compare",
+    "benchmarks.gp_prior",
+    "benchmarks.memory",
+)
 
 
 def format_table(result: dict) -> str:

@@ -13,6 +13,7 @@ over sites, so every engine path - vectorized particles, JIT, NUTS - applies)::
         name = "my_model"
         paper = 12
         local_sites = ("z",)          # amortized by ``local_guide``
+        static_structure = True       # no data-dependent control flow: JIT-traced loss
 
         @dataclass
         class Config:

@@ -8,7 +8,7 @@ import numpy as np
 
 from inference.posterior import az
 
-__all__ = ["summary", "divergences", "loo"]
+__all__ = ["summary", "divergences", "loo", "min_ess_bulk"]
 
 
 def summary(idata, var_names: list[str] | None = None):
@@ -37,3 +37,11 @@ def loo(idata) -> dict[str, float]:
         "p_loo": float(result["p_loo"]),
         "max_pareto_k": float(np.max(np.asarray(result["pareto_k"]))),
     }
+
+
+def min_ess_bulk(draws: dict[str, np.ndarray]) -> float:
+    """Smallest bulk ESS over every scalar component of ``draws`` (arrays shaped (chain,
+    draw, ...)), e.g. for draws made by another library."""
+    dataset = az.convert_to_dataset({k: np.asarray(v) for k, v in draws.items()})
+    ess = az.ess(dataset, method="bulk")
+    return float(min(float(ess[name].min()) for name in ess.data_vars))
