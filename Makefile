@@ -25,6 +25,8 @@ demo: setup
 	$(VENV)/bin/zoo train vae_digits --out runs/demo
 
 bench: setup
+	# NumPyro and JAX only for the comparison rows (an optional extra, never a runtime need)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m benchmarks
 
 lint: setup
