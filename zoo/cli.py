@@ -99,8 +99,8 @@ def _doc(cls) -> str:
 def _cmd_info(args) -> int:
     import guides
     import zoo
+    from zoo.options import prior_display
     from zoo.priors import support_name
-    from zoo.runs import prior_display
 
     cls = zoo.get(args.name)
     model = cls()
@@ -128,7 +128,7 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from zoo.runs import _launch_rank, train_run
+    from zoo.runs import launch_rank, train_run
 
     run_dir = train_run(
         args.name,
@@ -152,7 +152,7 @@ def _cmd_train(args) -> int:
         accelerator=args.accelerator,
         strategy=args.strategy,
     )
-    if _launch_rank() != 0:  # another rank of a distributed run: rank 0 reports
+    if launch_rank() != 0:  # another rank of a distributed run: rank 0 reports
         return 0
     print(f"run written to {run_dir}")
     print(f"report: {run_dir / 'report.md'}")

@@ -1,0 +1,322 @@
+"""A run's diagnostics, figures, ``diagnostics.json`` and ``report.md``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from zoo.runfiles import jsonable, num_rows, write_text
+
+#: idata of models with local latents covers at most this many rows, with fewer draws
+LOCAL_IDATA_ROWS = 200
+LOCAL_IDATA_DRAWS = 64
+GLOBAL_IDATA_DRAWS = 500
+#: variables with more elements per draw than this get a compact summary row
+SUMMARY_MAX_ELEMENTS = 32
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    return getattr(model, "device", torch.device("cpu"))
+
+
+def _idata(model, guide, data, record, *, mcmc=None):
+    from inference.posterior import posterior
+
+    seed = int(record.get("seed", 0))
+    if model.local_sites:
+        rows = min(num_rows(data), LOCAL_IDATA_ROWS)
+        data = {k: v[:rows] for k, v in data.items()}
+        draws = LOCAL_IDATA_DRAWS
+    else:
+        draws = GLOBAL_IDATA_DRAWS
+    device = device_of(model)
+    data = {k: v.to(device) for k, v in data.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return posterior(
+            model,
+            data,
+            guide=guide,
+            mcmc=mcmc,
+            num_draws=draws,
+            seed=seed,
+            dims=model.dims(),
+            coords=model.coords(data),
+        ), data
+
+
+def read_idata(path: str | os.PathLike):
+    """An ``idata.nc`` written by a run, as ArviZ InferenceData."""
+    from inference.posterior import az
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"'{path}' does not exist")
+    return az.from_netcdf(path)
+
+
+def _try(label: str, fn, notes: list[str]):
+    try:
+        return fn()
+    except ImportError:  # a broken install, not a diagnostic's verdict
+        raise
+    except Exception as error:  # a diagnostic failing must not lose the trained run
+        notes.append(f"{label}: failed ({type(error).__name__}: {error})")
+    return None
+
+
+def _summary_rows(idata, model) -> list[dict[str, Any]]:
+    """Rows of the posterior summary: ArviZ's for small variables, one compact row (means
+    over elements) for large ones such as local latents."""
+    from inference.diagnostics import summary
+
+    post = idata.posterior
+    small = [v for v in post.data_vars if int(np.prod(post[v].shape[2:])) <= SUMMARY_MAX_ELEMENTS]
+    large = [v for v in post.data_vars if v not in small]
+    rows: list[dict[str, Any]] = []
+    if small:
+        table = summary(idata, var_names=small)
+        for label, row in table.iterrows():
+            rows.append({"variable": str(label), **{k: _num(v) for k, v in row.items()}})
+    for var in large:
+        values = np.asarray(post[var])
+        flat = values.reshape(values.shape[0] * values.shape[1], -1)
+        rows.append(
+            {
+                "variable": f"{var} {tuple(values.shape[2:])} (compact: mean over elements)",
+                "mean": _num(flat.mean()),
+                "sd": _num(flat.std(axis=0).mean()),
+            }
+        )
+    return rows
+
+
+def _num(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return "(none)\n"
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [_fmt(row.get(c)).replace("|", "\\|") for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+class QuietArviz:
+    """ArviZ logs a warning for every single-chain summary (R-hat needs 2 chains; the
+    table says n/a): keep the training output readable."""
+
+    def __enter__(self):
+        self.logger = logging.getLogger("arviz")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+
+
+def write_outputs(run_dir, record, model, guide, train, test, *, losses=None, mcmc=None):
+    """idata.nc, figures, diagnostics.json and report.md of a trained run."""
+    with QuietArviz():
+        idata, idata_data = _idata(model, guide, train, record, mcmc=mcmc)
+        idata.to_netcdf(str(run_dir / "idata.nc"))
+        write_report(run_dir, record, model, guide, idata, idata_data, train, test, losses, [])
+
+
+def write_report(run_dir, record, model, guide, idata, idata_data, train, test, losses, notes):
+    from inference.diagnostics import divergences, loo
+
+    figures = run_dir / "figures"
+    figures.mkdir(exist_ok=True)
+    made: list[str] = []
+
+    def plot(name: str, fn_name: str, arg) -> None:
+        def go():
+            from inference.diagnostics import plots
+
+            getattr(plots, fn_name)(arg, figures / name)
+            made.append(name)
+
+        _try(f"figure {name}", go, notes)
+
+    if losses:
+        plot("elbo.png", "plot_elbo", losses)
+    plot("ppc.png", "plot_ppc", idata)
+    if record.get("engine") == "nuts":
+        plot("trace.png", "plot_trace", idata)
+
+    diagnostics: dict[str, Any] = {}
+    diagnostics["divergences"] = _try("divergences", lambda: divergences(idata), notes)
+    if model.local_sites:
+        # the log_likelihood group holds p(x_n | z_n) at guide draws of z_n, not the
+        # marginal p(x_n) that LOO needs
+        diagnostics["loo"] = None
+        notes.append("PSIS-LOO: not computed for a model with local latents")
+    else:
+        diagnostics["loo"] = _try("PSIS-LOO", lambda: loo(idata), notes)
+    if guide is not None and model.local_sites:
+        # a joint k-hat over every row's latents grows with N and says nothing per row:
+        # amortized guides are judged per data point
+        def khat():
+            from inference.diagnostics.khat import khat_verdict, pointwise_khat
+
+            k = pointwise_khat(model, guide, idata_data)
+            verdicts = [khat_verdict(float(v)) for v in k]
+            return {
+                "khat": float(np.median(k)),
+                "verdict": khat_verdict(float(np.median(k))),
+                "pointwise": True,
+                "max": float(np.max(k)),
+                "fractions": {v: verdicts.count(v) / len(verdicts) for v in set(verdicts)},
+            }
+
+        diagnostics["khat"] = _try("guide k-hat", khat, notes)
+    elif guide is not None:
+
+        def khat():
+            from inference.diagnostics.khat import guide_khat
+
+            return guide_khat(model, guide, idata_data, seed=int(record.get("seed", 0)))
+
+        diagnostics["khat"] = _try("guide k-hat", khat, notes)
+    else:
+        diagnostics["khat"] = None
+        notes.append("guide k-hat: not applicable (NUTS draws, no guide)")
+    if model.local_sites and guide is not None:
+
+        def activity():
+            from inference.diagnostics.collapse import latent_activity
+
+            return latent_activity(model, guide, idata_data)
+
+        diagnostics["latent_activity"] = _try("latent activity", activity, notes)
+    if guide is not None:
+        eval_data = test if test is not None else train
+        device = device_of(model)
+        eval_data = {k: v.to(device) for k, v in eval_data.items()}
+        diagnostics["evaluate"] = _try(
+            "evaluate", lambda: jsonable(model.evaluate(guide, eval_data)), notes
+        )
+        diagnostics["evaluated_on"] = "held-out rows" if test is not None else "training rows"
+    else:
+        diagnostics["evaluate"] = None
+        notes.append("evaluate(): not run (it needs a guide; NUTS has none)")
+    summary_rows = _try("posterior summary", lambda: _summary_rows(idata, model), notes) or []
+    diagnostics["summary"] = summary_rows
+    diagnostics["figures"] = made
+    diagnostics["notes"] = notes
+    if losses:
+        tail = losses[-max(1, min(50, len(losses) // 10)) :]
+        diagnostics["final_loss"] = sum(tail) / len(tail)
+    write_text(run_dir / "diagnostics.json", json.dumps(_clean(diagnostics), indent=2) + "\n")
+    write_text(run_dir / "report.md", _report_text(record, diagnostics))
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe (NaN/Inf -> null, numpy -> Python)."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, torch.Tensor):
+        return _clean(value.tolist())
+    return value
+
+
+def _report_text(record: Mapping[str, Any], diag: Mapping[str, Any]) -> str:
+    lines = [f"# Run report: {record['model']}", ""]
+    setup = [
+        {"setting": "engine", "value": record.get("engine")},
+        {"setting": "guide", "value": record.get("guide")},
+        {"setting": "elbo", "value": record.get("elbo")},
+        {"setting": "steps (NUTS: draws per chain)", "value": record.get("steps")},
+        {"setting": "seed", "value": record.get("seed")},
+        {"setting": "config", "value": json.dumps(record.get("config"))},
+        {"setting": "priors", "value": json.dumps(record.get("priors")) or "{}"},
+        {"setting": "data", "value": json.dumps(record.get("data"))},
+    ]
+    lines += ["## Setup", "", _table(setup)]
+    rows = []
+    if "final_loss" in diag:
+        rows.append(
+            {"diagnostic": "final loss (-ELBO, mean of last steps)", "value": diag["final_loss"]}
+        )
+    rows.append({"diagnostic": "divergences", "value": diag.get("divergences")})
+    loo = diag.get("loo") or {}
+    for key in ("elpd_loo", "se", "p_loo", "max_pareto_k") if loo else ():
+        rows.append({"diagnostic": f"PSIS-LOO {key}", "value": loo.get(key)})
+    khat = diag.get("khat")
+    if khat and khat.get("pointwise"):
+        shares = ", ".join(f"{v}: {f:.0%}" for v, f in sorted(khat.get("fractions", {}).items()))
+        rows.append(
+            {
+                "diagnostic": "guide k-hat per data point (PSIS, Yao et al. 2018)",
+                "value": f"median {_fmt(_num(khat.get('khat')))} ({khat.get('verdict')}), "
+                f"max {_fmt(_num(khat.get('max')))}; {shares}",
+            }
+        )
+    elif khat:
+        rows.append(
+            {
+                "diagnostic": "guide k-hat (PSIS, Yao et al. 2018)",
+                "value": f"{_fmt(_num(khat.get('khat')))} ({khat.get('verdict')})",
+            }
+        )
+    else:
+        rows.append({"diagnostic": "guide k-hat (PSIS, Yao et al. 2018)", "value": "n/a"})
+    lines += ["## Diagnostics", "", _table(rows)]
+    activity = diag.get("latent_activity")
+    if activity:
+        act_rows = [
+            {
+                "site": site,
+                "active units": info.get("active_units"),
+                "total KL (nats)": _num(info.get("total_kl")),
+            }
+            for site, info in activity.items()
+        ]
+        lines += ["## Latent activity (posterior collapse)", "", _table(act_rows)]
+    evaluation = diag.get("evaluate")
+    if evaluation:
+        where = diag.get("evaluated_on", "")
+        ev_rows = [{"metric": k, "value": v} for k, v in evaluation.items()]
+        lines += [f"## Evaluation ({where})", "", _table(ev_rows)]
+    lines += ["## Posterior summary", "", _table(diag.get("summary") or [])]
+    if diag.get("figures"):
+        lines += ["## Figures", ""]
+        lines += [f"![{name}](figures/{name})" for name in diag["figures"]]
+        lines.append("")
+    if diag.get("notes"):
+        lines += ["## Notes", ""] + [f"- {note}" for note in diag["notes"]] + [""]
+    return "\n".join(lines)
