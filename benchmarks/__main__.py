@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import format_table
+
 BENCHMARKS = (
     "benchmarks.vae_step",
     "benchmarks.nuts_ess",
@@ -15,21 +17,6 @@ BENCHMARKS = (
     "benchmarks.gp_prior",
     "benchmarks.memory",
 )
-
-
-def format_table(result: dict) -> str:
-    rows = result["rows"]
-    header = list(rows[0])
-    lines = [
-        f"## {result['title']}",
-        "",
-        result.get("notes", ""),
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-    ]
-    lines += ["| " + " | ".join(str(row[k]) for k in header) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

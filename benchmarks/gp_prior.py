@@ -10,7 +10,6 @@ Run alone with ``python -m benchmarks.gp_prior [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -99,13 +98,7 @@ def run(quick: bool = False) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    from benchmarks.__main__ import format_table
-
-    print(format_table(run(quick=parser.parse_args().quick)))
-
-
 if __name__ == "__main__":
-    main()
+    from benchmarks import run_standalone
+
+    run_standalone(run, __doc__)

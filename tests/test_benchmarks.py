@@ -3,7 +3,7 @@
 import math
 
 from benchmarks import gp_prior, numpyro_compare, vae_step
-from benchmarks.__main__ import format_table
+from benchmarks import format_table
 
 
 def test_vae_step_benchmark_reports_a_ratio_per_variant():
