@@ -85,15 +85,20 @@ class SwappedGuide(PyroModule):
         global_model = self._global_model()
         with poutine.block():
             trace = poutine.trace(global_model).get_trace(batch)
-        self._has_globals = any(
-            site["type"] == "sample"
+        latent = [
+            site
+            for site in trace.nodes.values()
+            if site["type"] == "sample"
             and not site["is_observed"]
             and not isinstance(site["fn"], _Subsample)  # a plate's subsample site
-            for site in trace.nodes.values()
-        )
+        ]
+        self._has_globals = bool(latent)
+        # only globals inside a plate need the guide's data plate; creating it for globals
+        # outside all plates would clash with the plate of the model's local guide
+        in_plate = any(site["cond_indep_stack"] for site in latent)
         if self._has_globals:
             options = dict(self._options)
-            if self.kind in _FOLLOW_BATCH and hasattr(self._zoo_model, "data_plate"):
+            if in_plate and self.kind in _FOLLOW_BATCH and hasattr(self._zoo_model, "data_plate"):
                 # the guide's data plate follows the batch's rows: without it an AutoGuide
                 # subsamples its per-row parameters at random, not at ``batch.index``
                 options.setdefault("create_plates", self._zoo_model.data_plate)

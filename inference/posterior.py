@@ -52,19 +52,21 @@ def site_names(model: nn.Module, guide: nn.Module | None, batch) -> dict[str, li
 def draw_latents(
     model: nn.Module, guide: nn.Module, data: Mapping[str, torch.Tensor], num_draws: int
 ) -> dict[str, torch.Tensor]:
-    """``num_draws`` joint draws of the guide's latent sites (vectorized)."""
+    """``num_draws`` joint draws of the guide's latent sites, shaped ``(num_draws, *site)``.
+
+    The guide runs once under a plate of draws left of the model's plates (Predictive's own
+    guide pass misreads the shape of a global site with an event dimension)."""
     batch = full_batch(data)
     names = site_names(model, guide, batch)
-    with torch.no_grad():
-        predictive = Predictive(
-            model,
-            guide=guide,
-            num_samples=num_draws,
-            parallel=True,
-            return_sites=names["latent"],
-        )
-        mpn = int(getattr(model, "max_plate_nesting", 1))
-        return {k: _per_draw(v.detach(), num_draws, mpn) for k, v in predictive(batch).items()}
+    mpn = int(getattr(model, "max_plate_nesting", 1))
+
+    def vectorized():
+        with pyro.plate("_num_draws", num_draws, dim=-(mpn + 1)):
+            return guide(batch)
+
+    with poutine.block(), torch.no_grad():
+        trace = poutine.trace(vectorized).get_trace()
+    return {k: _per_draw(trace.nodes[k]["value"].detach(), num_draws, mpn) for k in names["latent"]}
 
 
 def _sum_to(log_prob: torch.Tensor, keep: int) -> torch.Tensor:
@@ -103,6 +105,28 @@ def _replay(model: nn.Module, draws: Mapping[str, torch.Tensor], batch, names, m
                 # y_rep ~ p(y | draw): the observed site's distribution under each draw
                 out["predictive"][name] = _per_draw(site["fn"].sample(), num, mpn)
     out["lp"] = lp
+    return out
+
+
+def _as_traced(draws: Mapping[str, torch.Tensor], model: nn.Module, guide, batch) -> dict:
+    """Draws shaped ``(num, 1.., *site)`` with the draws dimension left of every plate, from
+    one trace of the model (replayed on the guide when there is one). Predictive pads a
+    draw's shape by counting all of its dimensions as batch dimensions, so a global site with
+    an event dimension (shape ``(D,)``) would otherwise be misread as ``D`` draws."""
+    with poutine.block(), torch.no_grad():
+        if guide is not None:
+            guide_trace = poutine.trace(guide).get_trace(batch)
+            model = poutine.replay(model, trace=guide_trace)
+        trace = poutine.trace(model).get_trace(batch)
+    mpn = int(getattr(model, "max_plate_nesting", 1))
+    out = {}
+    for name, value in draws.items():
+        site = trace.nodes.get(name)
+        if site is not None and value[0].numel() == site["value"].numel():
+            fn = site["fn"]
+            pad = (1,) * max(0, mpn - len(fn.batch_shape))
+            value = value.reshape((value.shape[0], *pad, *site["value"].shape))
+        out[name] = value
     return out
 
 
@@ -158,7 +182,7 @@ def posterior(
     else:
         chains = 1
         draws = draw_latents(model, guide, data, num_draws)
-    replay = _replay(model, draws, batch, names, mpn)
+    replay = _replay(model, _as_traced(draws, model, guide, batch), batch, names, mpn)
     posterior_vars = _np({**draws, **replay["deterministic"]}, chains)
     sample_stats["lp"] = replay["lp"].cpu().numpy().reshape(chains, -1)
     observed = {k: batch[k].cpu().numpy() for k in names["observed"] if k in batch}
