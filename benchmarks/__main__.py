@@ -16,6 +16,8 @@ BENCHMARKS = (
     "benchmarks.numpyro_compare",
     "benchmarks.gp_prior",
     "benchmarks.memory",
+    "benchmarks.niw_maml",
+    "benchmarks.mm_gpvae_fourier",
 )
 
 

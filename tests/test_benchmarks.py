@@ -2,8 +2,7 @@
 
 import math
 
-from benchmarks import gp_prior, numpyro_compare, vae_step
-from benchmarks import format_table
+from benchmarks import format_table, gp_prior, numpyro_compare, vae_step
 
 
 def test_vae_step_benchmark_reports_a_ratio_per_variant():
