@@ -4,6 +4,8 @@ same process (never as timed assertions in tests). Run all with ``python -m benc
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 from collections.abc import Callable
 
 
@@ -28,3 +30,14 @@ def run_standalone(run: Callable[..., dict], doc: str) -> None:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few steps, for a smoke run")
     print(format_table(run(quick=parser.parse_args().quick)))
+
+
+def median_ms(step: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``step()`` in milliseconds, after one warm-up call."""
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)

@@ -11,13 +11,13 @@ Run alone with ``python -m benchmarks.gp_prior [--quick]``.
 from __future__ import annotations
 
 import math
-import statistics
-import time
 
 import gpytorch
 import pyro
 import pyro.contrib.gp as gp
 import torch
+
+from benchmarks import median_ms
 
 
 class _ExactGP(gpytorch.models.ExactGP):
@@ -37,16 +37,6 @@ def _data(n: int, seed: int = 0):
     return x, y
 
 
-def _time(step, repeats: int) -> float:
-    step()  # warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
-
-
 def gpytorch_ms(n: int, repeats: int) -> float:
     x, y = _data(n)
     likelihood = gpytorch.likelihoods.GaussianLikelihood()
@@ -59,7 +49,7 @@ def gpytorch_ms(n: int, repeats: int) -> float:
         model.zero_grad()
         (-mll(model(x), y)).backward()
 
-    return _time(step, repeats)
+    return median_ms(step, repeats)
 
 
 def pyro_ms(n: int, repeats: int) -> float:
@@ -72,7 +62,7 @@ def pyro_ms(n: int, repeats: int) -> float:
         model.zero_grad()
         loss_fn(model.model, model.guide).backward()
 
-    return _time(step, repeats)
+    return median_ms(step, repeats)
 
 
 def run(quick: bool = False) -> dict:

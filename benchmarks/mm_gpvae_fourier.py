@@ -13,14 +13,12 @@ Run alone with ``python -m benchmarks.mm_gpvae_fourier [--quick]``.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 import pyro
 import torch
 
 import zoo
+from benchmarks import median_ms
 from inference.data import full_batch
 
 TRIALS = 32
@@ -43,14 +41,8 @@ def epoch_ms(parameterization: str, time_bins: int, repeats: int) -> tuple[float
         elbo.differentiable_loss(model.model, guide, batch).backward()
         optim.step()
 
-    step()  # warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
     width = model.basis.shape[1] if parameterization == "fourier" else time_bins
-    return 1000.0 * statistics.median(times), width
+    return median_ms(step, repeats), width
 
 
 def _slope(sizes, values) -> float:

@@ -30,8 +30,9 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from torch import nn
 
-from inference.data import Batch, full_batch
+from inference.data import Batch
 from inference.elbos import ELBOS, PairLoss, make_elbo
+from inference.svi import load_pair_state
 
 __all__ = [
     "ACCELERATORS",
@@ -513,14 +514,5 @@ def load_lightning_checkpoint(
     training), so :func:`inference.posterior.posterior` and the diagnostics use them.
     Returns ``{"global_step", "epoch"}``."""
     state, meta = lightning_state(path)
-    size = len(next(iter(data.values())))
-    loss_fn = PairLoss(model, guide, "trace", make_elbo("trace"), list(data), size)
-    with torch.no_grad():
-        guide(full_batch(data))  # create lazily initialised guide parameters
-    missing, unexpected = loss_fn.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"Lightning checkpoint '{path}' was written for another model or guide: "
-            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
+    load_pair_state(model, guide, data, state, f"Lightning checkpoint '{path}'")
     return meta

@@ -365,6 +365,27 @@ def _peek(loader: Minibatches):
     return batch
 
 
+def load_pair_state(
+    model: nn.Module,
+    guide: nn.Module,
+    data: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    source: str,
+) -> None:
+    """Load a ``PairLoss`` state dict into ``model`` and ``guide`` (built as for training);
+    ``source`` names the file in the error when the state belongs to another pair."""
+    size = len(next(iter(data.values())))
+    loss_fn = PairLoss(model, guide, "trace", make_elbo("trace"), list(data), size)
+    with torch.no_grad():
+        guide(full_batch(data))  # create lazily initialised guide parameters
+    missing, unexpected = loss_fn.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{source} was written for another model or guide: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+
+
 def restore(
     model: nn.Module,
     guide: nn.Module,
@@ -374,15 +395,5 @@ def restore(
     """Load a checkpoint's parameters into ``model`` and ``guide`` (built as for training).
     Returns the checkpoint's metadata."""
     state, meta = load_checkpoint(checkpoint)
-    size = len(next(iter(data.values())))
-    elbo_name = meta.get("elbo", "trace")
-    loss_fn = PairLoss(model, guide, elbo_name, make_elbo("trace"), list(data), size)
-    with torch.no_grad():
-        guide(full_batch(data))
-    missing, unexpected = loss_fn.load_state_dict(state["module"], strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint '{checkpoint}' was written for another model or guide: "
-            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
+    load_pair_state(model, guide, data, state["module"], f"checkpoint '{checkpoint}'")
     return meta

@@ -10,36 +10,16 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro import poutine
-from pyro.poutine.subsample_messenger import _Subsample
 
 import guides
 import zoo
 from inference.data import DataError, full_batch
 from inference.evaluation import elbo_per_row
 from inference.svi import fit
+from tests.sites import latent_sites, traces
 from zoo.mm_gpvae import affine_r2, is_stationary
 
 SMALL = dict(trials=24, time_bins=16, neurons=12, image_side=10, hidden=16)
-
-
-def _latent_sites(trace):
-    return {
-        name
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and not isinstance(site["fn"], _Subsample)
-        and not site["is_observed"]
-        and not site["infer"].get("_deterministic")
-        and not site["infer"].get("is_auxiliary")
-    }
-
-
-def _traces(model, guide, batch):
-    with torch.no_grad():
-        guide_trace = poutine.trace(guide).get_trace(batch)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
-    return model_trace, guide_trace
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +31,7 @@ def small_data():
 def test_trace_shapes_and_sites(parameterization, small_data):
     model = zoo.create("mm_gpvae", parameterization=parameterization, **SMALL)
     batch = full_batch({k: v[:5] for k, v in small_data.items()})
-    model_trace, guide_trace = _traces(model, model.guide, batch)
+    model_trace, guide_trace = traces(model, model.guide, batch)
     t = SMALL["time_bins"]
     assert model_trace.nodes["spikes"]["value"].shape == (5, t, 12)
     assert model_trace.nodes["images"]["value"].shape == (5, t, 100)
@@ -65,7 +45,7 @@ def test_trace_shapes_and_sites(parameterization, small_data):
     else:
         local = {"z_s", "z_n", "z_b"}
     scales = {"lengthscale_s", "lengthscale_n", "lengthscale_b"}
-    assert _latent_sites(guide_trace) == _latent_sites(model_trace) == local | scales
+    assert latent_sites(guide_trace) == latent_sites(model_trace) == local | scales
     assert set(model.local_sites) == local
 
 
@@ -95,8 +75,8 @@ def test_guide_swap_trains(kind, small_data):
     guide = guides.build(kind, model)
     result = fit(model, guide, small_data, steps=3, batch_size=8, progress=False)
     assert all(math.isfinite(v) for v in result.losses)
-    model_trace, guide_trace = _traces(model, guide, full_batch(small_data))
-    assert _latent_sites(guide_trace) == _latent_sites(model_trace)
+    model_trace, guide_trace = traces(model, guide, full_batch(small_data))
+    assert latent_sites(guide_trace) == latent_sites(model_trace)
 
 
 def test_meanfield_elbo_uses_the_analytic_kl(small_data):
@@ -109,7 +89,7 @@ def test_meanfield_elbo_uses_the_analytic_kl(small_data):
 def test_prior_swap_on_the_lengthscale(small_data):
     gamma = dist.Gamma(4.0, 0.5)
     model = zoo.create("mm_gpvae", priors={"lengthscale_s": gamma}, **SMALL)
-    model_trace, _ = _traces(model, model.guide, full_batch(small_data))
+    model_trace, _ = traces(model, model.guide, full_batch(small_data))
     site = model_trace.nodes["lengthscale_s"]
     assert torch.allclose(site["fn"].log_prob(site["value"]), gamma.log_prob(site["value"]))
     assert isinstance(model_trace.nodes["lengthscale_n"]["fn"], dist.LogNormal)

@@ -8,27 +8,17 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro.poutine.subsample_messenger import _Subsample
 
 import guides
 import zoo
 from inference.data import DataError, full_batch
 from inference.posterior import posterior
 from inference.svi import fit
+from tests.sites import latent_sites
 from zoo.niw_meta import WishartLogCholesky, vec_to_tril
 from zoo.runs import train_run
 
 SMALL = dict(num_rbf=2, nu0=6.0, queries=10, num_tasks=60)  # D = 4
-
-
-def _latent_sites(trace):
-    return {
-        name: site
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and not site["is_observed"]
-        and not isinstance(site["fn"], _Subsample)
-    }
 
 
 @pytest.mark.parametrize("covariance", ["full", "diag"])
@@ -41,7 +31,7 @@ def test_sites_and_shapes(covariance, local_step):
     with torch.no_grad():
         guide_trace = poutine.trace(model.guide).get_trace(batch)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
-    assert set(_latent_sites(guide_trace)) == set(_latent_sites(model_trace))
+    assert latent_sites(guide_trace) == latent_sites(model_trace)
     site = "precision_chol" if covariance == "full" else "precision"
     width = d * (d + 1) // 2 if covariance == "full" else d
     assert model_trace.nodes[site]["value"].shape == (1, width)

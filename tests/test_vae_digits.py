@@ -7,32 +7,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro import poutine
-from pyro.poutine.subsample_messenger import _Subsample
 
 import guides
 import zoo
 from inference.data import full_batch
 from inference.evaluation import elbo_per_row
 from inference.svi import fit
-
-
-def _latent_sites(trace):
-    return {
-        name
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and not isinstance(site["fn"], _Subsample)
-        and not site["is_observed"]
-        and not site["infer"].get("_deterministic")
-    }
-
-
-def _traces(model, guide, batch):
-    with torch.no_grad():
-        guide_trace = poutine.trace(guide).get_trace(batch)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
-    return model_trace, guide_trace
+from tests.sites import latent_sites, traces
 
 
 def _split(data, seed=0, holdout=0.15):
@@ -51,7 +32,7 @@ def digits():
 def test_trace_shapes(digits):
     model = zoo.create("vae_digits", latent_dim=3, hidden=(32,))
     batch = full_batch({"x": digits["x"][:16]})
-    model_trace, guide_trace = _traces(model, model.guide, batch)
+    model_trace, guide_trace = traces(model, model.guide, batch)
     assert guide_trace.nodes["z"]["value"].shape == (16, 3)
     assert model_trace.nodes["z"]["value"].shape == (16, 3)
     assert model_trace.nodes["x"]["value"].shape == (16, 64)
@@ -63,9 +44,9 @@ def test_trace_shapes(digits):
 def test_model_and_guide_sites_match(digits):
     model = zoo.create("vae_digits", hidden=(32,))
     batch = full_batch({"x": digits["x"][:8]})
-    model_trace, guide_trace = _traces(model, model.guide, batch)
-    assert _latent_sites(guide_trace) == _latent_sites(model_trace) == {"z"}
-    assert _latent_sites(model_trace) == set(model.local_sites)
+    model_trace, guide_trace = traces(model, model.guide, batch)
+    assert latent_sites(guide_trace) == latent_sites(model_trace) == {"z"}
+    assert latent_sites(model_trace) == set(model.local_sites)
 
 
 def test_elbo_is_finite(digits):
@@ -85,8 +66,8 @@ def test_guide_swap_trains(kind, digits):
     result = fit(model, guide, {"x": digits["x"][:256]}, steps=5, batch_size=64, progress=False)
     assert len(result.losses) == 5
     assert all(math.isfinite(v) for v in result.losses)
-    model_trace, guide_trace = _traces(model, guide, full_batch({"x": digits["x"][:4]}))
-    assert _latent_sites(guide_trace) == _latent_sites(model_trace) == {"z"}
+    model_trace, guide_trace = traces(model, guide, full_batch({"x": digits["x"][:4]}))
+    assert latent_sites(guide_trace) == latent_sites(model_trace) == {"z"}
 
 
 def test_encoder_swap(digits):
@@ -115,7 +96,7 @@ def test_prior_swap_is_used(digits):
     d = 3
     laplace = dist.Laplace(0.0, 1.0).expand([d]).to_event(1)
     model = zoo.create("vae_digits", latent_dim=d, hidden=(16,), priors={"z": laplace})
-    model_trace, _ = _traces(model, model.guide, full_batch({"x": digits["x"][:8]}))
+    model_trace, _ = traces(model, model.guide, full_batch({"x": digits["x"][:8]}))
     site = model_trace.nodes["z"]
     expected = torch.distributions.Laplace(0.0, 1.0).log_prob(site["value"]).sum(-1)
     assert torch.allclose(site["fn"].log_prob(site["value"]), expected)
