@@ -275,6 +275,7 @@ def make_module(
     elbo: str = "trace",
     num_particles: int = 1,
     lr: float = 1e-2,
+    weight_decay: float = 0.0,
     seed: int = 0,
     row_scale: float = 1.0,
 ):
@@ -305,6 +306,7 @@ def make_module(
             self.size = len(next(iter(self.data.values())))
             self.batch_size = batch_size
             self.lr = float(lr)
+            self.weight_decay = float(weight_decay)
             self.seed = int(seed)
             elbo_obj = make_elbo(
                 elbo,
@@ -356,6 +358,8 @@ def make_module(
             params = [p for p in self.parameters() if p.requires_grad]
             if not params:
                 raise LightningSetupError("the model and guide have no trainable parameters")
+            if self.weight_decay > 0:  # decoupled decay, as the plain engine's "adamw"
+                return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
             return torch.optim.Adam(params, lr=self.lr)
 
         def gathered_losses(self) -> list[float]:
@@ -407,6 +411,8 @@ def fit_lightning(
     batch_size: int | None = None,
     elbo: str = "trace",
     lr: float = 1e-2,
+    weight_decay: float = 0.0,
+    clip_norm: float | None = None,
     seed: int = 0,
     devices: int = 1,
     num_nodes: int = 1,
@@ -421,9 +427,10 @@ def fit_lightning(
     row_scale: float = 1.0,
 ) -> tuple[Any, Any]:
     """Train ``guide`` to ``model`` on ``data`` with ``lightning.Trainer``; returns
-    ``(module, trainer)``. Every option is checked before any work. ``checkpoint`` is the
-    Lightning ``.ckpt`` file written every ``checkpoint_every`` steps and at the end;
-    ``resume=True`` continues from it when it exists."""
+    ``(module, trainer)``. ``weight_decay > 0`` trains with AdamW, ``clip_norm`` clips the
+    global gradient norm (as the plain engine does). Every option is checked before any
+    work. ``checkpoint`` is the Lightning ``.ckpt`` file written every ``checkpoint_every``
+    steps and at the end; ``resume=True`` continues from it when it exists."""
     devices, num_nodes, accelerator, strategy = check_trainer_options(
         devices, num_nodes, accelerator, strategy, elbo
     )
@@ -443,6 +450,7 @@ def fit_lightning(
         batch_size=per_rank,
         elbo=elbo,
         lr=lr,
+        weight_decay=weight_decay,
         seed=seed,
         row_scale=row_scale,
     )
@@ -468,6 +476,7 @@ def fit_lightning(
         logger=logger,
         callbacks=callbacks,
         enable_checkpointing=bool(callbacks),
+        gradient_clip_val=clip_norm,
         enable_progress_bar=progress,
         enable_model_summary=False,
     )

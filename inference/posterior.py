@@ -15,6 +15,7 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions import Unit
 from pyro.infer import MCMC, Predictive
 from pyro.poutine.subsample_messenger import _Subsample
 from torch import nn
@@ -29,19 +30,22 @@ __all__ = ["posterior", "draw_latents", "site_names", "load_example"]
 
 
 def site_names(model: nn.Module, guide: nn.Module | None, batch) -> dict[str, list[str]]:
-    """Latent, deterministic and observed sample sites of one run of the model."""
+    """Latent, deterministic, observed and factor sites of one run of the model (a
+    ``pyro.factor`` adds to the joint density but is neither data nor a latent)."""
     with poutine.block(), torch.no_grad():
         if guide is not None:
             guide_trace = poutine.trace(guide).get_trace(batch)
             trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
         else:
             trace = poutine.trace(model).get_trace(batch)
-    names: dict[str, list[str]] = {"latent": [], "deterministic": [], "observed": []}
+    names: dict[str, list[str]] = {"latent": [], "deterministic": [], "observed": [], "factor": []}
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
             continue
         if site["infer"].get("_deterministic"):
             names["deterministic"].append(name)
+        elif isinstance(site["fn"], Unit):
+            names["factor"].append(name)
         elif site["is_observed"]:
             names["observed"].append(name)
         else:
@@ -97,6 +101,10 @@ def _replay(model: nn.Module, draws: Mapping[str, torch.Tensor], batch, names, m
                 out["deterministic"][name] = _per_draw(site["value"], num, mpn)
                 continue
             log_prob = site["fn"].log_prob(site["value"]).expand(site["fn"].batch_shape)
+            if name in names["factor"] and log_prob.numel() < num:
+                # a factor that does not depend on the draws (e.g. a penalty on weights)
+                lp = lp + log_prob.sum()
+                continue
             log_prob = log_prob.reshape((num,) + log_prob.shape[1:])
             lp = lp + _sum_to(log_prob, 1)
             if name in names["observed"]:  # (conditioning marks the draws observed too)

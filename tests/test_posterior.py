@@ -52,3 +52,32 @@ def test_vector_global_site_from_a_guide():
     assert torch.allclose(
         torch.tensor(idata.posterior["w"].mean(("chain", "draw")).values), TRUE_W, atol=0.3
     )
+
+
+class PenalizedRegression(VectorRegression):
+    """VectorRegression plus two ``pyro.factor`` terms: one on the draws, one constant."""
+
+    def forward(self, batch):
+        w = pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        pyro.factor("ridge", -0.5 * (w**2).sum(-1))
+        pyro.factor("constant", torch.tensor(-2.0))
+        with pyro.plate("data", batch.size, subsample=batch.index):
+            pyro.sample("y", dist.Normal((batch["x"] * w).sum(-1), 0.5), obs=batch["y"])
+
+
+def test_factor_sites_enter_the_density_but_are_not_data():
+    model, data = PenalizedRegression(), _data()
+    guide = AutoNormal(model)
+    fit(model, guide, data, steps=50, lr=0.05, progress=False)
+    pyro.set_rng_seed(0)
+    idata = posterior(model, data, guide=guide, num_draws=50)
+    assert set(idata.observed_data.data_vars) == {"y"}
+    assert set(idata.log_likelihood.data_vars) == {"y"}
+    assert set(idata.posterior_predictive.data_vars) == {"y"}
+    # each draw's joint density includes both factors: compare with the unpenalized model
+    pyro.set_rng_seed(0)
+    plain = posterior(VectorRegression(), data, guide=guide, num_draws=50)
+    w = torch.tensor(idata.posterior["w"].values[0])
+    assert torch.equal(w, torch.tensor(plain.posterior["w"].values[0]))
+    gap = torch.tensor(idata.sample_stats["lp"].values[0] - plain.sample_stats["lp"].values[0])
+    assert torch.allclose(gap, -0.5 * (w**2).sum(-1) - 2.0, atol=1e-3)

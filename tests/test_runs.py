@@ -15,7 +15,15 @@ from zoo.cli import main
 from zoo.datafiles import load_data_file
 from zoo.eight_schools import SIGMA
 from zoo.priors import PriorError, parse_prior
-from zoo.runs import _build, _split, diagnose_run, parse_priors, parse_sets, train_run
+from zoo.runs import (
+    _build,
+    _optimizer_options,
+    _split,
+    diagnose_run,
+    parse_priors,
+    parse_sets,
+    train_run,
+)
 from zoo.vae_digits import VAEDigits
 
 
@@ -165,3 +173,35 @@ def test_diverged_training_exits_1_with_one_line(tmp_path, capsys, monkeypatch):
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("zoo: error: training diverged: loss became")
+
+
+def test_optimizer_settings_come_from_the_model_config():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Plain:
+        lr: float = 1e-3
+
+    @dataclass
+    class Decayed:
+        weight_decay: float = 0.1
+        clip_norm: float = 1.0
+
+    @dataclass
+    class Bad:
+        optimizer: str = "sgd"
+
+    assert _optimizer_options(Plain()) == {
+        "optimizer": "adam",
+        "weight_decay": 0.0,
+        "clip_norm": None,
+    }
+    assert _optimizer_options(Decayed()) == {
+        "optimizer": "adamw",
+        "weight_decay": 0.1,
+        "clip_norm": 1.0,
+    }
+    with pytest.raises(ConfigError, match="unknown optimizer 'sgd'"):
+        _optimizer_options(Bad())
+    with pytest.raises(ConfigError, match="weight_decay must be >= 0"):
+        _optimizer_options(Decayed(weight_decay=-1.0))

@@ -34,6 +34,7 @@ import torch
 import guides
 from inference.data import DataError
 from inference.elbos import ELBO_NAMES, resolve_elbo
+from inference.svi import OPTIMIZERS
 from zoo import registry
 from zoo.base import ConfigError, ZooModel
 from zoo.datafiles import load_data_file
@@ -272,6 +273,7 @@ def train_run(
     lr = float(getattr(cfg, "lr", DEFAULT_LR))
     if not lr > 0:
         raise ConfigError(f"lr must be positive, got {lr}")
+    optim = _optimizer_options(cfg)
     if engine == "nuts":
         total = steps or DEFAULT_NUTS_DRAWS
     elif steps is not None:
@@ -306,6 +308,7 @@ def train_run(
         "steps": total,
         "batch_size": batch_size,
         "lr": lr,
+        **({"optimizer": optim} if engine == "svi" else {}),
         "engine": engine,
         "elbo": resolve_elbo(elbo, model) if engine == "svi" else None,
         "chains": chains if engine == "nuts" else None,
@@ -376,6 +379,7 @@ def train_run(
             batch_size=batch_size,
             elbo=elbo,
             lr=lr,
+            **optim,
             checkpoint=run_dir / "checkpoint.pt",
             checkpoint_every=checkpoint_every,
             resume=resume,
@@ -387,6 +391,26 @@ def train_run(
     write_metrics(run_dir / "metrics.csv", result.losses, result.lrs)
     write_outputs(run_dir, record, model, model_guide, train, test, losses=result.losses)
     return run_dir
+
+
+def _optimizer_options(cfg) -> dict:
+    """Optimizer settings a model's config declares (``optimizer``, ``weight_decay``,
+    ``clip_norm``), so ``zoo train`` trains it the way its paper does; weight decay alone
+    means AdamW (decoupled decay)."""
+    weight_decay = float(getattr(cfg, "weight_decay", 0.0) or 0.0)
+    if weight_decay < 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
+    clip_norm = getattr(cfg, "clip_norm", None)
+    if clip_norm is not None and not float(clip_norm) > 0:
+        raise ConfigError(f"clip_norm must be positive, got {clip_norm}")
+    optimizer = str(getattr(cfg, "optimizer", "adamw" if weight_decay > 0 else "adam"))
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer '{optimizer}'; valid: {list(OPTIMIZERS)}")
+    return {
+        "optimizer": optimizer,
+        "weight_decay": weight_decay,
+        "clip_norm": None if clip_norm is None else float(clip_norm),
+    }
 
 
 def launch_rank() -> int:
@@ -422,6 +446,8 @@ def _train_lightning(run_dir, record, model, guide, train, test, resume, progres
             batch_size=opts["batch_per_rank"],
             elbo=record["elbo"],
             lr=record["lr"],
+            weight_decay=record["optimizer"]["weight_decay"],
+            clip_norm=record["optimizer"]["clip_norm"],
             seed=record["seed"],
             devices=opts["devices"],
             num_nodes=opts["num_nodes"],
