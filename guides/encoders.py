@@ -9,7 +9,7 @@ from pyro.nn import PyroModule
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 
-__all__ = ["mlp", "NormalEncoder", "as_pyro_module"]
+__all__ = ["mlp", "NormalEncoder", "GaussianEncoder", "SCALE_MODES", "as_pyro_module"]
 
 
 def as_pyro_module(module: nn.Module) -> nn.Module:
@@ -40,3 +40,51 @@ class NormalEncoder(PyroModule):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw_scale = self.net(x).split(self.latent_dim, dim=-1)
         return loc, nn.functional.softplus(raw_scale) + 1e-4
+
+
+#: how a :class:`GaussianEncoder` sets the scale of q(z | x)
+SCALE_MODES = ("amortized", "learnable", "fixed")
+
+
+class GaussianEncoder(PyroModule):
+    """x -> (loc, scale) of a diagonal Normal whose scale is amortized (a function of x),
+    learnable (one free value per latent dimension, the same for every x) or fixed.
+
+    The encoder variance mode matters for posterior collapse (Dang et al., ICLR 2024):
+    ``hidden=()`` gives the linear encoder ``loc = W x + b`` of their linear analysis.
+
+    :param scale: one of :data:`SCALE_MODES`.
+    :param init_scale: the fixed scale, or the starting value of a learnable one.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int] = (),
+        *,
+        scale: str = "amortized",
+        init_scale: float = 1.0,
+        activation: type[nn.Module] = nn.Softplus,
+    ):
+        super().__init__()
+        if scale not in SCALE_MODES:
+            raise ValueError(f"scale must be one of {SCALE_MODES}, got {scale!r}")
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be positive, got {init_scale}")
+        self.latent_dim = latent_dim
+        self.scale_mode = scale
+        out = 2 * latent_dim if scale == "amortized" else latent_dim
+        self.net = mlp([input_dim, *hidden, out], activation)
+        raw = torch.full((latent_dim,), float(init_scale)).log()
+        if scale == "learnable":
+            self.log_scale = nn.Parameter(raw)
+        else:
+            self.register_buffer("log_scale", raw)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(x)
+        if self.scale_mode == "amortized":
+            loc, raw_scale = out.split(self.latent_dim, dim=-1)
+            return loc, nn.functional.softplus(raw_scale) + 1e-4
+        return out, self.log_scale.exp().expand(out.shape)

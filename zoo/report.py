@@ -298,15 +298,12 @@ def _report_text(record: Mapping[str, Any], diag: Mapping[str, Any]) -> str:
     lines += ["## Diagnostics", "", _table(rows)]
     activity = diag.get("latent_activity")
     if activity:
-        act_rows = [
-            {
-                "site": site,
-                "active units": info.get("active_units"),
-                "total KL (nats)": _num(info.get("total_kl")),
-            }
-            for site, info in activity.items()
-        ]
-        lines += ["## Latent activity (posterior collapse)", "", _table(act_rows)]
+        from inference.diagnostics.collapse import collapse_table
+
+        act_rows = collapse_table(activity)
+        for row in act_rows:
+            row["total KL (nats)"] = _num(row["total KL (nats)"])
+        lines += ["## Latent activity (posterior collapse, per latent level)", "", _table(act_rows)]
     evaluation = diag.get("evaluate")
     if evaluation:
         where = diag.get("evaluated_on", "")

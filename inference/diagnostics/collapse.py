@@ -1,9 +1,15 @@
-"""Posterior collapse: KL per latent dimension and active units of local latents.
+"""Posterior collapse: KL per latent dimension and active units, per latent level.
 
 Active units (Burda, Grosse & Salakhutdinov 2016, "Importance weighted autoencoders"):
 dimension d of z is active when ``Cov_x(E_q[z_d | x]) > threshold`` (0.01 in the paper);
 a collapsed dimension has ``q(z_d | x) = p(z_d)`` for every x, so its KL is 0 and its
-posterior mean does not move with x.
+posterior mean does not move with x. Dang et al. (ICLR 2024, paper 17) count collapsed
+dimensions by their KL (``KL_d < 0.01``) per latent level of conditional and hierarchical
+VAEs; both counts are reported here for every local (data-plate) site of any model.
+
+A hierarchical model's upper level has a conditional prior (``p(z1 | z2)``): the KL of
+``q(z1 | x)`` is then taken against that prior at the guide's draw of ``z2``, which is a
+Monte Carlo estimate over ``z2`` (``num_particles`` draws are averaged).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from torch.distributions import Independent, kl_divergence
 
 from inference.data import full_batch
 
-__all__ = ["latent_activity"]
+__all__ = ["latent_activity", "collapse_table"]
 
 DATA_PLATE = "data"
 
@@ -54,6 +60,37 @@ def _rows_first(value: torch.Tensor, event: int, rows: int) -> torch.Tensor:
     return value.reshape(rows, -1)
 
 
+def _site_kl(q, p, num_draws: int) -> tuple[torch.Tensor, str]:
+    """Per-dimension KL(q || p) with the dims of a joint (non-factorised) q kept as the
+    event: analytic where torch knows it, else Monte Carlo; for a joint q the total KL is
+    spread over its dims by the marginal Gaussian KLs (``kind='marginal'``)."""
+    if q.event_shape:  # a joint density over the latent vector (e.g. a full-covariance q)
+        try:
+            total = kl_divergence(q, p)
+        except NotImplementedError:
+            z = q.sample((num_draws,))
+            total = (q.log_prob(z) - p.log_prob(z)).mean(0)
+        try:
+            vq, vp = q.variance, p.variance
+            marginal = 0.5 * (torch.log(vp / vq) + (vq + (q.mean - p.mean) ** 2) / vp - 1.0)
+            share = marginal / marginal.sum(-1, keepdim=True).clamp_min(1e-12)
+            return share * total.unsqueeze(-1), "marginal"
+        except (NotImplementedError, AttributeError):
+            return total.unsqueeze(-1), "joint"
+    try:
+        return kl_divergence(q, p), "analytic"
+    except NotImplementedError:
+        z = q.sample((num_draws,))
+        return (q.log_prob(z) - p.log_prob(z)).mean(0), "monte_carlo"
+
+
+def _mean(q, num_draws: int) -> torch.Tensor:
+    try:
+        return q.mean
+    except NotImplementedError:
+        return q.sample((max(num_draws, 16),)).mean(0)
+
+
 def latent_activity(
     model: nn.Module,
     guide: nn.Module,
@@ -61,65 +98,126 @@ def latent_activity(
     *,
     sites: Sequence[str] | None = None,
     threshold: float = 0.01,
+    kl_threshold: float = 0.01,
     num_particles: int = 1,
 ) -> dict[str, dict]:
-    """KL per latent dimension and active units of the local (data-plate) latents.
+    """KL per latent dimension, active units and collapsed dimensions of each local
+    (data-plate) latent site: one entry per latent level of a hierarchical model.
 
     The guide is traced on all of ``data`` as one batch and the model replayed on it; for
-    each site the per-row ``q(z | x_n)`` and ``p(z)`` (after unwrapping ``Independent``)
-    give ``KL(q || p)`` per dimension, analytic where torch knows it and otherwise a Monte
-    Carlo estimate from ``num_particles`` draws of q, averaged over the rows.
+    each site the per-row ``q(z | x_n)`` and ``p(z | parents)`` (after unwrapping
+    ``Independent``) give ``KL(q || p)`` per dimension, analytic where torch knows it and
+    otherwise a Monte Carlo estimate, averaged over the rows and over ``num_particles``
+    traces (which also average a conditional prior over the guide's draws of its parents).
 
     :param sites: the local sites to report (default: every latent site under the data plate).
     :param threshold: a dimension is active when the variance over rows of its posterior
-        mean exceeds this.
-    :returns: ``{site: {"kl_per_dim": list, "active": list[bool], "active_units": int,
-        "total_kl": float}}``; ``total_kl`` is the sum over dimensions (nats per row).
+        mean exceeds this (Burda et al. 2016).
+    :param kl_threshold: a dimension is collapsed when its mean KL is below this (nats).
+    :returns: ``{site: {"level", "dims", "kl_per_dim", "kl_kind", "activity", "active",
+        "active_units", "active_directions", "collapsed", "collapsed_dims", "total_kl"}}``.
+        ``level`` is the site's position among the local sites in the model (0: drawn
+        first, the top of a hierarchy); ``activity`` the variance of the posterior mean per
+        dimension; ``active_directions`` the number of eigenvalues of the covariance of the
+        posterior means above ``threshold`` (active units up to a rotation of the latent
+        space); ``kl_kind`` says how the KL was computed (``analytic``, ``monte_carlo``, or
+        for a joint q ``marginal``: its total KL shared out by the marginal Gaussian KLs,
+        or ``joint``: one total value; for a point-mass guide ``point_mass``: no KL (NaN),
+        and a dimension counts as collapsed when it is inactive);
+        ``total_kl`` the sum over dimensions (nats per row).
     """
-    if not isinstance(num_particles, int) or num_particles < 1:
+    if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 1:
         raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+    for label, value in (("threshold", threshold), ("kl_threshold", kl_threshold)):
+        if not isinstance(value, int | float) or not value >= 0:
+            raise ValueError(f"{label} must be a non-negative number, got {value!r}")
     batch = full_batch(data)
     rows = batch.batch_size
-    with torch.no_grad(), poutine.block():
-        guide_trace = poutine.trace(guide).get_trace(batch)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
-    local = _local_sites(guide_trace)
-    if sites is None:
-        sites = local
-    else:
-        unknown = [s for s in sites if s not in local]
-        if unknown:
-            raise ValueError(f"site(s) {unknown} are not local latent sites; local sites: {local}")
-    if not sites:
-        raise ValueError("the guide has no latent sites under the data plate")
+    kls: dict[str, list[torch.Tensor]] = {}
+    means: dict[str, list[torch.Tensor]] = {}
+    kinds: dict[str, str] = {}
+    order: list[str] = []
+    for particle in range(num_particles):
+        with torch.no_grad(), poutine.block():
+            guide_trace = poutine.trace(guide).get_trace(batch)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
+        if particle == 0:
+            local = _local_sites(guide_trace)
+            if sites is None:
+                sites = local
+            else:
+                unknown = [s for s in sites if s not in local]
+                if unknown:
+                    raise ValueError(
+                        f"site(s) {unknown} are not local latent sites; local sites: {local}"
+                    )
+            if not sites:
+                raise ValueError("the guide has no latent sites under the data plate")
+            order = [name for name in model_trace.nodes if name in local]
+        for name in sites:
+            q, q_event = _unwrap(guide_trace.nodes[name]["fn"])
+            p, _ = _unwrap(model_trace.nodes[name]["fn"])
+            with torch.no_grad():
+                if isinstance(q, Delta):
+                    # a point-mass (MAP) encoder: no KL, activity from its point estimate
+                    mean = q.v
+                    kl = torch.full_like(mean, float("nan"))
+                    kinds[name] = "point_mass"
+                    q_event = q_event + q.event_dim
+                    kls.setdefault(name, []).append(_rows_first(kl, q_event, rows).double())
+                    means.setdefault(name, []).append(_rows_first(mean, q_event, rows).double())
+                    continue
+                kl, kinds[name] = _site_kl(q, p, num_particles)
+                mean = _mean(q, num_particles)
+            joint = len(q.event_shape)
+            kl_shape = q.batch_shape + kl.shape[len(q.batch_shape) :]
+            kl = _rows_first(kl.expand(kl_shape), q_event + (1 if joint else 0), rows)
+            mean = _rows_first(mean.expand(q.batch_shape + q.event_shape), q_event + joint, rows)
+            kls.setdefault(name, []).append(kl.double())
+            means.setdefault(name, []).append(mean.double())
     out: dict[str, dict] = {}
     for name in sites:
-        q, q_event = _unwrap(guide_trace.nodes[name]["fn"])
-        p, _ = _unwrap(model_trace.nodes[name]["fn"])
-        if isinstance(q, Delta):
-            raise ValueError(
-                f"the guide gives site '{name}' no density of its own (a joint or point-mass "
-                "guide); latent_activity needs a per-site q(z | x)"
-            )
-        with torch.no_grad():
-            try:
-                kl = kl_divergence(q, p)
-            except NotImplementedError:
-                z = q.sample((num_particles,))
-                kl = (q.log_prob(z) - p.log_prob(z)).mean(0)
-            try:
-                mean = q.mean
-            except NotImplementedError:
-                mean = q.sample((max(num_particles, 16),)).mean(0)
-        kl = _rows_first(kl.expand(q.batch_shape), q_event, rows)
-        mean = _rows_first(mean.expand(q.batch_shape), q_event, rows)
-        kl_per_dim = kl.mean(0).double()
-        activity = mean.double().var(0, unbiased=False)
+        kl_per_dim = torch.stack(kls[name]).mean((0, 1))
+        posterior_means = torch.stack(means[name]).mean(0)
+        activity = posterior_means.var(0, unbiased=False)
+        # rotation-free count: a linear model's latent space is often identified only up to
+        # a rotation, which spreads one active direction over several coordinates
+        centred = posterior_means - posterior_means.mean(0)
+        spectrum = torch.linalg.eigvalsh(centred.T @ centred / max(1, rows))
         active = (activity > threshold).tolist()
+        if kinds[name] == "point_mass":  # no KL: a dimension is collapsed when inactive
+            collapsed = [not a for a in active]
+        else:
+            collapsed = (kl_per_dim < kl_threshold).tolist()
         out[name] = {
+            "level": order.index(name) if name in order else None,
+            "dims": len(active),
             "kl_per_dim": kl_per_dim.tolist(),
+            "kl_kind": kinds[name],
+            "activity": activity.tolist(),
             "active": active,
             "active_units": int(sum(active)),
+            "active_directions": int((spectrum > threshold).sum()),
+            "collapsed": collapsed,
+            "collapsed_dims": int(sum(collapsed)),
             "total_kl": float(kl_per_dim.sum()),
         }
     return out
+
+
+def collapse_table(report: Mapping[str, Mapping]) -> list[dict]:
+    """One row per latent level of a :func:`latent_activity` report, ordered by level:
+    what ``zoo diagnose`` prints."""
+    rows = [
+        {
+            "site": site,
+            "level": info.get("level"),
+            "dims": info.get("dims", len(info.get("kl_per_dim", []))),
+            "active units": info.get("active_units"),
+            "active directions": info.get("active_directions"),
+            "collapsed dims (KL < 0.01)": info.get("collapsed_dims"),
+            "total KL (nats)": info.get("total_kl"),
+        }
+        for site, info in report.items()
+    ]
+    return sorted(rows, key=lambda r: (r["level"] is None, r["level"] or 0))
