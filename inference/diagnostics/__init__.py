@@ -2,16 +2,19 @@
 
 from inference.diagnostics.collapse import collapse_table, latent_activity
 from inference.diagnostics.khat import guide_khat, khat_verdict, pointwise_khat
+from inference.diagnostics.latent_mi import LatentMI, latent_mi
 from inference.diagnostics.sbc import SBCResult, sbc
 from inference.diagnostics.summary import divergences, loo, summary
 
 __all__ = [
+    "LatentMI",
     "SBCResult",
     "collapse_table",
     "divergences",
     "guide_khat",
     "khat_verdict",
     "latent_activity",
+    "latent_mi",
     "loo",
     "pointwise_khat",
     "sbc",
