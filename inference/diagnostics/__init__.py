@@ -1,17 +1,20 @@
 """Posterior diagnostics: ArviZ where ArviZ has them, plus what the zoo adds."""
 
 from inference.diagnostics.collapse import collapse_table, latent_activity
+from inference.diagnostics.infomec import InfoMEC, infomec
 from inference.diagnostics.khat import guide_khat, khat_verdict, pointwise_khat
 from inference.diagnostics.latent_mi import LatentMI, latent_mi
 from inference.diagnostics.sbc import SBCResult, sbc
 from inference.diagnostics.summary import divergences, loo, summary
 
 __all__ = [
+    "InfoMEC",
     "LatentMI",
     "SBCResult",
     "collapse_table",
     "divergences",
     "guide_khat",
+    "infomec",
     "khat_verdict",
     "latent_activity",
     "latent_mi",

@@ -1,0 +1,292 @@
+"""QLAE: an autoencoder whose latents are quantized to learnable per-dimension scalar
+codebooks, trained with strong weight decay (paper 12), with its AE and beta-VAE baselines.
+
+Hsu, Dorrell, Whittington, Wu & Finn (NeurIPS 2023), "Disentanglement via Latent
+Quantization" (code: github.com/kylehkhsu/latent_quantization, JAX; ported, not copied).
+The default data is the seeded 16x16 mini-dSprites of :mod:`zoo.dsprites` (4 known
+factors), so the paper's InfoMEC metrics (:func:`inference.diagnostics.infomec`) can be
+measured.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+from torch.distributions import constraints
+
+from guides.encoders import NormalEncoder, mlp
+from inference.data import Field, validate_data
+from zoo.base import ConfigError, ZooModel
+from zoo.dsprites import FACTOR_NAMES, mini_dsprites
+from zoo.registry import register
+
+VARIANTS = ("qlae", "ae", "beta_vae")
+PIXELS = 256
+
+
+@functools.lru_cache(maxsize=4)
+def _dsprites(seed: int):
+    return mini_dsprites(seed=seed)
+
+
+class PenalizedLikelihood(dist.TorchDistribution):
+    """A likelihood times a row-wise factor ``exp(log_factor)`` that depends on the latents
+    only: draws come from ``base``; ``log_prob`` adds ``log_factor``. It carries the QLAE's
+    codebook and commitment penalties on the one observed site (a separate ``pyro.factor``
+    site would be a second observed site for every posterior and predictive tool)."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, base: dist.TorchDistribution, log_factor: torch.Tensor):
+        self.base = base
+        self.log_factor = log_factor
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.base.support
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.base.mean
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return PenalizedLikelihood(
+            self.base.expand(batch_shape), self.log_factor.expand(batch_shape)
+        )
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        return self.base.sample(torch.Size(sample_shape))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.base.log_prob(value) + self.log_factor
+
+
+@register
+class QLAE(ZooModel):
+    """Quantized-latent autoencoder (QLAE), as a Pyro model. An adaptation: the paper's
+    QLAE is a deterministic autoencoder; here it is the smallest probabilistic model whose
+    objective is the paper's loss.
+
+    Generative story for a binary image :math:`x_n \\in \\{0,1\\}^{256}`, with
+    :math:`n_z` latent dimensions, each with its own learnable scalar codebook
+    :math:`v_j \\in \\mathbb{R}^{K}` (initialised ``linspace(-0.5, 0.5, K)``)::
+
+        z_n ~ Normal(0, I)                                  (declared prior, swappable)
+        zhat_nj = z_nj + sg(Q_j(z_nj) - z_nj),  Q_j(u) = argmin_{v in v_j} |u - v|
+        x_n ~ Bernoulli(sigmoid(f_theta(zhat_n)))
+
+    ``zhat`` equals the quantized code in value and passes gradients straight through to
+    ``z`` (the paper's straight-through estimator). The guide is a point mass at the
+    encoder's output, ``q(z_n | x_n) = Delta(g_phi(x_n))``, and the prior term is masked out
+    of the objective (the paper has none), so the negative ELBO is the paper's loss: the
+    Bernoulli reconstruction error plus the codebook and commitment penalties
+    ``D/n_z * (w_q |sg(z) - Q(z)|^2 + w_c |z - sg(Q(z))|^2)``, a factor ``exp(-penalty)``
+    of the joint carried by the likelihood site (the paper's weights w = 0.01 are relative
+    to the per-pixel mean cross-entropy, hence the D/n_z
+    with D = 256 pixels). Training uses AdamW with weight decay 0.1 and gradient clipping at
+    1 (:meth:`fit`), which the paper finds essential. Prior draws of ``z`` quantize to a
+    code on the grid, so the model can also generate.
+
+    Baselines as configs: ``variant="ae"`` drops the quantization (same Delta guide, plain
+    autoencoder); ``variant="beta_vae"`` is Higgins et al. (2017): Normal encoder guide and
+    the KL term weighted by ``beta`` (the model's ``z`` site and the guide's are both scaled).
+    """
+
+    name = "qlae"
+    paper = 12
+    local_sites = ("z",)
+    holdout = 0.0
+    static_structure = True
+
+    @dataclass
+    class Config:
+        variant: str = "qlae"
+        latent_dim: int = 8  # paper: 2 x number of sources
+        num_values: int = 10  # scalar codebook size per latent dimension
+        hidden: tuple[int, ...] = (256, 256)
+        beta: float = 4.0  # KL weight, beta_vae only
+        quantization_weight: float = 0.01
+        commitment_weight: float = 0.01
+        num_factors: int = 4  # columns of the (unobserved) ground-truth factors field
+        batch_size: int = 128
+        lr: float = 1e-3
+        weight_decay: float = 0.1  # AdamW, in :meth:`fit`
+        clip_norm: float = 1.0
+        epochs: float = 200.0  # ~5000 steps of 128 on the 3240 mini-dSprites images
+
+    def __init__(self, config=None, *, priors=None, **overrides):
+        super().__init__(config, priors=priors, **overrides)
+        c = self.config
+        hidden = list(c.hidden)
+        self.encoder = NormalEncoder(PIXELS, c.latent_dim, hidden)
+        self.decoder = mlp([c.latent_dim, *hidden, PIXELS])
+        grid = torch.linspace(-0.5, 0.5, c.num_values)
+        self.codebook = nn.Parameter(grid.repeat(c.latent_dim, 1))  # (n_z, K)
+
+    def check_config(self) -> None:
+        c = self.config
+        if c.variant not in VARIANTS:
+            raise ConfigError(f"variant must be one of {VARIANTS}, got '{c.variant}'")
+        for key in ("latent_dim", "num_factors", "batch_size"):
+            if not isinstance(getattr(c, key), int) or getattr(c, key) < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {getattr(c, key)!r}")
+        if not isinstance(c.num_values, int) or c.num_values < 2:
+            raise ConfigError(f"num_values must be an integer >= 2, got {c.num_values!r}")
+        if any(not isinstance(h, int) or h < 1 for h in c.hidden):
+            raise ConfigError(f"hidden sizes must be positive integers, got {c.hidden}")
+        for key in ("beta", "lr", "clip_norm", "epochs"):
+            value = getattr(c, key)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{key} must be a positive number, got {value!r}")
+        for key in ("quantization_weight", "commitment_weight", "weight_decay"):
+            value = getattr(c, key)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
+
+    # ----- data -----------------------------------------------------------------------------
+
+    def data_spec(self) -> dict[str, Field]:
+        return {
+            "x": Field(shape=(PIXELS,), support=constraints.boolean, doc="16x16 binary image"),
+            "factors": Field(
+                shape=(self.config.num_factors,),
+                dtype="int",
+                support=constraints.nonnegative_integer,
+                doc="ground-truth factor labels (not modelled; for InfoMEC; optional)",
+            ),
+        }
+
+    @property
+    def observed_sites(self) -> tuple[str, ...]:
+        return ("x",)
+
+    def validate(self, data: Mapping[str, object]) -> dict[str, torch.Tensor]:
+        """Images alone are enough to train; ``factors`` are checked when given."""
+        spec = self.data_spec()
+        if isinstance(data, Mapping) and "factors" not in data:
+            spec = {"x": spec["x"]}
+        return validate_data(data, spec)
+
+    def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
+        if self.config.num_factors != len(FACTOR_NAMES):
+            raise ConfigError(
+                f"the default mini-dSprites data has {len(FACTOR_NAMES)} factors; "
+                f"num_factors is {self.config.num_factors}"
+            )
+        images, factors = _dsprites(int(seed))
+        return self.validate({"x": images.copy(), "factors": factors.copy()})
+
+    # ----- model and guide ------------------------------------------------------------------
+
+    def default_priors(self) -> dict[str, dist.Distribution]:
+        return {"z": dist.Normal(0.0, 1.0).expand([self.config.latent_dim]).to_event(1)}
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        """Nearest codebook value per dimension (no gradient to ``z``; to the codebook)."""
+        distance = (z.detach().unsqueeze(-1) - self.codebook).abs()
+        index = distance.argmin(-1, keepdim=True)
+        book = self.codebook.expand(*z.shape, self.config.num_values)
+        return torch.gather(book, -1, index).squeeze(-1)
+
+    def model(self, batch) -> None:
+        c = self.config
+        with self.data_plate(batch):
+            if c.variant == "beta_vae":
+                with poutine.scale(scale=c.beta):
+                    z = pyro.sample("z", self.prior("z"))
+            else:  # a point-estimate autoencoder has no prior term in its objective
+                with poutine.mask(mask=False):
+                    z = pyro.sample("z", self.prior("z"))
+            code = z
+            if c.variant == "qlae":
+                quantized = self.quantize(z)
+                code = z + (quantized - z).detach()  # straight-through
+                codebook_term = (z.detach() - quantized).pow(2).sum(-1)
+                commitment_term = (z - quantized.detach()).pow(2).sum(-1)
+                penalty = (PIXELS / c.latent_dim) * (
+                    c.quantization_weight * codebook_term + c.commitment_weight * commitment_term
+                )
+            likelihood = dist.Bernoulli(logits=self.decoder(code)).to_event(1)
+            if c.variant == "qlae":
+                likelihood = PenalizedLikelihood(likelihood, -penalty)
+            pyro.sample("x", likelihood, obs=batch["x"])
+
+    def local_guide(self, batch, global_values=None) -> None:
+        with self.data_plate(batch):
+            loc, scale = self.encoder(batch["x"])
+            if self.config.variant == "beta_vae":
+                with poutine.scale(scale=self.config.beta):
+                    pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            else:
+                pyro.sample("z", dist.Delta(loc, event_dim=1))
+
+    # ----- training and evaluation ----------------------------------------------------------
+
+    def fit(self, data: Mapping[str, torch.Tensor], *, guide=None, steps=None, **options):
+        """Validate ``data``, then SVI with the paper's optimiser from the config (AdamW,
+        weight decay, clipping); ``options`` go to :func:`inference.svi.fit` (``seed``,
+        ``progress``, ...)."""
+        from inference.svi import fit
+
+        c = self.config
+        data = self.validate(data)  # a clear DataError before any training
+        rows = len(data["x"])
+        if steps is None:
+            steps = max(1, math.ceil(c.epochs * max(1, rows // c.batch_size)))
+        options = {"progress": False, **options}
+        return fit(
+            self,
+            self.guide if guide is None else guide,
+            data,
+            steps=steps,
+            batch_size=c.batch_size,
+            lr=c.lr,
+            optimizer="adamw",
+            weight_decay=c.weight_decay,
+            clip_norm=c.clip_norm,
+            **options,
+        )
+
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """The representation: the quantized code (qlae) or the encoder mean (ae, beta_vae)."""
+        loc, _ = self.encoder(x.to(self.device))
+        return self.quantize(loc) if self.config.variant == "qlae" else loc
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel probabilities decoded from :meth:`codes`."""
+        return torch.sigmoid(self.decoder(self.codes(x)))
+
+    def evaluate(self, guide, data) -> dict:
+        """Reconstruction cross-entropy (nats per image, from :meth:`codes`) and, when the
+        data has ``factors``, InfoM / InfoE / InfoC of the codes (discrete for qlae)."""
+        from inference.diagnostics.infomec import infomec
+
+        x = data["x"].to(self.device)
+        with torch.no_grad():
+            logits = self.decoder(self.codes(x))
+            bce = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
+        out = {"reconstruction_bce_per_image": float(bce.sum(-1).mean())}
+        if "factors" in data:
+            result = infomec(
+                self.codes(x).cpu().numpy(),
+                data["factors"].cpu().numpy(),
+                discrete_latents=self.config.variant == "qlae",
+            )
+            out.update(result.as_dict())
+            out["active_latents"] = int(result.active.sum())
+        return out
+
+    def dims(self) -> dict[str, list[str]]:
+        return {"z": ["image", "latent"], "x": ["image", "pixel"]}
