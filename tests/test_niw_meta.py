@@ -159,7 +159,7 @@ def test_recovers_known_mu_and_sigma():
     sigma = torch.diag(sd) @ corr @ torch.diag(sd)
     truth, data = model.simulate(3, 500, mu, sigma)
     fit(
-        model, model.guide, data, steps=1200, batch_size=100, lr=0.05,
+        model, model.guide, data, steps=700, batch_size=100, lr=0.05,
         lr_schedule="exponential", lr_final_factor=0.05, progress=False,
     )  # fmt: skip
     guide = model.guide
@@ -239,11 +239,11 @@ def test_tiny_conjugate_version_svi_matches_nuts():
     _, data = model.simulate(1, 30, torch.tensor([1.0, -0.5]), torch.diag(torch.tensor([0.5, 0.2])))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mcmc = nuts(model, data, chains=1, warmup=300, draws=400, seed=0, progress=False)
+        mcmc = nuts(model, data, chains=1, warmup=200, draws=300, seed=0, progress=False)
     mc_mu = mcmc.get_samples()["mu"].reshape(-1, 2)
     mc_var = (1 / mcmc.get_samples()["precision"].reshape(-1, 2)).mean(0)
     fit(
-        model, model.guide, data, steps=800, lr=0.03, num_particles=4,
+        model, model.guide, data, steps=500, lr=0.03, num_particles=4,
         lr_schedule="exponential", lr_final_factor=0.05, progress=False,
     )  # fmt: skip
     post = posterior(model, data, guide=model.guide, num_draws=2000).posterior
@@ -281,3 +281,204 @@ def test_sbc_of_the_closed_form_guide_on_a_tiny_conjugate_version():
     # measured with 20 replicates, 300 steps: p = 0.57 and 0.94
     result = sbc(simulate, fit_draws, num_replicates=10, params=["mu"], seed=0)
     assert result.passed(0.01), result.pvalues
+
+
+# ----- the few-shot classifier on load_digits (softmax head, SGLD local step) ------------
+
+TINY = dict(hidden=16, feat_dim=4, queries=3, num_episodes=40, test_episodes=20,
+            pretrain_steps=0, baseline_steps=0, sgld_chains=4, test_samples=3)  # fmt: skip
+
+
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+@pytest.mark.parametrize("local_step", ["sgld", "amortized"])
+def test_digits_sites_shapes_and_finite_elbo(covariance, local_step):
+    nu0 = 25.0 if covariance == "full" else 4.0  # D = 4 * (4 + 1) = 20
+    model = zoo.create("niw_meta_digits", covariance=covariance, local_step=local_step,
+                       nu0=nu0, shots=2, **TINY)  # fmt: skip
+    data = model.default_data()
+    assert data["x_support"].shape == (40, 8, 64) and data["y_query"].shape == (40, 12)
+    batch = full_batch({k: v[:6] for k, v in data.items()})
+    with torch.no_grad():
+        guide_trace = poutine.trace(model.guide).get_trace(batch)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
+    assert latent_sites(guide_trace) == latent_sites(model_trace)
+    assert model_trace.nodes["theta"]["value"].shape == (6, 20)
+    result = fit(model, model.guide, data, steps=5, batch_size=8, lr=0.01, progress=False)
+    assert all(math.isfinite(v) for v in result.losses)
+    probs = model.predict_proba(model.guide, model.novel_episodes(4))
+    assert probs.shape == (4, 12, 4) and torch.allclose(probs.sum(-1), torch.ones(4, 12))
+
+
+def test_sgld_moments_recover_a_known_quadratic_and_respect_the_clip():
+    from zoo.niw_meta_digits import sgld_moments
+
+    torch.manual_seed(0)
+    centre = torch.tensor([[1.0, -2.0, 0.5]])
+    curvature = torch.tensor([4.0, 1.0, 0.25])
+
+    def log_lik(theta):
+        return -0.5 * (curvature * (theta - centre) ** 2).sum(-1)
+
+    # long run, many chains: the mean within 0.2 target sd (Monte Carlo error of 64 chains
+    # of 200 correlated draws is ~0.1 sd) and Abar within 15% of the truth
+    mbar, abar = sgld_moments(log_lik, torch.zeros(1, 3), steps=200, burnin=200,
+                              step_size=0.05, chains=64, a_min=1e-6, a_max=1e3)  # fmt: skip
+    assert not mbar.requires_grad and not abar.requires_grad  # detached: no graph kept
+    assert ((mbar - centre).abs() < 0.2 * curvature.rsqrt()).all(), mbar
+    assert ((abar / curvature - 1).abs() < 0.15).all(), abar
+    # a short run (3 steps, no burn-in) from 0 is biased: its spread is the random walk's,
+    # not the curvature's; the clip bounds Abar whatever the run
+    _, short = sgld_moments(log_lik, torch.zeros(1, 3), steps=3, burnin=0, step_size=1e-4,
+                            chains=4, a_min=1e-6, a_max=50.0)  # fmt: skip
+    assert (short <= 50.0).all() and (short >= 1e-6).all()
+    assert (short == 50.0).all()  # variance ~1e-4 would give Abar ~1e4 without the clip
+
+
+def test_quadratic_local_posterior_matches_dense_gaussian_algebra():
+    from zoo.niw_meta_digits import quadratic_local_posterior
+
+    torch.manual_seed(1)
+    abar, mbar, m0 = torch.rand(3, 5) + 0.1, torch.randn(3, 5), torch.randn(5)
+    g = torch.randn(5, 5)
+    full = g @ g.T + torch.eye(5)
+    mean, chol = quadratic_local_posterior(abar, mbar, full, m0)
+    cov = torch.linalg.inv(torch.diag_embed(abar) + full)
+    dense = (cov @ (abar * mbar + full @ m0).unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(mean, dense, atol=1e-4)
+    assert torch.allclose(torch.cholesky_inverse(chol), cov, atol=1e-5)
+    p = torch.rand(5) + 0.5
+    mean, sd = quadratic_local_posterior(abar, mbar, p, m0)
+    assert torch.allclose(mean, (abar * mbar + p * m0) / (abar + p))
+    assert torch.allclose(sd, (abar + p).rsqrt())
+
+
+def test_sgld_local_step_keeps_no_graph_and_no_per_episode_state():
+    from pyro.infer import Trace_ELBO
+
+    def graph_nodes(model, batch):  # autograd nodes reachable from the ELBO
+        torch.manual_seed(0)
+        loss = Trace_ELBO().differentiable_loss(model, model.guide, batch)
+        seen, stack = set(), [loss.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is not None and node not in seen:
+                seen.add(node)
+                stack.extend(next_fn for next_fn, _ in node.next_functions)
+        return len(seen)
+
+    sizes = []
+    for steps in (1, 10):
+        model = zoo.create("niw_meta_digits", sgld_steps=steps, **TINY)
+        batch = full_batch({k: v[:8] for k, v in model.default_data().items()})
+        sizes.append(graph_nodes(model, batch))
+    assert sizes[0] == sizes[1]  # the ELBO's graph does not grow with the SGLD length
+    small = zoo.create("niw_meta_digits", **TINY)
+    large = zoo.create("niw_meta_digits", **dict(TINY, num_episodes=80))
+    counts = []
+    for model in (small, large):
+        batch = full_batch(model.default_data())
+        with torch.no_grad():
+            model.guide(batch)
+        counts.append(sum(p.numel() for p in model.guide.parameters()))
+    assert counts[0] == counts[1]  # the guide holds global parameters only
+
+
+def test_digits_guide_and_prior_swaps():
+    model = zoo.create("niw_meta_digits", shots=2, **TINY)
+    data = model.default_data()
+    for kind in ("normal", "delta"):
+        guide = guides.build(kind, model)
+        result = fit(model, guide, data, steps=5, batch_size=8, lr=0.01, progress=False)
+        assert all(math.isfinite(v) for v in result.losses)
+        scores = model.evaluate(guide, data)
+        assert 0 <= scores["niw_accuracy"] <= 1 and 0 <= scores["niw_ece"] <= 1
+    amortized = zoo.create("niw_meta_digits", local_step="amortized", shots=2, **TINY)
+    fit(amortized, amortized.guide, data, steps=5, batch_size=8, progress=False)
+    assert math.isfinite(amortized.evaluate(amortized.guide, data)["niw_ece"])
+    likelihood_target = zoo.create("niw_meta_digits", sgld_target="likelihood", **TINY)
+    fit(likelihood_target, likelihood_target.guide, likelihood_target.default_data(),
+        steps=5, batch_size=8, progress=False)  # fmt: skip
+    # prior swap: hyperparameters, full NIW, a site override
+    full = zoo.create("niw_meta_digits", covariance="full", nu0=30.0, psi0=2.0, **TINY)
+    assert float(full.prior("precision_chol").df) == 30.0
+    custom = dist.Gamma(torch.full((20,), 3.0), 1.5).to_event(1)
+    swapped = zoo.create("niw_meta_digits", priors={"precision": custom}, **TINY)
+    trace = poutine.trace(swapped).get_trace(full_batch(swapped.default_data()))
+    assert torch.allclose(trace.nodes["precision"]["fn"].base_dist.rate, torch.tensor(1.5))
+    with pytest.raises(zoo.ConfigError, match=r"nu0 must be > dim - 1 = 19 .*got 10.0"):
+        zoo.create("niw_meta_digits", covariance="full", nu0=10.0, **TINY)
+    with pytest.raises(zoo.ConfigError, match="sgld_target must be one of"):
+        zoo.create("niw_meta_digits", sgld_target="laplace")
+
+
+def test_digits_bad_episodes_name_the_episode_and_field():
+    model = zoo.create("niw_meta_digits", shots=2, **TINY)
+    good = {k: v[:5].numpy() for k, v in model.default_data().items()}
+    mismatched = dict(good, y_support=good["y_support"][:, :7])
+    with pytest.raises(DataError, match=r"'y_support' has shape \(5, 7\) but 'x_support'"):
+        model.validate(mismatched)
+    short = dict(good, y_support=good["y_support"].copy())
+    short["y_support"][3] = [0, 0, 0, 1, 2, 2, 3, 3]
+    with pytest.raises(DataError, match=r"episode 3: field 'y_support' has 1 support image.*"
+                                        r"class 1; the config asks for shots=2"):  # fmt: skip
+        model.validate(short)
+    nan = dict(good, y_query=good["y_query"].astype(float))
+    nan["y_query"][2, 4] = np.nan
+    with pytest.raises(DataError, match=r"field 'y_query' has NaN .*episode\(s\) \[2\]"):
+        model.validate(nan)
+    outside = dict(good, y_query=good["y_query"].copy())
+    outside["y_query"][1, 0] = 7
+    with pytest.raises(DataError, match=r"episode 1: field 'y_query' has label\(s\) \[7\] "
+                                        r"outside the episode's classes 0..3"):  # fmt: skip
+        model.validate(outside)
+    pixels = dict(good, x_query=good["x_query"][..., :32])
+    with pytest.raises(DataError, match="field 'x_query' has 32 pixels"):
+        model.validate(pixels)
+
+
+def test_calibration_scores_separate_calibrated_from_overconfident():
+    from zoo.niw_meta_digits import calibration_scores
+
+    torch.manual_seed(0)
+    conf = torch.rand(300, 20) * 0.5 + 0.5  # top-class probability, 2 classes
+    correct = torch.rand(300, 20) < conf  # calibrated by construction
+    y = torch.where(correct, 0, 1)
+    probs = torch.stack([conf, 1 - conf], -1)
+    calibrated = calibration_scores("c", probs, y)
+    sharp = calibration_scores("s", torch.stack([conf * 0 + 0.99, conf * 0 + 0.01], -1), y)
+    assert calibrated["c_ece"] < 0.03 < 0.15 < sharp["s_ece"]
+    assert abs(calibrated["c_accuracy"] - 0.75) < 0.02 and calibrated["c_accuracy_ci95"] > 0
+
+
+def test_digits_few_shot_beats_chance_on_novel_classes_and_baselines_run():
+    from zoo.niw_meta_digits import train_maml, train_protonet
+
+    options = dict(TINY, hidden=32, queries=5, num_episodes=400,
+                   test_episodes=200, pretrain_steps=100)  # fmt: skip
+    model = zoo.create("niw_meta_digits", shots=5, **options)
+    data = model.default_data()
+    fit(model, model.guide, data, steps=150, batch_size=16, lr=0.005, seed=0, progress=False)
+    scores = model.evaluate(model.guide, data)
+    # measured (seed 0): accuracy 0.506 +- 0.015, ECE 0.055; chance is 0.25 on the novel
+    # digits 6-9. Asserted: the lower end of the 95% interval above 0.40
+    assert scores["niw_accuracy"] - scores["niw_accuracy_ci95"] > 0.40, scores
+    assert scores["niw_ece"] < 0.15, scores
+    test = model.novel_episodes(10)
+    for trainer in (train_protonet, train_maml):
+        probs = trainer(model, data, steps=5)(test)
+        assert probs.shape == (10, 20, 4) and torch.allclose(probs.sum(-1), torch.ones(10, 20))
+
+
+def test_digits_cli_trains_with_guide_and_prior_swaps(tmp_path):
+    sets = ["num_episodes=40", "feat_dim=4", "hidden=16", "pretrain_steps=0",
+            "baseline_steps=0", "test_episodes=10", "queries=3", "sgld_chains=2"]  # fmt: skip
+    run = train_run("niw_meta_digits", out=tmp_path / "run", guide="normal",
+                    sets=sets + ["nu0=6.0"], steps=5, progress=False)  # fmt: skip
+    assert (run / "report.md").exists()
+    full = train_run("niw_meta_digits", out=tmp_path / "full",
+                     sets=sets + ["covariance=full", "nu0=25.0", "local_step=amortized"],
+                     steps=5, progress=False)  # fmt: skip
+    assert (full / "report.md").exists()
+    with pytest.raises(zoo.ConfigError, match="nu0 must be > dim - 1 = 19"):
+        train_run("niw_meta_digits", out=tmp_path / "bad", sets=sets + ["covariance=full"],
+                  steps=5, progress=False)  # fmt: skip

@@ -48,8 +48,9 @@ episode, one episode per row. ``evaluate`` reports held-out query MSE and 90% pr
 coverage given the supports, for NIW-Meta, per-task Bayesian ridge (no sharing) and a pooled
 head; :func:`maml` is a second-order MAML baseline on the same head.
 
-Not implemented yet: the softmax head / whole-network local step (the paper's quadratic
-surrogate from a detached SGLD run, curvature clipped) and the digits few-shot episodes.
+The softmax head (the paper's quadratic surrogate from a detached SGLD run, curvature
+clipped) and the digits few-shot episodes are :mod:`zoo.niw_meta_digits`
+(``niw_meta_digits``), which reuses this model's global sites and guide.
 """
 
 from __future__ import annotations
@@ -405,7 +406,8 @@ class NIWMeta(ZooModel):
             return PrecisionTrilNormal(mu, vec_to_tril(precision_value, self.dim))
         return dist.Normal(mu, precision_value.rsqrt()).to_event(1)
 
-    def model(self, batch) -> None:
+    def sample_globals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global NIW (or NIG) sites: returns ``(mu, precision site value)``."""
         c, d = self.config, self.dim
         site = self.global_site
         # global sites carry an explicit batch dim of 1, so that vectorized draws (a plate
@@ -420,14 +422,24 @@ class NIWMeta(ZooModel):
             mu = pyro.sample("mu", PrecisionTrilNormal(mu0, math.sqrt(c.kappa0) * tril))
         else:
             mu = pyro.sample("mu", dist.Normal(mu0, (c.kappa0 * value).rsqrt()).to_event(1))
+        return mu, value
+
+    def model(self, batch) -> None:
+        mu, value = self.sample_globals()
         with self.data_plate(batch):
             theta = pyro.sample("theta", self._theta_prior(mu, value))
-            for part in ("support", "query"):
-                phi = self.features(batch[f"x_{part}"])
-                mean = (phi @ theta.unsqueeze(-1)).squeeze(-1)
-                pyro.sample(
-                    f"y_{part}", dist.Normal(mean, c.noise).to_event(1), obs=batch[f"y_{part}"]
-                )
+            self.likelihood(batch, theta)
+
+    def likelihood(self, batch, theta: torch.Tensor) -> None:
+        """``y ~ Normal(Phi(x) theta_i, s^2)`` for support and query (inside the plate)."""
+        for part in ("support", "query"):
+            phi = self.features(batch[f"x_{part}"])
+            mean = (phi @ theta.unsqueeze(-1)).squeeze(-1)
+            pyro.sample(
+                f"y_{part}",
+                dist.Normal(mean, self.config.noise).to_event(1),
+                obs=batch[f"y_{part}"],
+            )
 
     def stats(self, batch, parts=("support", "query")) -> tuple[torch.Tensor, torch.Tensor]:
         """Per episode ``Abar = Phiᵀ Phi / s^2`` (B, D, D) and ``b = Phiᵀ y / s^2`` (B, D)."""
