@@ -29,6 +29,9 @@ def test_there_are_tutorials():
 def test_tutorial_runs_in_smoke_mode(path, monkeypatch):
     monkeypatch.setenv("ZOO_SMOKE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # one thread per kernel: the suite runs one notebook per pytest worker, and torch's
+    # default (all cores per process) oversubscribes the CPU many times over
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = nbformat.read(path, as_version=4)
     assert any("ZOO_SMOKE" in cell.source for cell in nb.cells if cell.cell_type == "code")
     client = nbclient.NotebookClient(
