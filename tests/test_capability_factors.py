@@ -1,0 +1,197 @@
+"""LM capability factors (paper 14): sites, bad input, swaps, recovery (hierarchical R^2,
+the paper's check against pooled factor analysis), NUTS vs SVI, SBC."""
+
+import math
+import warnings
+
+import numpy as np
+import pyro.distributions as dist
+import pytest
+import torch
+
+import guides
+import zoo
+from inference.data import DataError, full_batch
+from inference.diagnostics import sbc, summary
+from inference.mcmc import nuts
+from inference.posterior import posterior
+from inference.svi import fit
+from tests.sites import latent_sites, traces
+from zoo.capability_factors import (
+    best_order_r2,
+    hierarchical_r2,
+    pooled_fa_factors,
+    simulate_capabilities,
+)
+
+SITES = ("loading_free", "edge", "mu", "log_omega", "sigma")
+SVI = dict(lr=0.03, lr_schedule="exponential", lr_final_factor=0.05, progress=False)
+
+
+def _means(idata):
+    return {k: idata.posterior[k].values.mean((0, 1)) for k in SITES}
+
+
+@pytest.fixture(scope="module")
+def spec_data():
+    """The spec's set: 4 domains x 150 LMs x 6 benchmarks, chain z1 -> z2 -> z3."""
+    return simulate_capabilities(seed=0)
+
+
+@pytest.mark.parametrize("marginal", [True, False])
+def test_shapes_sites_and_finite_log_density(spec_data, marginal):
+    model = zoo.create("capability_factors", marginal=marginal)
+    batch = full_batch(model.validate(spec_data[1]))
+    model_trace, guide_trace = traces(model, model.guide, batch)
+    expected = set(SITES) | (set() if marginal else {"eps"})
+    assert latent_sites(model_trace) == latent_sites(guide_trace) == expected
+    assert model_trace.nodes["loading"]["value"].shape == (6, 3)
+    assert model_trace.nodes["edge"]["value"].shape == (4, 3)
+    assert model_trace.nodes["x"]["value"].shape == (600, 6)
+    assert torch.isfinite(model_trace.log_prob_sum())
+    loading = model_trace.nodes["loading"]["value"]
+    assert torch.equal(torch.tril(loading[:3]), torch.eye(3))  # the normalisation
+
+
+def test_bad_input_is_refused_before_training(spec_data):
+    model = zoo.create("capability_factors")
+    data = spec_data[1]
+    with pytest.raises(DataError, match=r"field 'x' has shape \(600, 5\); expected"):
+        model.validate(dict(data, x=data["x"][:, :5]))
+    nan = data["x"].clone()
+    nan[0, 0] = float("inf")
+    with pytest.raises(DataError, match="field 'x' has 1 NaN or infinite"):
+        model.validate(dict(data, x=nan))
+    with pytest.raises(DataError, match="field 'domain' has values outside"):
+        model.validate(dict(data, domain=data["domain"] - 1))
+    for options, message in [
+        (dict(num_factors=7), r"num_factors \(7\) must not exceed num_benchmarks \(6\)"),
+        (dict(num_domains=0), "num_domains must be a positive integer"),
+        (dict(marginal="yes"), "marginal must be true or false"),
+        (dict(factors=3), r"unknown config key\(s\) \['factors'\]"),
+    ]:
+        with pytest.raises(zoo.ConfigError, match=message):
+            zoo.create("capability_factors", **options)
+    with pytest.raises(zoo.PriorError, match="'sigma' must have support positive"):
+        zoo.create("capability_factors", priors={"sigma": dist.Normal(0.0, 1.0)})
+
+
+@pytest.fixture(scope="module")
+def svi_fit(spec_data):
+    model = zoo.create("capability_factors")
+    guide = guides.build("normal", model)
+    options = dict(SVI, lr=0.02, lr_final_factor=0.1)
+    result = fit(model, guide, spec_data[1], steps=3000, seed=0, **options)
+    return model, guide, result
+
+
+def test_recovers_ordered_capabilities_where_pooled_fa_fails(spec_data, svi_fit):
+    """The paper's check: hierarchical R^2 (true z_j on estimated z_1..z_j) above 0.9 for
+    every capability; the pooled factor analysis misses z1 even in its best order."""
+    truth, data = spec_data
+    model, guide, _ = svi_fit
+    idata = posterior(model, data, guide=guide, num_draws=500)
+    r2 = hierarchical_r2(truth["z"], model.factor_scores(_means(idata), data))
+    assert (r2 > 0.9).all(), r2
+    pooled = best_order_r2(truth["z"], pooled_fa_factors(data["x"].numpy(), 3))
+    assert pooled[0] < 0.85, pooled
+    # the first chain edge z1 -> z2 (true weights 0.8-1.7) keeps its sign in every
+    # domain; z2 -> z3 is recovered less well by this guide (3 of 4 signs, measured;
+    # reported in the tutorial, not asserted)
+    edge = _means(idata)["edge"]
+    assert (edge[:, 0] > 0).all(), edge
+
+
+def test_guide_swap_and_prior_swap(spec_data):
+    data = spec_data[1]
+    mus = {}
+    for kind, priors in (("lowrank", None), ("normal", {"mu": dist.Normal(5.0, 0.01)})):
+        model = zoo.create("capability_factors", priors=priors)
+        guide = guides.build(kind, model)
+        result = fit(model, guide, data, steps=300, seed=0, lr=0.1, progress=False)
+        assert math.isfinite(result.final_loss)
+        mus[kind] = posterior(model, data, guide=guide, num_draws=200).posterior["mu"].values
+    # the data's domain means lie within +-3; Normal(5, 0.01) overrules them
+    assert np.abs(mus["lowrank"].mean((0, 1))).max() < 3.0, mus["lowrank"].mean((0, 1))
+    assert np.abs(mus["normal"].mean((0, 1)) - 5.0).max() < 0.2, mus["normal"].mean((0, 1))
+
+
+def test_native_laplace_variant_trains(spec_data):
+    model = zoo.create("capability_factors", marginal=False)
+    result = fit(model, model.guide, spec_data[1], steps=150, batch_size=100, seed=0, **SVI)
+    assert all(math.isfinite(v) for v in result.losses)
+    assert np.mean(result.losses[-20:]) < np.mean(result.losses[:20])
+
+
+SMALL = dict(num_domains=3, num_benchmarks=4, num_factors=2)
+
+
+def test_nuts_and_svi_agree_on_globals():
+    """A small design (3 domains x 30 LMs, 4 benchmarks, 2 capabilities, noise 0.3): a
+    wide posterior keeps NUTS's trees short enough for the test budget."""
+    model = zoo.create("capability_factors", **SMALL)
+    _, data = simulate_capabilities(
+        num_domains=3, per_domain=30, num_benchmarks=4, num_factors=2, noise=0.3, seed=1
+    )
+    data = model.validate(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mcmc = nuts(
+            model, data, chains=1, warmup=200, draws=200, seed=0, max_tree_depth=7, progress=False
+        )
+    idata = posterior(model, data, mcmc=mcmc)
+    assert int(idata.sample_stats["diverging"].sum()) == 0
+    table = summary(idata, var_names=list(SITES))
+    # Measured: in this 3-domain design most components (loading_free[0], [2], most mu /
+    # log_omega / edge entries) mix slowly under NUTS (bulk ESS 2-50 with 1 x 200 draws,
+    # R-hat 1.1 with 2 x 300: a weakly identified direction), so agreement is asserted
+    # only where NUTS has ESS >= 50 (5 of 21 components here, sigma among them).
+    ess = table["ess_bulk"].to_numpy()
+    assert (ess >= 50).sum() >= 4, table
+    # mean-field SVI, long enough to leave the poor local optimum a short run (or the
+    # full-rank guide from its default start) can end in
+    guide = guides.build("normal", model)
+    fit(model, guide, data, steps=3000, seed=0, **dict(SVI, lr=0.02, lr_final_factor=0.1))
+    svi = posterior(model, data, guide=guide, num_draws=2000).posterior
+    checked = 0
+    for name in SITES:
+        mc = idata.posterior[name].values.reshape(200, -1)
+        vi = svi[name].values.reshape(2000, -1)
+        rows = [i for i in table.index if i == name or i.startswith(name + "[")]
+        mixed = table.loc[rows, "ess_bulk"].to_numpy() >= 50
+        # means within 0.5 NUTS posterior sd + 3 Monte Carlo standard errors (ESS >= 50)
+        tol = 0.5 * mc.std(0) + 3 * mc.std(0) / math.sqrt(50)
+        close = np.abs(vi.mean(0) - mc.mean(0)) < tol
+        assert close[mixed].all(), (name, vi.mean(0), mc.mean(0), mixed)
+        checked += int(mixed.sum())
+    assert checked >= 4 and "sigma" in table.index[ess >= 50], table
+
+
+def test_sbc_of_nuts_is_uniform():
+    """SBC of NUTS on a tiny design (3 domains x 8 LMs, 3 benchmarks, 2 capabilities)."""
+    model = zoo.create("capability_factors", num_domains=3, num_benchmarks=3, num_factors=2)
+    domain = torch.arange(3).repeat_interleave(8)
+
+    def fit_draws(data, seed):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mcmc = nuts(
+                model,
+                data,
+                chains=1,
+                warmup=60,
+                draws=60,
+                seed=seed,
+                max_tree_depth=6,
+                progress=False,
+            )
+        return {k: v[::6] for k, v in mcmc.get_samples().items()}
+
+    result = sbc(
+        lambda seed: model.simulate(seed, domain),
+        fit_draws,
+        num_replicates=6,
+        params=["loading_free", "sigma"],
+        seed=0,
+    )
+    assert result.passed(0.01), result.pvalues

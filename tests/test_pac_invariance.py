@@ -1,0 +1,193 @@
+"""PAC invariance (paper 11): sites, bad input, swaps, recovery, NUTS vs SVI, SBC, the
+paper's small check (invariant subset found; failure rate falls with k)."""
+
+import math
+import warnings
+
+import numpy as np
+import pyro.distributions as dist
+import pytest
+import torch
+
+import guides
+import zoo
+from inference.data import DataError, full_batch
+from inference.diagnostics import sbc, summary
+from inference.mcmc import nuts
+from inference.posterior import posterior
+from inference.svi import fit
+from tests.sites import latent_sites, traces
+from zoo.pac_invariance import failure_rate, sem_environments, simulate_sem
+
+SVI = dict(
+    lr=0.03, num_particles=8, lr_schedule="exponential", lr_final_factor=0.05, progress=False
+)
+
+
+def _svi(model, data, kind="mvn", steps=800, seed=0, particles=8):
+    guide = guides.build(kind, model)
+    options = dict(SVI, num_particles=particles)
+    result = fit(model, guide, data, steps=steps, seed=seed, **options)
+    return guide, result
+
+
+def _sem(num_envs=6, n=80, seed=0):
+    thetas = sem_environments(num_envs, seed=seed)
+    return simulate_sem(thetas, n, generator=torch.Generator().manual_seed(seed + 1))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _sem()
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_shapes_sites_and_finite_log_density(data, centered):
+    model = zoo.create("pac_invariance", num_envs=6, features=(0, 1), centered=centered)
+    batch = full_batch(model.validate(data))
+    model_trace, guide_trace = traces(model, model.guide, batch)
+    assert latent_sites(model_trace) == latent_sites(guide_trace)
+    local = "beta_env" if centered else "eta"
+    assert latent_sites(model_trace) == {"beta", "tau", "sigma", local}
+    assert model_trace.nodes["beta"]["value"].shape == (2,)
+    assert model_trace.nodes["beta_env"]["value"].shape == (6, 2)
+    assert model_trace.nodes["y"]["value"].shape == (480,)
+    assert torch.isfinite(model_trace.log_prob_sum())
+
+
+def test_bad_input_is_refused_before_training(data):
+    model = zoo.create("pac_invariance", num_envs=6)
+    bad_x = dict(data, x=data["x"][:, :4])
+    with pytest.raises(DataError, match=r"field 'x' has shape \(480, 4\); expected"):
+        model.validate(bad_x)
+    nan_y = dict(data, y=data["y"].clone())
+    nan_y["y"][3] = float("nan")
+    with pytest.raises(DataError, match="field 'y' has 1 NaN"):
+        model.validate(nan_y)
+    with pytest.raises(DataError, match="field 'env' has values outside"):
+        model.validate(dict(data, env=data["env"] + 1))  # env 6 of 6 environments
+    with pytest.raises(DataError, match="field 'env' must hold integers"):
+        model.validate(dict(data, env=data["env"].float() + 0.5))
+    for options, message in [
+        (dict(features=(0, 6)), "column indices in 0..5"),
+        (dict(features=()), "non-empty"),
+        (dict(features=(1, 1)), "must not repeat"),
+        (dict(num_envs=1), "at least 2"),
+        (dict(epsilon=-0.1), "epsilon must be a positive"),
+        (dict(featurs=(0,)), r"unknown config key\(s\) \['featurs'\]"),
+    ]:
+        with pytest.raises(zoo.ConfigError, match=message):
+            zoo.create("pac_invariance", **options)
+    with pytest.raises(zoo.PriorError, match="'tau' must have support positive"):
+        zoo.create("pac_invariance", priors={"tau": dist.Normal(0.0, 1.0)})
+
+
+def test_guide_swap_and_prior_swap(data):
+    means = {}
+    for kind, priors in (("lowrank", None), ("normal", {"beta": dist.Normal(-2.0, 0.01)})):
+        model = zoo.create("pac_invariance", num_envs=6, features=(0, 1), priors=priors)
+        guide, result = _svi(model, data, kind=kind, steps=400, particles=1)
+        assert math.isfinite(result.final_loss)
+        post = posterior(model, data, guide=guide, num_draws=400).posterior
+        means[kind] = post["beta"].values.reshape(400, 2).mean(0)
+    # the data say beta ~ (0.7, 0.4); a Normal(-2, 0.01) prior overrules them
+    assert (means["lowrank"] > 0).all() and np.abs(means["normal"] + 2).max() < 0.05, means
+
+
+def test_recovers_known_coefficients_and_spread():
+    """Truth: beta = (1.0, -0.5), tau = 0.4, sigma = 0.7 on SEM covariates, 12 envs x 150."""
+    # informative data (150 rows per environment): the centered form is the
+    # well-conditioned one for SVI (the non-centered one leaves a slow tau-eta ridge)
+    model = zoo.create("pac_invariance", num_envs=12, features=(0, 2), centered=True)
+    x = _sem(num_envs=12, n=150, seed=3)
+    generator = torch.Generator().manual_seed(5)
+    beta, tau, sigma = torch.tensor([1.0, -0.5]), 0.4, 0.7
+    beta_env = beta + tau * torch.randn(12, 2, generator=generator)
+    y = (x["x"][:, [0, 2]] * beta_env[x["env"]]).sum(-1)
+    y = y + sigma * torch.randn(len(y), generator=generator)
+    data = model.validate({"x": x["x"], "y": y, "env": x["env"]})
+    guide, _ = _svi(model, data, kind="normal", steps=1000)
+    post = posterior(model, data, guide=guide, num_draws=1000).posterior
+    # tolerance: beta_e are 12 draws around beta, so the mean's error sd is tau/sqrt(12)
+    # = 0.12 (3 sd = 0.35); tau from 24 coefficients: sd about tau/sqrt(2*24) = 0.06
+    # (tolerance 0.2); sigma from 1800 rows: within 0.05
+    mean = post["beta"].values.reshape(-1, 2).mean(0)
+    assert np.abs(mean - beta.numpy()).max() < 0.35, mean
+    # tau is the spread of these 12 environments' coefficients: compare with the
+    # realised spread (the 24 deviations' root mean square), within 0.15
+    realised = float((beta_env - beta).pow(2).mean().sqrt())
+    assert abs(float(post["tau"].mean()) - realised) < 0.15, (float(post["tau"].mean()), realised)
+    assert abs(float(post["sigma"].mean()) - sigma) < 0.05, float(post["sigma"].mean())
+
+
+def _nuts(features, data):
+    model = zoo.create("pac_invariance", num_envs=6, features=features)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mcmc = nuts(model, data, chains=1, warmup=200, draws=200, seed=0, progress=False)
+    return model, posterior(model, data, mcmc=mcmc)
+
+
+def test_nuts_and_svi_agree_on_globals_and_flag_the_spurious_subset(data):
+    model, idata = _nuts((0, 1), data)
+    table = summary(idata, var_names=["beta", "tau", "sigma"])
+    assert (table["ess_bulk"] > 30).all(), table
+    guide, _ = _svi(model, data, steps=1000)
+    svi = posterior(model, data, guide=guide, num_draws=2000).posterior
+    for name in ("beta", "tau", "sigma"):
+        mc = idata.posterior[name].values.reshape(200, -1)
+        vi = svi[name].values.reshape(2000, -1)
+        # means within 0.5 NUTS posterior sd + 3 Monte Carlo standard errors (ESS >= 30)
+        tol = 0.5 * mc.std(0) + 3 * mc.std(0) / math.sqrt(30)
+        assert (np.abs(vi.mean(0) - mc.mean(0)) < tol).all(), (name, vi.mean(0), mc.mean(0))
+    # paper check (a), the non-invariant half: {X1, X2} has tau well above epsilon
+    verdict = model.invariance({"tau": idata.posterior["tau"].values})
+    assert verdict["invariant"] == 0.0 and verdict["tau_median"] > 0.08, verdict
+
+
+def test_invariant_subset_is_found_by_nuts(data):
+    """Paper check (a), the invariant half: {X1} gets tau near 0 under NUTS. (The
+    tutorial adds {X1, X6} with the cancelling edges, {X5} and more subsets.)"""
+    model, idata = _nuts((0,), data)
+    verdict = model.invariance({"tau": idata.posterior["tau"].values})
+    assert verdict["invariant"] == 1.0 and verdict["tau_median"] < 0.06, verdict
+
+
+def test_sbc_of_nuts_is_uniform():
+    """SBC (Talts et al. 2018) of NUTS on a tiny design: 3 environments x 15 rows."""
+    model = zoo.create("pac_invariance", num_envs=3, features=(0,))
+    design = _sem(num_envs=3, n=15, seed=11)
+
+    def simulate(seed):
+        return model.simulate(seed, design["x"], design["env"])
+
+    def fit_draws(data, seed):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mcmc = nuts(
+                model,
+                data,
+                chains=1,
+                warmup=80,
+                draws=80,
+                seed=seed,
+                max_tree_depth=6,
+                progress=False,
+            )
+        return {k: v[::8] for k, v in mcmc.get_samples().items()}  # ~10 nearly independent
+
+    result = sbc(simulate, fit_draws, num_replicates=8, params=["beta", "tau", "sigma"], seed=0)
+    assert result.num_draws == 10
+    assert result.passed(0.01), result.pvalues
+
+
+def test_failure_rate_falls_with_k_and_ignores_nuisance_dimensions():
+    """Paper checks (b) and (c) at test scale (the tutorial runs the full ones)."""
+    ks = (2, 8, 32)
+    options = dict(n_per_env=400, num_trials=40, pool_size=120, seed=0)
+    plain = failure_rate(ks, **options)
+    rates = [plain[k]["rate"] for k in ks]
+    assert rates[0] > 0.1 and rates[1] < rates[0] and rates[2] < 0.5 * rates[0], rates
+    nuisance = failure_rate(ks, num_nuisance=20, **options)
+    for k in ks:
+        assert abs(nuisance[k]["rate"] - plain[k]["rate"]) < 0.08, (k, nuisance[k], plain[k])

@@ -1,0 +1,427 @@
+"""LM capability factors: a multi-domain linear SEM factor model (paper 14).
+
+Jin, Syrgkanis, Kakade & Zhang, "Discovering Hierarchical Latent Capabilities of Language
+Models via Causal Representation Learning" (2025). Benchmark scores are a shared linear
+mix of a few latent capabilities; the capabilities follow a linear causal DAG whose
+parameters differ by base model (the domain), the confounder the paper controls for.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from torch.distributions import constraints
+
+from inference.data import Field
+from zoo.base import ConfigError, ZooModel
+from zoo.registry import register
+
+__all__ = [
+    "CapabilityFactors",
+    "BENCHMARKS",
+    "simulate_capabilities",
+    "normalize_truth",
+    "hierarchical_r2",
+    "pooled_fa_factors",
+    "best_order_r2",
+]
+
+BENCHMARKS = ("MMLU-Pro", "BBH", "IFEval", "GPQA", "MUSR", "MATH-hard")
+LAPLACE_SCALE = 1.0 / np.sqrt(2.0)  # Laplace(0, 1/sqrt 2) has unit variance
+
+
+def _edge_index(d0: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and columns of the strictly lower-triangular entries (the edges z_j -> z_i,
+    j < i) in the order of the ``edge`` site."""
+    rows, cols = torch.tril_indices(d0, d0, offset=-1)
+    return rows, cols
+
+
+def _free_loading_mask(d: int, d0: int) -> torch.Tensor:
+    """Entries of G that are free: all but the top block's diagonal (fixed to 1) and its
+    strictly lower triangle (fixed to 0). Every G with an invertible top block is
+    equivalent to one of this form (a UL factorisation), so it fixes the paper's
+    ambiguity (z_j mixed with its ancestors) and the scale and sign of each z_j."""
+    mask = torch.ones(d, d0, dtype=torch.bool)
+    mask[:d0] = torch.triu(torch.ones(d0, d0, dtype=torch.bool), diagonal=1)
+    return mask
+
+
+def _assemble(free: torch.Tensor, d: int, d0: int) -> torch.Tensor:
+    """G (..., d, d0) from its free entries (..., n_free)."""
+    mask = _free_loading_mask(d, d0).to(free.device)
+    loading = free.new_zeros(free.shape[:-1] + (d, d0))
+    loading[..., mask] = free
+    eye = torch.eye(d0, dtype=free.dtype, device=free.device)
+    loading[..., :d0, :] = loading[..., :d0, :] + eye
+    return loading
+
+
+def _mixing(edge: torch.Tensor, d0: int) -> torch.Tensor:
+    """(I - B)^{-1} (..., d0, d0) from the edge weights (..., n_edges)."""
+    rows, cols = _edge_index(d0)
+    b = edge.new_zeros(edge.shape[:-1] + (d0, d0))
+    b[..., rows, cols] = edge
+    eye = torch.eye(d0, dtype=edge.dtype, device=edge.device)
+    return torch.linalg.solve_triangular(eye - b, eye.expand_as(b), upper=False)
+
+
+def _ul(top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``top = U L`` with U unit upper-triangular and L lower-triangular (no pivoting)."""
+    n = len(top)
+    j = np.eye(n)[::-1]
+    flipped = j @ top @ j  # LU of the flipped matrix, Doolittle (unit lower L)
+    lower = np.eye(n)
+    upper = flipped.astype(float).copy()
+    for col in range(n):
+        for row in range(col + 1, n):
+            factor = upper[row, col] / upper[col, col]
+            lower[row, col] = factor
+            upper[row] -= factor * upper[col]
+    return j @ lower @ j, j @ upper @ j
+
+
+def normalize_truth(truth: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The true parameters in the model's normalised form (G's top block unit upper
+    triangular): z' = L z with G = G' L. Edges, means and scales change with it; the
+    hierarchical R^2 does not."""
+    loading = np.asarray(truth["loading"], dtype=float)
+    d0 = loading.shape[1]
+    _, lower = _ul(loading[:d0])
+    loading_n = loading @ np.linalg.inv(lower)
+    out = {"loading": loading_n, "z": np.asarray(truth["z"]) @ lower.T}
+    rows, cols = np.tril_indices(d0, -1)
+    edges, mus, omegas = [], [], []
+    for b, mu, omega in zip(truth["B"], truth["mu"], truth["omega"], strict=True):
+        mix = lower @ np.linalg.inv(np.eye(d0) - b)  # L (I - B)^{-1} = A' D
+        diag = np.diag(mix)
+        a_new = mix / diag  # unit lower triangular (columns scaled)
+        b_new = np.eye(d0) - np.linalg.inv(a_new)
+        edges.append(b_new[rows, cols])
+        mus.append(diag * mu)
+        omegas.append(np.abs(diag) * omega)
+    out.update(edge=np.array(edges), mu=np.array(mus), omega=np.array(omegas))
+    return out
+
+
+def simulate_capabilities(
+    *,
+    num_domains: int = 4,
+    per_domain: int = 150,
+    num_benchmarks: int = 6,
+    num_factors: int = 3,
+    noise: float = 0.05,
+    anchored: bool = True,
+    seed: int = 0,
+) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    """The spec's synthetic leaderboard: ``(truth, data)``.
+
+    Chain DAG z1 -> z2 -> z3 with edge weights U[0.5, 2] per domain, Omega_k^{1/2} entries
+    U[0.5, 2], means mu_k ~ N(0, 1), Laplace noise of unit variance, G ~ N(0, 1) shared by
+    all domains, benchmark noise sd ``noise``.
+
+    ``anchored=True`` (default) draws G in the model's normalised form (the first d0
+    benchmarks anchor the factors: top block unit upper triangular, N(0, 1) elsewhere),
+    so the true chain edges are the model's own parameters. A generic G (``False``)
+    equals such a G times a lower-triangular matrix: the same data up to the paper's
+    ambiguity, with the same hierarchical R^2, but its normalised form can be badly
+    conditioned (huge loadings), far outside the priors.
+    """
+    rng = np.random.default_rng(seed)
+    d0 = num_factors
+    loading = rng.normal(size=(num_benchmarks, d0))
+    if anchored:
+        loading[:d0] = np.triu(loading[:d0], 1) + np.eye(d0)
+    bs, mus, omegas, zs, xs, doms = [], [], [], [], [], []
+    for k in range(num_domains):
+        b = np.zeros((d0, d0))
+        for i in range(1, d0):
+            b[i, i - 1] = rng.uniform(0.5, 2.0)
+        mu = rng.normal(size=d0)
+        omega = rng.uniform(0.5, 2.0, size=d0)
+        eps = rng.laplace(scale=LAPLACE_SCALE, size=(per_domain, d0))
+        z = (mu + omega * eps) @ np.linalg.inv(np.eye(d0) - b).T
+        x = z @ loading.T + noise * rng.normal(size=(per_domain, num_benchmarks))
+        bs.append(b), mus.append(mu), omegas.append(omega), zs.append(z), xs.append(x)
+        doms.append(np.full(per_domain, k))
+    truth = {
+        "loading": loading,
+        "B": np.array(bs),
+        "mu": np.array(mus),
+        "omega": np.array(omegas),
+        "z": np.concatenate(zs),
+    }
+    data = {
+        "x": torch.as_tensor(np.concatenate(xs), dtype=torch.float32),
+        "domain": torch.as_tensor(np.concatenate(doms)),
+    }
+    return truth, data
+
+
+def hierarchical_r2(z_true: np.ndarray, z_hat: np.ndarray) -> np.ndarray:
+    """R^2 of each true z_j regressed (with intercept) on the estimates z_hat_1..z_hat_j:
+    the recovery the paper's identification promises (z_j up to its ancestors)."""
+    z_true, z_hat = np.asarray(z_true, float), np.asarray(z_hat, float)
+    out = []
+    for j in range(z_true.shape[1]):
+        design = np.column_stack([np.ones(len(z_hat)), z_hat[:, : j + 1]])
+        coef, *_ = np.linalg.lstsq(design, z_true[:, j], rcond=None)
+        resid = z_true[:, j] - design @ coef
+        out.append(1.0 - resid.var() / z_true[:, j].var())
+    return np.array(out)
+
+
+def pooled_fa_factors(x: np.ndarray, num_factors: int, seed: int = 0) -> np.ndarray:
+    """The baseline: factor analysis on all domains pooled (sklearn), factor scores."""
+    from sklearn.decomposition import FactorAnalysis
+
+    fa = FactorAnalysis(n_components=num_factors, random_state=seed)
+    return fa.fit_transform(np.asarray(x, float))
+
+
+def best_order_r2(z_true: np.ndarray, z_hat: np.ndarray) -> np.ndarray:
+    """Hierarchical R^2 under the most favourable ordering of the estimated factors (a
+    pooled baseline has no order of its own)."""
+    best = None
+    for perm in itertools.permutations(range(z_hat.shape[1])):
+        r2 = hierarchical_r2(z_true, z_hat[:, perm])
+        if best is None or r2.mean() > best.mean():
+            best = r2
+    return best
+
+
+@register
+class CapabilityFactors(ZooModel):
+    """Multi-domain linear SEM factor model of benchmark scores (paper 14).
+
+    For LM i of base model (domain) k_i, with d benchmarks and d0 latent capabilities::
+
+        G       (d x d0), shared; top d0 x d0 block unit upper triangular (normalisation)
+        G_free  ~ Normal(0, 1)                       its free entries
+        b_k     ~ Normal(0, 1)   strictly lower entries of B_k (edges z_j -> z_i, j < i)
+        mu_k    ~ Normal(0, 2)^d0
+        log w_k ~ Normal(0, 1)^d0                    Omega_k^{1/2} = diag(w_k)
+        sigma   ~ HalfNormal(0.1)
+        z_i = (I - B_k)^{-1} (mu_k + w_k * eps_i),   eps_i ~ Laplace(0, 1/sqrt 2)^d0
+        x_i ~ Normal(G z_i, sigma^2 I)
+
+    ``marginal=True`` (default, the NUTS-sized variant) integrates eps out as a Gaussian of
+    the same variance: x_i ~ MVN(G A_k mu_k, G A_k W_k^2 A_k^T G^T + sigma^2 I), A_k =
+    (I - B_k)^{-1}. Then identification comes only from the heterogeneity of (B_k, W_k)
+    across >= d0 domains: a lower-triangular M fits every domain at once (z_j mixed with
+    its ancestors, the paper's ambiguity), which the normalisation of G removes.
+    ``marginal=False`` keeps eps as per-row latents (SVI).
+
+    Jin, Syrgkanis, Kakade & Zhang, "Discovering Hierarchical Latent Capabilities of
+    Language Models via Causal Representation Learning" (2025).
+    """
+
+    name = "capability_factors"
+    paper = 14
+    supports_nuts = True
+    static_structure = True
+
+    @dataclass
+    class Config:
+        #: number of base models (domains); the domain field holds 0..num_domains-1
+        num_domains: int = 4
+        #: number of benchmarks d (columns of x)
+        num_benchmarks: int = 6
+        #: number of latent capabilities d0
+        num_factors: int = 3
+        #: integrate the latent noise out (Gaussian marginal) instead of sampling it
+        marginal: bool = True
+
+    def check_config(self) -> None:
+        c = self.config
+        for key in ("num_domains", "num_benchmarks", "num_factors"):
+            value = getattr(c, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        if c.num_factors > c.num_benchmarks:
+            raise ConfigError(
+                f"num_factors ({c.num_factors}) must not exceed num_benchmarks ({c.num_benchmarks})"
+            )
+        if not isinstance(c.marginal, bool):
+            raise ConfigError(f"marginal must be true or false, got {c.marginal!r}")
+
+    @property
+    def num_free(self) -> int:
+        return int(_free_loading_mask(self.config.num_benchmarks, self.config.num_factors).sum())
+
+    def data_spec(self) -> dict[str, Field]:
+        c = self.config
+        return {
+            "x": Field(shape=(c.num_benchmarks,), doc="benchmark scores (standardised or logit)"),
+            "domain": Field(
+                dtype="int",
+                support=constraints.integer_interval(0, c.num_domains - 1),
+                doc="base model (domain) index of the LM",
+            ),
+        }
+
+    @property
+    def observed_sites(self) -> tuple[str, ...]:
+        return ("x",)
+
+    def default_priors(self) -> dict[str, dist.Distribution]:
+        return {
+            "loading_free": dist.Normal(0.0, 1.0),
+            "edge": dist.Normal(0.0, 1.0),
+            "mu": dist.Normal(0.0, 2.0),
+            "log_omega": dist.Normal(0.0, 1.0),
+            "sigma": dist.HalfNormal(0.1),
+        }
+
+    def _globals(self):
+        c = self.config
+        d0 = c.num_factors
+        free = pyro.sample(
+            "loading_free", self.prior("loading_free").expand([self.num_free]).to_event(1)
+        )
+        loading = pyro.deterministic("loading", _assemble(free, c.num_benchmarks, d0), event_dim=2)
+        sigma = pyro.sample("sigma", self.prior("sigma"))
+        with pyro.plate("dom", c.num_domains, dim=-1):
+            edge = pyro.sample("edge", self.prior("edge").expand([d0 * (d0 - 1) // 2]).to_event(1))
+            mu = pyro.sample("mu", self.prior("mu").expand([d0]).to_event(1))
+            log_omega = pyro.sample("log_omega", self.prior("log_omega").expand([d0]).to_event(1))
+        return loading, sigma, edge, mu, log_omega
+
+    def model(self, batch) -> None:
+        c = self.config
+        loading, sigma, edge, mu, log_omega = self._globals()
+        mixing = _mixing(edge, c.num_factors)  # (..., K, d0, d0)
+        domain = batch["domain"]
+        if c.marginal:
+            g_mix = loading @ mixing  # (..., K, d, d0)
+            mean = (g_mix @ mu.unsqueeze(-1)).squeeze(-1)  # (..., K, d)
+            factor = g_mix * log_omega.exp().unsqueeze(-2)  # G A_k W_k
+            eye = torch.eye(c.num_benchmarks, dtype=factor.dtype, device=factor.device)
+            cov = factor @ factor.transpose(-1, -2) + sigma[..., None, None] ** 2 * eye
+            scale_tril = torch.linalg.cholesky(cov)
+            with self.data_plate(batch):
+                pyro.sample(
+                    "x",
+                    dist.MultivariateNormal(
+                        mean[..., domain, :], scale_tril=scale_tril[..., domain, :, :]
+                    ),
+                    obs=batch["x"],
+                )
+        else:
+            with self.data_plate(batch):
+                eps = pyro.sample(
+                    "eps",
+                    dist.Laplace(loading.new_zeros(c.num_factors), LAPLACE_SCALE).to_event(1),
+                )
+                inner = mu[..., domain, :] + log_omega.exp()[..., domain, :] * eps
+                z = (mixing[..., domain, :, :] @ inner.unsqueeze(-1)).squeeze(-1)
+                mean = (loading @ z.unsqueeze(-1)).squeeze(-1)
+                pyro.sample("x", dist.Normal(mean, sigma[..., None]).to_event(1), obs=batch["x"])
+
+    def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
+        """The spec's synthetic set: ``num_domains`` x 150 LMs, chain DAG (see
+        :func:`simulate_capabilities`)."""
+        c = self.config
+        _, data = simulate_capabilities(
+            num_domains=c.num_domains,
+            num_benchmarks=c.num_benchmarks,
+            num_factors=c.num_factors,
+            seed=seed,
+        )
+        return self.validate(data)
+
+    def simulate(self, seed: int, domain: torch.Tensor) -> tuple[dict, dict]:
+        """``(truth, data)`` for SBC: every global drawn from its prior, then scores x for
+        the LMs of ``domain`` from the model itself (Gaussian eps when ``marginal``)."""
+        c = self.config
+        d0 = c.num_factors
+        generator = torch.Generator().manual_seed(int(seed))
+        with torch.random.fork_rng():
+            torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+            k = c.num_domains
+            truth = {
+                "loading_free": self.prior("loading_free").expand([self.num_free]).sample(),
+                "edge": self.prior("edge").expand([k, d0 * (d0 - 1) // 2]).sample(),
+                "mu": self.prior("mu").expand([k, d0]).sample(),
+                "log_omega": self.prior("log_omega").expand([k, d0]).sample(),
+                "sigma": self.prior("sigma").sample(),
+            }
+            loading = _assemble(truth["loading_free"], c.num_benchmarks, d0)
+            mixing = _mixing(truth["edge"], d0)[domain]
+            if c.marginal:
+                eps = torch.randn(len(domain), d0)
+            else:
+                eps = dist.Laplace(0.0, LAPLACE_SCALE).sample((len(domain), d0))
+            inner = truth["mu"][domain] + truth["log_omega"].exp()[domain] * eps
+            z = (mixing @ inner.unsqueeze(-1)).squeeze(-1)
+            x = z @ loading.T + truth["sigma"] * torch.randn(len(domain), c.num_benchmarks)
+        return truth, self.validate({"x": x, "domain": domain})
+
+    def factor_scores(
+        self, params: Mapping[str, torch.Tensor], data: Mapping[str, torch.Tensor]
+    ) -> np.ndarray:
+        """E[z | x, params] per row (Gaussian conditional of the marginal model), in the
+        model's normalised coordinates; ``params`` hold one value per site (e.g. posterior
+        means of ``loading_free``, ``edge``, ``mu``, ``log_omega``, ``sigma``)."""
+        c = self.config
+        with torch.no_grad():
+            p = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in params.items()}
+            loading = _assemble(p["loading_free"], c.num_benchmarks, c.num_factors)
+            mixing = _mixing(p["edge"], c.num_factors)
+            mean_z = (mixing @ p["mu"].unsqueeze(-1)).squeeze(-1)  # (K, d0)
+            root = mixing * p["log_omega"].exp().unsqueeze(-2)
+            cov_z = root @ root.transpose(-1, -2)  # (K, d0, d0)
+            eye = torch.eye(c.num_benchmarks)
+            cov_x = loading @ cov_z @ loading.T + p["sigma"] ** 2 * eye
+            gain = cov_z @ loading.T @ torch.linalg.inv(cov_x)  # (K, d0, d)
+            dom = data["domain"]
+            resid = data["x"] - (loading @ mean_z.unsqueeze(-1)).squeeze(-1)[dom]
+            z = mean_z[dom] + (gain[dom] @ resid.unsqueeze(-1)).squeeze(-1)
+        return z.numpy()
+
+    def dims(self) -> dict[str, list[str]]:
+        return {
+            "loading_free": ["free_entry"],
+            "loading": ["benchmark", "factor"],
+            "edge": ["domain", "edge_ij"],
+            "mu": ["domain", "factor"],
+            "log_omega": ["domain", "factor"],
+        }
+
+    def coords(self, data) -> dict:
+        c = self.config
+        rows, cols = _edge_index(c.num_factors)
+        names = BENCHMARKS if c.num_benchmarks == len(BENCHMARKS) else range(c.num_benchmarks)
+        return {
+            "benchmark": list(names),
+            "factor": [f"z{j + 1}" for j in range(c.num_factors)],
+            "edge_ij": [f"z{int(j) + 1}->z{int(i) + 1}" for i, j in zip(rows, cols, strict=True)],
+            "domain": list(range(c.num_domains)),
+        }
+
+    def evaluate(self, guide, data) -> dict:
+        """Fit quality without the truth: the posterior-median noise sd and the factor
+        scores' share of the score variance (truth-based recovery is in the tests and
+        the tutorial: :func:`hierarchical_r2`)."""
+        from inference.posterior import posterior
+
+        idata = posterior(self, data, guide=guide, num_draws=500)
+        post = {
+            k: torch.as_tensor(idata.posterior[k].values.mean((0, 1)))
+            for k in ("loading_free", "edge", "mu", "log_omega", "sigma")
+        }
+        z = self.factor_scores(post, data)
+        loading = _assemble(
+            post["loading_free"].float(), self.config.num_benchmarks, self.config.num_factors
+        ).numpy()
+        resid = data["x"].numpy() - z @ loading.T
+        return {
+            "sigma": float(post["sigma"]),
+            "explained_variance": float(1 - resid.var(0).sum() / data["x"].numpy().var(0).sum()),
+        }
