@@ -19,7 +19,14 @@ from tests.sites import latent_sites, traces
 from zoo import morpho, pendulum
 from zoo.causal_diffae import CausalGraphError, InterventionError, topological_order
 
-SMALL = {"hidden": 64, "block_dim": 4, "timesteps": 50, "ddim_steps": 5, "n_data": 256}
+SMALL = {
+    "eps_net": "mlp",
+    "hidden": 64,
+    "block_dim": 4,
+    "timesteps": 50,
+    "ddim_steps": 5,
+    "n_data": 256,
+}
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +309,13 @@ def test_label_alignment_makes_each_block_predict_its_factor():
         torch.manual_seed(0)
         pyro.set_rng_seed(0)
         m = zoo.create(
-            "causal_diffae", hidden=64, block_dim=4, n_data=800, anneal_steps=50, **overrides
+            "causal_diffae",
+            eps_net="mlp",
+            hidden=64,
+            block_dim=4,
+            n_data=800,
+            anneal_steps=50,
+            **overrides,
         )
         data = m.default_data(seed=0)
         train = {k: v[:600] for k, v in data.items()}

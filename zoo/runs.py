@@ -278,6 +278,8 @@ def train_run(
         total = steps or DEFAULT_NUTS_DRAWS
     elif steps is not None:
         total = steps
+    elif getattr(cfg, "steps", None) is not None:  # a model that counts steps, not epochs
+        total = positive_int("steps", int(cfg.steps))
     elif getattr(cfg, "epochs", None) is not None:
         epochs = float(cfg.epochs)
         if not epochs > 0:
