@@ -22,21 +22,19 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
-from sklearn.datasets import load_digits
 from torch import nn
-from torch.distributions import constraints
 
 from guides.encoders import NormalEncoder, as_pyro_module
 from inference.data import Field
 from inference.diagnostics import latent_activity
 from inference.evaluation import elbo_per_row
 from zoo.base import ConfigError, ZooModel
+from zoo.digit_images import LIKELIHOODS, digit_images, image_field, pixel_likelihood
 from zoo.registry import register
 
 __all__ = ["MLVGM", "LadderDecoder", "INJECTIONS", "LIKELIHOODS"]
 
 INJECTIONS = ("concat", "film")
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
 
 
 class LadderDecoder(PyroModule):
@@ -189,22 +187,14 @@ class MLVGM(ZooModel):
             raise ConfigError(f"lr must be > 0, got {c.lr}")
 
     def data_spec(self) -> dict[str, Field]:
-        support = (
-            constraints.boolean
-            if self.config.likelihood == "bernoulli"
-            else constraints.unit_interval
-        )
-        doc = "8x8 image: binary pixels, or in [0, 1] for the continuous Bernoulli"
-        return {"x": Field(shape=(64,), support=support, doc=doc)}
+        return {"x": image_field(self.config.likelihood)}
 
     def default_priors(self) -> dict[str, dist.Distribution]:
         d = self.config.latent_dim
         return {site: dist.Normal(0.0, 1.0).expand([d]).to_event(1) for site in self.local_sites}
 
     def likelihood(self, logits: torch.Tensor) -> dist.Distribution:
-        if self.config.likelihood == "bernoulli":
-            return dist.Bernoulli(logits=logits).to_event(1)
-        return dist.ContinuousBernoulli(logits=logits).to_event(1)
+        return pixel_likelihood(logits, self.config.likelihood)
 
     def model(self, batch) -> None:
         with self.data_plate(batch):
@@ -226,10 +216,7 @@ class MLVGM(ZooModel):
         return self.likelihood(self.decoder(list(zs))).mean
 
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
-        x = load_digits().data / 16.0
-        if self.config.likelihood == "bernoulli":
-            x = (x > 0.5).astype("float32")
-        return self.validate({"x": x})
+        return self.validate({"x": digit_images(self.config.likelihood)})
 
     def dims(self) -> dict[str, list[str]]:
         dims = {site: ["image", f"{site}_dim"] for site in self.local_sites}

@@ -19,16 +19,13 @@ from dataclasses import dataclass
 import pyro
 import pyro.distributions as dist
 import torch
-from sklearn.datasets import load_digits
-from torch.distributions import constraints
 
 from guides.encoders import NormalEncoder, mlp
 from inference.data import Field
 from inference.evaluation import elbo_per_row, iwae_per_row
 from zoo.base import ConfigError, ZooModel
+from zoo.digit_images import LIKELIHOODS, digit_images, image_field, pixel_likelihood
 from zoo.registry import register
-
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
 
 
 @register
@@ -66,13 +63,7 @@ class VAEDigits(ZooModel):
             raise ConfigError(f"hidden sizes must be >= 1, got {c.hidden}")
 
     def data_spec(self) -> dict[str, Field]:
-        support = (
-            constraints.boolean
-            if self.config.likelihood == "bernoulli"
-            else constraints.unit_interval
-        )
-        doc = "8x8 image: binary pixels, or in [0, 1] for the continuous Bernoulli"
-        return {"x": Field(shape=(64,), support=support, doc=doc)}
+        return {"x": image_field(self.config.likelihood)}
 
     def default_priors(self) -> dict[str, dist.Distribution]:
         return {"z": dist.Normal(0.0, 1.0).expand([self.config.latent_dim]).to_event(1)}
@@ -80,12 +71,8 @@ class VAEDigits(ZooModel):
     def model(self, batch) -> None:
         with self.data_plate(batch):
             z = pyro.sample("z", self.prior("z"))
-            logits = self.decoder(z)
-            if self.config.likelihood == "bernoulli":
-                likelihood = dist.Bernoulli(logits=logits)
-            else:
-                likelihood = dist.ContinuousBernoulli(logits=logits)
-            pyro.sample("x", likelihood.to_event(1), obs=batch["x"])
+            likelihood = pixel_likelihood(self.decoder(z), self.config.likelihood)
+            pyro.sample("x", likelihood, obs=batch["x"])
 
     def local_guide(self, batch, global_values=None) -> None:
         with self.data_plate(batch):
@@ -93,10 +80,7 @@ class VAEDigits(ZooModel):
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
-        x = load_digits().data / 16.0
-        if self.config.likelihood == "bernoulli":
-            x = (x > 0.5).astype("float32")
-        return self.validate({"x": x})
+        return self.validate({"x": digit_images(self.config.likelihood)})
 
     def dims(self) -> dict[str, list[str]]:
         return {"z": ["image", "latent"], "x": ["image", "pixel"]}
