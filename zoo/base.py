@@ -39,7 +39,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from inference.data import Batch, Field, validate_data
+from inference.data import Batch, Field, full_batch, validate_data
 from zoo.priors import PriorError, check_override
 
 __all__ = ["ZooModel", "ConfigError", "DATA_PLATE"]
@@ -81,6 +81,9 @@ class ZooModel(PyroModule):
     max_plate_nesting: ClassVar[int] = 1
     #: engines the model is small enough for
     supports_nuts: ClassVar[bool] = False
+    #: keyword arguments of :func:`inference.mcmc.nuts` the model's posterior needs
+    #: (e.g. ``{"dense_mass": True}`` for strongly correlated globals)
+    nuts_options: ClassVar[Mapping[str, Any]] = {}
     #: rows are exchangeable given the globals, so minibatches (and DDP ranks) may split
     #: them; False for a model whose rows depend on each other (one long time series)
     splittable: ClassVar[bool] = True
@@ -189,6 +192,34 @@ class ZooModel(PyroModule):
         import guides
 
         return guides.build("normal", self)
+
+    def nuts_init(self, data: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """Starting values for NUTS on ``data`` (``None``: the prior median). A model whose
+        posterior has modes NUTS cannot cross (label switching) or a slow transient
+        overrides this."""
+        return None
+
+    def svi_point_estimate(
+        self,
+        data: Mapping[str, torch.Tensor],
+        *,
+        guide: str = "normal",
+        seed: int = 0,
+        **fit_options: Any,
+    ) -> dict[str, torch.Tensor]:
+        """The global sites' posterior medians after a short SVI fit on ``data``: a start
+        for NUTS past a slow transient, and one labelling for every chain of a model with
+        label switching (chains started in one mode stay in it). ``fit_options`` go to
+        :func:`inference.svi.fit` (default 1000 steps at lr 0.02)."""
+        import guides
+        from inference.svi import fit
+
+        fitted = guides.build(guide, self)
+        options = {"steps": 1000, "lr": 0.02, "progress": False, **fit_options}
+        fit(self, fitted, data, seed=seed, **options)
+        with torch.no_grad():
+            median = fitted.median(full_batch(data))
+        return {name: value.detach().clone() for name, value in median.items()}
 
     @property
     def guide(self) -> torch.nn.Module:

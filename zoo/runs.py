@@ -360,7 +360,15 @@ def train_run(
         from inference.mcmc import nuts
 
         mcmc = nuts(
-            model, train, chains=chains, warmup=total, draws=total, seed=seed, progress=progress
+            model,
+            train,
+            chains=chains,
+            warmup=total,
+            draws=total,
+            seed=seed,
+            progress=progress,
+            init_values=model.nuts_init(train),
+            **model.nuts_options,
         )
         write_outputs(run_dir, record, model, None, train, test, mcmc=mcmc)
         return run_dir
