@@ -114,6 +114,41 @@ def test_engine_nuts(tmp_path):
     assert (out / "figures" / "trace.png").stat().st_size > 0
 
 
+def test_engine_nuts_takes_the_models_options_and_reports_large_variables(tmp_path, monkeypatch):
+    """A model's ``nuts_options`` and ``nuts_init`` reach the sampler, and a variable too
+    large for a full summary still shows its worst R-hat and ESS."""
+    import inference.mcmc
+    import zoo.report
+    from zoo.eight_schools import EightSchools
+
+    seen = {}
+    sampler = inference.mcmc.nuts
+
+    def spy(model, data, **options):
+        seen.update(options)
+        return sampler(model, data, **options)
+
+    monkeypatch.setattr(inference.mcmc, "nuts", spy)
+    monkeypatch.setattr(zoo.report, "SUMMARY_MAX_ELEMENTS", 4)
+    monkeypatch.setattr(EightSchools, "nuts_options", {"dense_mass": True})
+    monkeypatch.setattr(EightSchools, "nuts_init", lambda self, data: {"mu": torch.tensor(4.0)})
+    out = tmp_path / "nuts"
+    argv = ["train", "eight_schools", "--engine", "nuts", "--steps", "30", "--chains", "2"]
+    assert main([*argv, "--set", "centered=false", "--out", str(out), "--no-progress"]) == 0
+    assert seen["dense_mass"] is True and float(seen["init_values"]["mu"]) == 4.0
+    report = (out / "report.md").read_text()
+    lines = report.splitlines()
+    row = next(line for line in lines if line.startswith("| eta (8,)"))
+    header = [line for line in lines[: lines.index(row)] if line.startswith("| variable")][-1]
+
+    def cells(line):
+        return [cell.strip() for cell in line.strip("|").split("|")]
+
+    values = dict(zip(cells(header), cells(row), strict=True))
+    assert "worst R-hat, ESS" in values["variable"]
+    assert all(values[key] != "n/a" for key in ("ess_bulk", "ess_tail", "r_hat")), values
+
+
 BAD = [
     (["train", "no_such_model"], "unknown model 'no_such_model'"),
     (["train", "eight_schools", "--guide", "bogus"], "unknown guide kind 'bogus'"),

@@ -87,16 +87,24 @@ def _summary_rows(idata, model) -> list[dict[str, Any]]:
         table = summary(idata, var_names=small)
         for label, row in table.iterrows():
             rows.append({"variable": str(label), **{k: _num(v) for k, v in row.items()}})
+    # MCMC draws: a large variable still needs its worst R-hat and ESS (one bad element is
+    # a failed run); guide draws are independent, so those columns would say nothing
+    sampled = "sample_stats" in idata.groups() and "diverging" in idata.sample_stats
     for var in large:
         values = np.asarray(post[var])
         flat = values.reshape(values.shape[0] * values.shape[1], -1)
-        rows.append(
-            {
-                "variable": f"{var} {tuple(values.shape[2:])} (compact: mean over elements)",
-                "mean": _num(flat.mean()),
-                "sd": _num(flat.std(axis=0).mean()),
-            }
-        )
+        row = {
+            "variable": f"{var} {tuple(values.shape[2:])} (compact: mean over elements)",
+            "mean": _num(flat.mean()),
+            "sd": _num(flat.std(axis=0).mean()),
+        }
+        if sampled:
+            table = summary(idata, var_names=[var])
+            row["variable"] = f"{var} {tuple(values.shape[2:])} (compact: means; worst R-hat, ESS)"
+            row["ess_bulk"] = _num(table["ess_bulk"].min())
+            row["ess_tail"] = _num(table["ess_tail"].min())
+            row["r_hat"] = _num(table["r_hat"].max())
+        rows.append(row)
     return rows
 
 
