@@ -120,6 +120,16 @@ def test_paper_check_beats_kmeans(digits_model, digits_data):
     assert scores["pi_l1"] < 0.3, scores
 
 
+def test_nuts_starts_every_chain_in_one_labelling(digits_model, digits_data):
+    """``nuts_init`` is one SVI point, passed to every chain: a labelling that already
+    scores well, so the chains explore one of the K! equivalent modes."""
+    start = digits_model.nuts_init(digits_data)
+    assert start["pi"].shape == (15, 5) and start["phi"].shape == (5, 30)
+    for name in ("pi", "phi"):
+        assert torch.allclose(start[name].sum(-1), torch.ones(()), atol=1e-4)
+    assert digits_model.scores(start["pi"], start["phi"], digits_data)["accuracy"] > 0.85
+
+
 def test_recovery_of_known_truth():
     """3 classes, 6 domains, 12 codes, 3000 rows from the model with sparse p(c | y) (phi ~
     Dirichlet(0.2): codes nearly anchor one class, the paper's separability condition):
