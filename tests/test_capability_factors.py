@@ -8,6 +8,7 @@ import numpy as np
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 
 import guides
 import zoo
@@ -20,6 +21,7 @@ from tests.sites import latent_sites, traces
 from zoo.capability_factors import (
     best_order_r2,
     hierarchical_r2,
+    mix_descendants,
     pooled_fa_factors,
     simulate_capabilities,
 )
@@ -126,9 +128,47 @@ def test_native_laplace_variant_trains(spec_data):
 SMALL = dict(num_domains=3, num_benchmarks=4, num_factors=2)
 
 
-def test_nuts_and_svi_agree_on_globals():
-    """A small design (3 domains x 30 LMs, 4 benchmarks, 2 capabilities, noise 0.3): a
-    wide posterior keeps NUTS's trees short enough for the test budget."""
+def test_gaussian_marginal_is_identified_only_up_to_descendant_mixing(spec_data):
+    """z' = N z with N unit upper triangular (z_j mixed with its descendants) gives other
+    parameters with exactly the same likelihood: the fast variant's posterior has a ridge
+    of d0 (d0 - 1) / 2 directions that only the prior shapes."""
+    model = zoo.create("capability_factors")
+    truth, data = spec_data
+    data = {k: v.double() if v.is_floating_point() else v for k, v in data.items()}
+    generator = torch.Generator().manual_seed(0)
+    params = {
+        "loading_free": torch.randn(model.num_free, generator=generator, dtype=torch.float64),
+        "edge": 0.5 * torch.randn(4, 3, generator=generator, dtype=torch.float64),
+        "mu": torch.randn(4, 3, generator=generator, dtype=torch.float64),
+        "log_omega": 0.3 * torch.randn(4, 3, generator=generator, dtype=torch.float64),
+        "sigma": torch.tensor(0.1, dtype=torch.float64),
+    }
+    upper = torch.eye(3, dtype=torch.float64)
+    upper[0, 1], upper[0, 2], upper[1, 2] = 0.7, 0.3, -0.4
+    other = mix_descendants(params, upper)
+
+    def log_lik(values):
+        trace = poutine.trace(poutine.condition(model.model, data=values)).get_trace(
+            full_batch(data)
+        )
+        site = trace.nodes["x"]
+        return site["fn"].log_prob(site["value"]).sum()
+
+    assert max(float((other[k] - params[k]).abs().max()) for k in SITES) > 0.5
+    assert torch.isclose(log_lik(other), log_lik(params), rtol=1e-9, atol=1e-6)
+    with pytest.raises(ValueError, match="unit upper triangular"):
+        mix_descendants(params, 2 * torch.eye(3))
+
+
+IDENTIFIED = ("domain_mean", "domain_cov", "sigma")
+
+
+def test_nuts_and_svi_agree_on_what_the_data_identify():
+    """A small design (3 domains x 30 LMs, 4 benchmarks, 2 capabilities, noise 0.3). The
+    raw parameters lie on the prior-shaped ridge above (NUTS mixes slowly along it), so
+    the comparison is on the identified functionals: each domain's mean and covariance of
+    the scores, and sigma. Measured: NUTS bulk ESS 112-200 of 200 draws, SVI means within
+    0.1 NUTS sd, SVI sds 0.96-1.13 of NUTS's."""
     model = zoo.create("capability_factors", **SMALL)
     _, data = simulate_capabilities(
         num_domains=3, per_domain=30, num_benchmarks=4, num_factors=2, noise=0.3, seed=1
@@ -137,34 +177,33 @@ def test_nuts_and_svi_agree_on_globals():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mcmc = nuts(
-            model, data, chains=1, warmup=200, draws=200, seed=0, max_tree_depth=7, progress=False
+            model,
+            data,
+            chains=1,
+            warmup=200,
+            draws=200,
+            seed=0,
+            max_tree_depth=7,
+            dense_mass=True,
+            progress=False,
         )
     idata = posterior(model, data, mcmc=mcmc)
     assert int(idata.sample_stats["diverging"].sum()) == 0
-    table = summary(idata, var_names=list(SITES))
-    # Measured: in this 3-domain design most components (loading_free[0], [2], most mu /
-    # log_omega / edge entries) mix slowly under NUTS (bulk ESS 2-50 with 1 x 200 draws,
-    # R-hat 1.1 with 2 x 300: a weakly identified direction), so agreement is asserted
-    # only where NUTS has ESS >= 50 (5 of 21 components here, sigma among them).
-    ess = table["ess_bulk"].to_numpy()
-    assert (ess >= 50).sum() >= 4, table
-    # mean-field SVI, long enough to leave the poor local optimum a short run (or the
-    # full-rank guide from its default start) can end in
+    table = summary(idata, var_names=list(IDENTIFIED))
+    assert (table["ess_bulk"] >= 50).all(), table
     guide = guides.build("normal", model)
     fit(model, guide, data, steps=3000, seed=0, **dict(SVI, lr=0.02, lr_final_factor=0.1))
     svi = posterior(model, data, guide=guide, num_draws=2000).posterior
-    checked = 0
-    for name in SITES:
+    for name in IDENTIFIED:
         mc = idata.posterior[name].values.reshape(200, -1)
         vi = svi[name].values.reshape(2000, -1)
-        rows = [i for i in table.index if i == name or i.startswith(name + "[")]
-        mixed = table.loc[rows, "ess_bulk"].to_numpy() >= 50
+        varies = mc.std(0) > 1e-6  # the covariance's fixed zeros (none here) would be skipped
         # means within 0.5 NUTS posterior sd + 3 Monte Carlo standard errors (ESS >= 50)
         tol = 0.5 * mc.std(0) + 3 * mc.std(0) / math.sqrt(50)
         close = np.abs(vi.mean(0) - mc.mean(0)) < tol
-        assert close[mixed].all(), (name, vi.mean(0), mc.mean(0), mixed)
-        checked += int(mixed.sum())
-    assert checked >= 4 and "sigma" in table.index[ess >= 50], table
+        assert close[varies].all(), (name, vi.mean(0), mc.mean(0))
+        ratio = vi.std(0)[varies] / mc.std(0)[varies]
+        assert 0.7 < np.median(ratio) < 1.4, (name, ratio)
 
 
 def test_sbc_of_nuts_is_uniform():

@@ -30,6 +30,8 @@ __all__ = [
     "hierarchical_r2",
     "pooled_fa_factors",
     "best_order_r2",
+    "mix_descendants",
+    "true_site_values",
 ]
 
 BENCHMARKS = ("MMLU-Pro", "BBH", "IFEval", "GPQA", "MUSR", "MATH-hard")
@@ -72,6 +74,40 @@ def _mixing(edge: torch.Tensor, d0: int) -> torch.Tensor:
     return torch.linalg.solve_triangular(eye - b, eye.expand_as(b), upper=False)
 
 
+def mix_descendants(
+    params: Mapping[str, torch.Tensor], upper: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The parameters of z' = N z for a unit upper-triangular ``upper`` = N (z_j mixed with
+    its descendants): G' = G N^{-1} keeps the normalised form, and each domain's
+    N A_k W_k^2 A_k^T N^T is refactored as A'_k W'_k^2 A'_k^T (its LDL^T decomposition).
+    Under the Gaussian marginal the scores have exactly the same distribution, so the
+    data cannot tell the two apart: the ridge of the fast variant's posterior."""
+    p = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in params.items()}
+    upper = torch.as_tensor(upper, dtype=torch.float64)
+    d0 = upper.shape[-1]
+    if not torch.equal(torch.triu(upper), upper) or not torch.all(upper.diagonal() == 1):
+        raise ValueError("upper must be unit upper triangular (ones on the diagonal)")
+    d = (p["loading_free"].shape[-1] + d0 * (d0 + 1) // 2) // d0
+    loading = _assemble(p["loading_free"], d, d0) @ torch.linalg.inv(upper)
+    mixing = _mixing(p["edge"], d0)
+    root = upper @ mixing * p["log_omega"].exp().unsqueeze(-2)  # N A_k W_k
+    chol = torch.linalg.cholesky(root @ root.transpose(-1, -2))
+    scale = chol.diagonal(dim1=-2, dim2=-1)
+    unit = chol / scale.unsqueeze(-2)  # A'_k, unit lower triangular
+    eye = torch.eye(d0, dtype=unit.dtype)
+    rows, cols = _edge_index(d0)
+    edge = (eye - torch.linalg.inv(unit))[..., rows, cols]
+    mean_z = (upper @ mixing @ p["mu"].unsqueeze(-1)).squeeze(-1)
+    mu = torch.linalg.solve(unit, mean_z.unsqueeze(-1)).squeeze(-1)
+    return {
+        "loading_free": loading[..., _free_loading_mask(d, d0)],
+        "edge": edge,
+        "mu": mu,
+        "log_omega": scale.log(),
+        "sigma": p["sigma"],
+    }
+
+
 def _ul(top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``top = U L`` with U unit upper-triangular and L lower-triangular (no pivoting)."""
     n = len(top)
@@ -108,6 +144,20 @@ def normalize_truth(truth: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         omegas.append(np.abs(diag) * omega)
     out.update(edge=np.array(edges), mu=np.array(mus), omega=np.array(omegas))
     return out
+
+
+def true_site_values(truth: Mapping[str, np.ndarray], noise: float = 0.05) -> dict:
+    """The simulation's truth as values of the model's sites (normalised form, float64);
+    ``noise`` is the benchmark noise sd it was simulated with."""
+    norm = normalize_truth(truth)
+    d, d0 = norm["loading"].shape
+    return {
+        "loading_free": torch.as_tensor(norm["loading"][_free_loading_mask(d, d0).numpy()]),
+        "edge": torch.as_tensor(norm["edge"]),
+        "mu": torch.as_tensor(norm["mu"]),
+        "log_omega": torch.as_tensor(np.log(norm["omega"])),
+        "sigma": torch.tensor(float(noise), dtype=torch.float64),
+    }
 
 
 def simulate_capabilities(
@@ -213,10 +263,15 @@ class CapabilityFactors(ZooModel):
 
     ``marginal=True`` (default, the NUTS-sized variant) integrates eps out as a Gaussian of
     the same variance: x_i ~ MVN(G A_k mu_k, G A_k W_k^2 A_k^T G^T + sigma^2 I), A_k =
-    (I - B_k)^{-1}. Then identification comes only from the heterogeneity of (B_k, W_k)
-    across >= d0 domains: a lower-triangular M fits every domain at once (z_j mixed with
-    its ancestors, the paper's ambiguity), which the normalisation of G removes.
-    ``marginal=False`` keeps eps as per-row latents (SVI).
+    (I - B_k)^{-1}. The normalisation of G removes the paper's ambiguity (a lower-triangular
+    M: z_j mixed with its ancestors). It does not make the fast variant identified: a
+    Gaussian pins down only each domain's mean and covariance of x, and every covariance
+    has an A_k W_k^2 A_k^T form, so z' = N z with N unit upper triangular (z_j mixed with
+    its descendants, :func:`mix_descendants`) fits every domain exactly as well. Its
+    posterior has a ridge of d0 (d0 - 1) / 2 directions shaped only by the prior; what
+    the data identify are the deterministic sites ``domain_mean``, ``domain_cov`` and
+    sigma. The paper separates the capabilities with per-domain ICA, i.e. with
+    non-Gaussian eps: ``marginal=False`` keeps the Laplace eps as per-row latents (SVI).
 
     Jin, Syrgkanis, Kakade & Zhang, "Discovering Hierarchical Latent Capabilities of
     Language Models via Causal Representation Learning" (2025).
@@ -287,23 +342,28 @@ class CapabilityFactors(ZooModel):
         )
         loading = pyro.deterministic("loading", _assemble(free, c.num_benchmarks, d0), event_dim=2)
         sigma = pyro.sample("sigma", self.prior("sigma"))
-        with pyro.plate("dom", c.num_domains, dim=-1):
+        domains = pyro.plate("dom", c.num_domains, dim=-1)
+        with domains:
             edge = pyro.sample("edge", self.prior("edge").expand([d0 * (d0 - 1) // 2]).to_event(1))
             mu = pyro.sample("mu", self.prior("mu").expand([d0]).to_event(1))
             log_omega = pyro.sample("log_omega", self.prior("log_omega").expand([d0]).to_event(1))
-        return loading, sigma, edge, mu, log_omega
+        return loading, sigma, edge, mu, log_omega, domains
 
     def model(self, batch) -> None:
         c = self.config
-        loading, sigma, edge, mu, log_omega = self._globals()
+        loading, sigma, edge, mu, log_omega, domains = self._globals()
         mixing = _mixing(edge, c.num_factors)  # (..., K, d0, d0)
         domain = batch["domain"]
+        # the moments of x per domain: what the data identify (see the class docstring)
+        g_mix = loading @ mixing  # (..., K, d, d0)
+        mean = (g_mix @ mu.unsqueeze(-1)).squeeze(-1)  # (..., K, d)
+        factor = g_mix * log_omega.exp().unsqueeze(-2)  # G A_k W_k
+        eye = torch.eye(c.num_benchmarks, dtype=factor.dtype, device=factor.device)
+        cov = factor @ factor.transpose(-1, -2) + sigma[..., None, None] ** 2 * eye
+        with domains:
+            pyro.deterministic("domain_mean", mean, event_dim=1)
+            pyro.deterministic("domain_cov", cov, event_dim=2)
         if c.marginal:
-            g_mix = loading @ mixing  # (..., K, d, d0)
-            mean = (g_mix @ mu.unsqueeze(-1)).squeeze(-1)  # (..., K, d)
-            factor = g_mix * log_omega.exp().unsqueeze(-2)  # G A_k W_k
-            eye = torch.eye(c.num_benchmarks, dtype=factor.dtype, device=factor.device)
-            cov = factor @ factor.transpose(-1, -2) + sigma[..., None, None] ** 2 * eye
             scale_tril = torch.linalg.cholesky(cov)
             with self.data_plate(batch):
                 pyro.sample(
@@ -392,6 +452,8 @@ class CapabilityFactors(ZooModel):
             "edge": ["domain", "edge_ij"],
             "mu": ["domain", "factor"],
             "log_omega": ["domain", "factor"],
+            "domain_mean": ["domain", "benchmark"],
+            "domain_cov": ["domain", "benchmark", "benchmark_col"],
         }
 
     def coords(self, data) -> dict:
@@ -400,6 +462,7 @@ class CapabilityFactors(ZooModel):
         names = BENCHMARKS if c.num_benchmarks == len(BENCHMARKS) else range(c.num_benchmarks)
         return {
             "benchmark": list(names),
+            "benchmark_col": list(names),
             "factor": [f"z{j + 1}" for j in range(c.num_factors)],
             "edge_ij": [f"z{int(j) + 1}->z{int(i) + 1}" for i, j in zip(rows, cols, strict=True)],
             "domain": list(range(c.num_domains)),
