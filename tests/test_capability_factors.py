@@ -87,9 +87,33 @@ def svi_fit(spec_data):
     return model, guide, result
 
 
-def test_recovers_ordered_capabilities_where_pooled_fa_fails(spec_data, svi_fit):
-    """The paper's check: hierarchical R^2 (true z_j on estimated z_1..z_j) above 0.9 for
-    every capability; the pooled factor analysis misses z1 even in its best order."""
+def test_recovers_each_domains_moments(spec_data, svi_fit):
+    """Recovery of what the data identify: each domain's mean and covariance of the scores
+    against the simulation's true ones, within 5 sampling sds of a 150-row estimate (Gaussian
+    formula, widened by sqrt(5/2) for the Laplace noise's fourth moment)."""
+    truth, data = spec_data
+    model, guide, _ = svi_fit
+    post = posterior(model, data, guide=guide, num_draws=500).posterior
+    mixing = np.linalg.inv(np.eye(3) - truth["B"])  # (K, d0, d0)
+    g_mix = truth["loading"] @ mixing
+    mean = (g_mix @ truth["mu"][..., None])[..., 0]
+    root = g_mix * truth["omega"][:, None, :]
+    cov = root @ root.transpose(0, 2, 1) + 0.05**2 * np.eye(6)
+    var = np.diagonal(cov, axis1=1, axis2=2)
+    mean_sd = np.sqrt(var / 150)
+    cov_sd = np.sqrt(np.sqrt(5 / 2) ** 2 * (var[:, :, None] * var[:, None, :] + cov**2) / 150)
+    est_mean = post["domain_mean"].values.mean((0, 1))
+    est_cov = post["domain_cov"].values.mean((0, 1))
+    assert (np.abs(est_mean - mean) < 5 * mean_sd).all(), np.abs(est_mean - mean) / mean_sd
+    assert (np.abs(est_cov - cov) < 5 * cov_sd).all(), np.abs(est_cov - cov) / cov_sd
+
+
+def test_papers_check_on_the_spec_leaderboard(spec_data, svi_fit):
+    """The paper's check on the spec's seed-0 leaderboard: hierarchical R^2 (true z_j on
+    estimated z_1..z_j) above 0.9 for every capability; the pooled factor analysis misses
+    z1 even in its best order. The fast variant is not identified (see above), so this is
+    a property of this data set and prior, not a guarantee: measured over seeds 0-5, the
+    model's z1 R^2 is 0.94 / 0.98 / 0.43 / 0.09 / 0.70 / 0.04 (tutorial)."""
     truth, data = spec_data
     model, guide, _ = svi_fit
     idata = posterior(model, data, guide=guide, num_draws=500)
