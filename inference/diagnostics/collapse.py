@@ -19,45 +19,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from pyro import poutine
 from pyro.distributions import Delta
-from pyro.poutine.subsample_messenger import _Subsample
 from torch import nn
-from torch.distributions import Independent, kl_divergence
+from torch.distributions import kl_divergence
 
 from inference.data import full_batch
+from inference.diagnostics.traces import local_sites, rows_first, unwrap_independent
 
 __all__ = ["latent_activity", "collapse_table"]
-
-DATA_PLATE = "data"
-
-
-def _unwrap(fn) -> tuple[torch.distributions.Distribution, int]:
-    """The base distribution under ``Independent`` wrappers and the event dims it folded."""
-    event = 0
-    while isinstance(fn, Independent):
-        event += fn.reinterpreted_batch_ndims
-        fn = fn.base_dist
-    return fn, event
-
-
-def _local_sites(trace) -> list[str]:
-    return [
-        name
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and not site["is_observed"]
-        and not isinstance(site["fn"], _Subsample)
-        and not site["infer"].get("_deterministic")
-        and not site["infer"].get("is_auxiliary")
-        and any(f.name == DATA_PLATE for f in site["cond_indep_stack"])
-    ]
-
-
-def _rows_first(value: torch.Tensor, event: int, rows: int) -> torch.Tensor:
-    """(..., N, *event) per-dimension values -> (N, D): the data plate is the last batch dim."""
-    value = value.movedim(-(event + 1), 0) if value.dim() > event else value
-    if value.shape[0] != rows:
-        value = value.expand((rows,) + value.shape[1:]) if value.shape[0] == 1 else value
-    return value.reshape(rows, -1)
 
 
 def _site_kl(q, p, num_draws: int) -> tuple[torch.Tensor, str]:
@@ -142,7 +110,7 @@ def latent_activity(
             guide_trace = poutine.trace(guide).get_trace(batch)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
         if particle == 0:
-            local = _local_sites(guide_trace)
+            local = local_sites(guide_trace)
             if sites is None:
                 sites = local
             else:
@@ -155,8 +123,8 @@ def latent_activity(
                 raise ValueError("the guide has no latent sites under the data plate")
             order = [name for name in model_trace.nodes if name in local]
         for name in sites:
-            q, q_event = _unwrap(guide_trace.nodes[name]["fn"])
-            p, _ = _unwrap(model_trace.nodes[name]["fn"])
+            q, q_event = unwrap_independent(guide_trace.nodes[name]["fn"])
+            p, _ = unwrap_independent(model_trace.nodes[name]["fn"])
             with torch.no_grad():
                 if isinstance(q, Delta):
                     # a point-mass (MAP) encoder: no KL, activity from its point estimate
@@ -164,15 +132,15 @@ def latent_activity(
                     kl = torch.full_like(mean, float("nan"))
                     kinds[name] = "point_mass"
                     q_event = q_event + q.event_dim
-                    kls.setdefault(name, []).append(_rows_first(kl, q_event, rows).double())
-                    means.setdefault(name, []).append(_rows_first(mean, q_event, rows).double())
+                    kls.setdefault(name, []).append(rows_first(kl, q_event, rows).double())
+                    means.setdefault(name, []).append(rows_first(mean, q_event, rows).double())
                     continue
                 kl, kinds[name] = _site_kl(q, p, num_particles)
                 mean = _mean(q, num_particles)
             joint = len(q.event_shape)
             kl_shape = q.batch_shape + kl.shape[len(q.batch_shape) :]
-            kl = _rows_first(kl.expand(kl_shape), q_event + (1 if joint else 0), rows)
-            mean = _rows_first(mean.expand(q.batch_shape + q.event_shape), q_event + joint, rows)
+            kl = rows_first(kl.expand(kl_shape), q_event + (1 if joint else 0), rows)
+            mean = rows_first(mean.expand(q.batch_shape + q.event_shape), q_event + joint, rows)
             kls.setdefault(name, []).append(kl.double())
             means.setdefault(name, []).append(mean.double())
     out: dict[str, dict] = {}

@@ -30,7 +30,7 @@ from torch import nn
 from torch.distributions import biject_to
 
 from inference.data import Batch
-from inference.diagnostics.collapse import _local_sites, _rows_first, _unwrap
+from inference.diagnostics.traces import local_sites, rows_first, unwrap_independent
 
 __all__ = ["LatentMI", "latent_mi", "info_nce"]
 
@@ -171,13 +171,13 @@ class _PairSampler:
         parts = []
         for name in self.outputs:
             fn = trace.nodes[name]["fn"]
-            _, event = _unwrap(fn)
+            _, event = unwrap_independent(fn)
             try:
                 mean = fn.mean
             except NotImplementedError:
                 mean = fn.sample()
             mean = mean.expand(fn.batch_shape + fn.event_shape)
-            parts.append(_rows_first(mean, event, batch.batch_size))
+            parts.append(rows_first(mean, event, batch.batch_size))
         return torch.cat(parts, dim=-1).float()
 
     def _draw(self, site: str | None, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,7 +242,7 @@ def _run(model, guide, data, sites, sigmas, source, batch_size, seed, options):
     with torch.no_grad(), poutine.block():
         guide_trace = poutine.trace(guide).get_trace(probe)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(probe)
-    local = _local_sites(guide_trace if source == "posterior" else model_trace)
+    local = local_sites(guide_trace if source == "posterior" else model_trace)
     if sites is None:
         sites = local
     else:
