@@ -108,6 +108,16 @@ def mix_descendants(
     }
 
 
+def _moments(loading, mixing, mu, log_omega, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each domain's mean (..., K, d) and covariance (..., K, d, d) of x; the globals'
+    batch shape has a trailing 1 where the domains' has K."""
+    g_mix = loading @ mixing  # (..., K, d, d0)
+    mean = (g_mix @ mu.unsqueeze(-1)).squeeze(-1)
+    factor = g_mix * log_omega.exp().unsqueeze(-2)  # G A_k W_k
+    eye = torch.eye(loading.shape[-2], dtype=factor.dtype, device=factor.device)
+    return mean, factor @ factor.transpose(-1, -2) + sigma[..., None, None] ** 2 * eye
+
+
 def _ul(top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``top = U L`` with U unit upper-triangular and L lower-triangular (no pivoting)."""
     n = len(top)
@@ -355,11 +365,7 @@ class CapabilityFactors(ZooModel):
         mixing = _mixing(edge, c.num_factors)  # (..., K, d0, d0)
         domain = batch["domain"]
         # the moments of x per domain: what the data identify (see the class docstring)
-        g_mix = loading @ mixing  # (..., K, d, d0)
-        mean = (g_mix @ mu.unsqueeze(-1)).squeeze(-1)  # (..., K, d)
-        factor = g_mix * log_omega.exp().unsqueeze(-2)  # G A_k W_k
-        eye = torch.eye(c.num_benchmarks, dtype=factor.dtype, device=factor.device)
-        cov = factor @ factor.transpose(-1, -2) + sigma[..., None, None] ** 2 * eye
+        mean, cov = _moments(loading, mixing, mu, log_omega, sigma)
         with domains:
             pyro.deterministic("domain_mean", mean, event_dim=1)
             pyro.deterministic("domain_cov", cov, event_dim=2)
@@ -422,6 +428,22 @@ class CapabilityFactors(ZooModel):
             z = (mixing @ inner.unsqueeze(-1)).squeeze(-1)
             x = z @ loading.T + truth["sigma"] * torch.randn(len(domain), c.num_benchmarks)
         return truth, self.validate({"x": x, "domain": domain})
+
+    def domain_moments(self, draws: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``domain_mean`` (S, K, d) and ``domain_cov`` (S, K, d, d) for S draws of the
+        sites (leading dim S, e.g. ``mcmc.get_samples()`` or a simulated truth with S = 1)."""
+        c = self.config
+        with torch.no_grad():
+            loading = _assemble(draws["loading_free"], c.num_benchmarks, c.num_factors)
+            mixing = _mixing(draws["edge"], c.num_factors)
+            mean, cov = _moments(
+                loading.unsqueeze(-3),
+                mixing,
+                draws["mu"],
+                draws["log_omega"],
+                draws["sigma"].unsqueeze(-1),
+            )
+        return {"domain_mean": mean, "domain_cov": cov}
 
     def factor_scores(
         self, params: Mapping[str, torch.Tensor], data: Mapping[str, torch.Tensor]
