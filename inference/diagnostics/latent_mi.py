@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 
 import torch
 from pyro import poutine
-from pyro.poutine.subsample_messenger import _Subsample
 from torch import nn
 from torch.distributions import biject_to
 
 from inference.data import Batch
-from inference.diagnostics.traces import local_sites, rows_first, unwrap_independent
+from inference.diagnostics.traces import local_sites, rows_first, sample_sites, unwrap_independent
 
 __all__ = ["LatentMI", "latent_mi", "info_nce"]
 
@@ -112,28 +111,6 @@ def info_nce(anchor: torch.Tensor, view: torch.Tensor, temperature: float) -> to
     return nn.functional.cross_entropy(logits, torch.arange(len(anchor), device=anchor.device))
 
 
-def _observed_sites(trace) -> list[str]:
-    return [
-        name
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and site["is_observed"]
-        and not isinstance(site["fn"], _Subsample)
-    ]
-
-
-def _latent_values(trace) -> dict[str, torch.Tensor]:
-    return {
-        name: site["value"]
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and not site["is_observed"]
-        and not isinstance(site["fn"], _Subsample)
-        and not site["infer"].get("_deterministic")
-        and not site["infer"].get("is_auxiliary")
-    }
-
-
 class _PairSampler:
     """Fresh (anchor output, view output) pairs on each call (continuous sampling); pairs are
     drawn ``pool`` batches at a time, each pair used once, to spread the tracing overhead."""
@@ -164,7 +141,8 @@ class _PairSampler:
     def latents(self, batch: Batch):
         source = self.guide if self.source == "posterior" else self.model
         trace = poutine.trace(source).get_trace(batch)
-        return trace, _latent_values(trace)
+        latent = sample_sites(trace, observed=False)
+        return trace, {name: trace.nodes[name]["value"] for name in latent}
 
     def output(self, batch: Batch, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
         trace = poutine.trace(poutine.condition(self.model, data=dict(values))).get_trace(batch)
@@ -252,7 +230,7 @@ def _run(model, guide, data, sites, sigmas, source, batch_size, seed, options):
             raise ValueError(f"site(s) {unknown} are not local latent sites; local: {local}")
     if not sites:
         raise ValueError("the model has no latent sites under the data plate to probe")
-    outputs = _observed_sites(model_trace)
+    outputs = sample_sites(model_trace, observed=True)
     if not outputs:
         raise ValueError("the model has no observed site to measure the output at")
 

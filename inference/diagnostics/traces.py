@@ -7,7 +7,7 @@ import torch
 from pyro.poutine.subsample_messenger import _Subsample
 from torch.distributions import Independent
 
-__all__ = ["DATA_PLATE", "unwrap_independent", "local_sites", "rows_first"]
+__all__ = ["DATA_PLATE", "unwrap_independent", "sample_sites", "local_sites", "rows_first"]
 
 DATA_PLATE = "data"
 
@@ -21,18 +21,26 @@ def unwrap_independent(fn) -> tuple[torch.distributions.Distribution, int]:
     return fn, event
 
 
-def local_sites(trace) -> list[str]:
-    """Latent sample sites under the data plate (no observed, subsample, deterministic
-    or auxiliary sites)."""
+def sample_sites(trace, *, observed: bool) -> list[str]:
+    """The observed or the latent sample sites of a trace; subsample, deterministic and
+    auxiliary sites are neither."""
     return [
         name
         for name, site in trace.nodes.items()
         if site["type"] == "sample"
-        and not site["is_observed"]
+        and bool(site["is_observed"]) == observed
         and not isinstance(site["fn"], _Subsample)
         and not site["infer"].get("_deterministic")
         and not site["infer"].get("is_auxiliary")
-        and any(f.name == DATA_PLATE for f in site["cond_indep_stack"])
+    ]
+
+
+def local_sites(trace) -> list[str]:
+    """Latent sample sites under the data plate."""
+    return [
+        name
+        for name in sample_sites(trace, observed=False)
+        if any(f.name == DATA_PLATE for f in trace.nodes[name]["cond_indep_stack"])
     ]
 
 
