@@ -205,8 +205,8 @@ def test_map_recovers_the_true_subspace_and_the_closed_form_mle():
 
 def test_nuts_starts_at_the_svi_point():
     """The chains' start (``nuts_init``) is an SVI fit of the exact-marginal model: its
-    loadings span the closed-form MLE's to within 5 degrees; the z-as-a-site variant has
-    no start of its own."""
+    loadings span the closed-form MLE's to within 5 degrees; NUTS adapts a dense mass
+    matrix. The z-as-a-site variant has neither."""
     options = dict(input_dim=10, latent_dim=2, num_unlabeled=2000, num_labeled=1, num_test=1)
     model = zoo.create("pretraining_factor", **options)
     _, data = model.simulate(7)
@@ -216,7 +216,9 @@ def test_nuts_starts_at_the_svi_point():
     w_mle, sigma_mle = ppca_mle(data["x"].numpy().astype(float), 2)
     assert np.degrees(principal_angles(w, w_mle).max()) < 5
     assert abs(float(start["sigma"]) - sigma_mle) < 0.05 * sigma_mle
-    assert zoo.create("pretraining_factor", marginalize=False, **options).nuts_init(data) is None
+    assert model.nuts_options == {"dense_mass": True}  # correlated loadings
+    variant = zoo.create("pretraining_factor", marginalize=False, **options)
+    assert variant.nuts_init(data) is None and variant.nuts_options == {}
 
 
 @pytest.mark.parametrize(
