@@ -12,6 +12,7 @@ from pyro.infer.autoguide import init_to_median, init_to_value
 from torch import nn
 
 from inference.data import full_batch
+from inference.diagnostics.traces import sample_sites
 
 __all__ = ["nuts"]
 
@@ -55,9 +56,8 @@ def nuts(
             raise TypeError(f"init_values must map site names to tensors, got {init_values!r}")
         values = {name: torch.as_tensor(v) for name, v in init_values.items()}
         trace = poutine.trace(model).get_trace(full_batch(data))
-        latent = {n for n, site in trace.nodes.items() if site["type"] == "sample"}
-        latent -= {n for n in latent if trace.nodes[n]["is_observed"]}
-        unknown = sorted(set(values) - latent)
+        latent = sample_sites(trace, observed=False)  # no plates' subsample sites
+        unknown = sorted(set(values) - set(latent))
         if unknown:
             raise ValueError(
                 f"init_values name {unknown}, not latent sites of the model {sorted(latent)}"

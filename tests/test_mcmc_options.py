@@ -57,6 +57,7 @@ def test_chains_start_at_the_given_values(schools):
     [
         ({"m": torch.tensor(0.0)}, r"init_values name \['m'\], not latent sites"),
         ({"y": torch.zeros(8)}, r"init_values name \[.y.\], not latent sites"),
+        ({"data": torch.zeros(8)}, r"init_values name \[.data.\], not latent sites"),
         ({"mu": torch.tensor(float("nan"))}, r"init_values must be finite; not so for \['mu'\]"),
         ([("mu", 0.0)], "init_values must map site names to tensors"),
     ],
