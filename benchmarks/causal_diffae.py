@@ -20,7 +20,7 @@ import time
 import torch
 
 import zoo
-from zoo.causal_diffae import counterfactual_mae, effect_size, sample_accuracy
+from zoo.models.causal_diffae.model import counterfactual_mae, effect_size, sample_accuracy
 
 VARIANTS = {
     "causal_diffae": {},

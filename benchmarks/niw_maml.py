@@ -18,7 +18,7 @@ from pyro.infer import Trace_ELBO
 
 import zoo
 from inference.data import Batch
-from zoo.niw_meta import maml_query_loss
+from zoo.models.niw_meta.regression import maml_query_loss
 
 
 def _saved_bytes(fn) -> int:

@@ -26,7 +26,7 @@ import zoo
 from benchmarks.vae_step import BATCH, HIDDEN, LATENT, LR, _split, zoo_run
 from inference.diagnostics.summary import min_ess_bulk
 from inference.mcmc import nuts
-from zoo.eight_schools import SIGMA
+from zoo.models.eight_schools import SIGMA
 
 
 def available() -> bool:

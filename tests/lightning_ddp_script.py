@@ -41,7 +41,7 @@ def run_case(case: str, devices: int) -> dict[str, float]:
     from inference.evaluation import elbo_per_row
     from inference.lightning import fit_lightning
     from inference.posterior import draw_latents
-    from zoo.runs import _split
+    from zoo.cli.runs import _split
 
     steps, per_rank, lr = CASES[case]
     batch = per_rank * 2 // devices  # the same global batch for 1 or 2 ranks

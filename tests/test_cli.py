@@ -16,7 +16,7 @@ import torch
 
 from inference.checkpoint import load_checkpoint, save_checkpoint
 from zoo.cli import main
-from zoo.runs import read_idata
+from zoo.cli.runs import read_idata
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_FILES = ("config.json", "metrics.csv", "checkpoint.pt", "idata.nc", "report.md")
@@ -118,8 +118,8 @@ def test_engine_nuts_takes_the_models_options_and_reports_large_variables(tmp_pa
     """A model's ``nuts_options`` and ``nuts_init`` reach the sampler, and a variable too
     large for a full summary still shows its worst R-hat and ESS."""
     import inference.mcmc
-    import zoo.report
-    from zoo.eight_schools import EightSchools
+    import zoo.cli.report
+    from zoo.models.eight_schools import EightSchools
 
     seen = {}
     sampler = inference.mcmc.nuts
@@ -129,7 +129,7 @@ def test_engine_nuts_takes_the_models_options_and_reports_large_variables(tmp_pa
         return sampler(model, data, **options)
 
     monkeypatch.setattr(inference.mcmc, "nuts", spy)
-    monkeypatch.setattr(zoo.report, "SUMMARY_MAX_ELEMENTS", 4)
+    monkeypatch.setattr(zoo.cli.report, "SUMMARY_MAX_ELEMENTS", 4)
     monkeypatch.setattr(EightSchools, "nuts_options", {"dense_mass": True})
     monkeypatch.setattr(EightSchools, "nuts_init", lambda self, data: {"mu": torch.tensor(4.0)})
     out = tmp_path / "nuts"

@@ -14,7 +14,7 @@ from inference import svi
 from inference.checkpoint import CheckpointError, load_checkpoint
 from inference.elbos import ELBOS
 from inference.svi import OPTIMIZERS, SCHEDULES, TrainingDiverged, fit, restore
-from zoo.vae_digits import VAEDigits
+from zoo.models.vae_digits import VAEDigits
 
 MULTI_PARTICLE = {"renyi", "iwae"}
 

@@ -35,8 +35,8 @@ from inference.lightning import (  # noqa: E402
 )
 from inference.posterior import posterior  # noqa: E402
 from zoo.cli import main  # noqa: E402
-from zoo.eight_schools import EightSchools  # noqa: E402
-from zoo.runs import diagnose_run, train_run  # noqa: E402
+from zoo.cli.runs import diagnose_run, train_run  # noqa: E402
+from zoo.models.eight_schools import EightSchools  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import lightning_ddp_script as ddp  # noqa: E402

@@ -1,4 +1,4 @@
-"""zoo.runs and zoo.datafiles in-process: option parsing, data files, the hold-out split,
+"""zoo.cli.runs and zoo.cli.datafiles in-process: option parsing, data files, the hold-out split,
 the run folder, resume checks, the progress bar and the NaN guard's exit status."""
 
 import json
@@ -12,10 +12,8 @@ import zoo
 from inference.data import DataError
 from zoo.base import ConfigError
 from zoo.cli import main
-from zoo.datafiles import load_data_file
-from zoo.eight_schools import SIGMA
-from zoo.priors import PriorError, parse_prior
-from zoo.runs import (
+from zoo.cli.datafiles import load_data_file
+from zoo.cli.runs import (
     _build,
     _optimizer_options,
     _split,
@@ -24,7 +22,9 @@ from zoo.runs import (
     parse_sets,
     train_run,
 )
-from zoo.vae_digits import VAEDigits
+from zoo.models.eight_schools import SIGMA
+from zoo.models.vae_digits import VAEDigits
+from zoo.priors import PriorError, parse_prior
 
 
 def test_parse_sets_types_values_after_the_config():

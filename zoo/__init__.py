@@ -1,22 +1,9 @@
-"""latent-zoo: latent-variable models from recent papers as Pyro models plus guides."""
+"""latent-zoo: latent-variable models from recent papers as Pyro models plus guides.
 
-from zoo import (  # noqa: F401  (importing a model module registers its models)
-    ard_vae,
-    capability_factors,
-    causal_diffae,
-    eight_schools,
-    latent_label_shift,
-    mlvgm_mi,
-    mm_gpvae,
-    niw_meta,
-    niw_meta_digits,
-    pac_invariance,
-    posterior_collapse,
-    pretraining,
-    qlae,
-    rep4ex,
-    vae_digits,
-)
+Models live in :mod:`zoo.models` and are found by discovery the first time the registry is
+asked for one (``zoo.list()``, ``zoo.get``, ``zoo.create``).
+"""
+
 from zoo.base import DATA_PLATE, ConfigError, ZooModel
 from zoo.priors import PriorError, parse_prior
 from zoo.registry import create, get, list_models, register

@@ -1,12 +1,18 @@
-"""The one place that maps model names to classes."""
+"""The one place that maps model names to classes; models are found by discovery."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 from zoo.base import ZooModel
 
 _REGISTRY: dict[str, type[ZooModel]] = {}
+_discovered = False
+
+#: the package whose modules are the zoo's models
+MODELS_PACKAGE = "zoo.models"
 
 
 def register(cls: type[ZooModel]) -> type[ZooModel]:
@@ -19,11 +25,37 @@ def register(cls: type[ZooModel]) -> type[ZooModel]:
     return cls
 
 
+def discover() -> None:
+    """Import every module and package of :mod:`zoo.models` once, so that each registers its
+    models: adding a model touches no shared file."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    package = importlib.import_module(MODELS_PACKAGE)
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{MODELS_PACKAGE}.{module.name}")
+
+
+def family(name: str) -> str:
+    """The module or package of :mod:`zoo.models` that defines model ``name``: the name its
+    test file (``tests/models/test_<family>.py``) and tutorial (``tutorials/<family>.ipynb``)
+    carry."""
+    module = get(name).__module__
+    prefix = MODELS_PACKAGE + "."
+    if not module.startswith(prefix):
+        return module
+    return module[len(prefix) :].split(".")[0]
+
+
 def list_models() -> list[str]:
+    discover()
     return sorted(_REGISTRY)
 
 
 def get(name: str) -> type[ZooModel]:
+    discover()
     try:
         return _REGISTRY[name]
     except KeyError:

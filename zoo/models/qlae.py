@@ -3,7 +3,7 @@ codebooks, trained with strong weight decay (paper 12), with its AE and beta-VAE
 
 Hsu, Dorrell, Whittington, Wu & Finn (NeurIPS 2023), "Disentanglement via Latent
 Quantization" (code: github.com/kylehkhsu/latent_quantization, JAX; ported, not copied).
-The default data is the seeded 16x16 mini-dSprites of :mod:`zoo.dsprites` (4 known
+The default data is the seeded 16x16 mini-dSprites of :mod:`zoo.datasets.dsprites` (4 known
 factors), so the paper's InfoMEC metrics (:func:`inference.diagnostics.infomec`) can be
 measured.
 """
@@ -25,7 +25,7 @@ from torch.distributions import constraints
 from guides.encoders import NormalEncoder, mlp
 from inference.data import Field, validate_data
 from zoo.base import ConfigError, ZooModel
-from zoo.dsprites import FACTOR_NAMES, mini_dsprites
+from zoo.datasets.dsprites import FACTOR_NAMES, mini_dsprites
 from zoo.registry import register
 
 VARIANTS = ("qlae", "ae", "beta_vae")

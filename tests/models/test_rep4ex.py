@@ -22,7 +22,7 @@ from inference.mcmc import nuts
 from inference.posterior import posterior
 from inference.svi import fit
 from tests.sites import latent_sites, traces
-from zoo.rep4ex import (
+from zoo.models.rep4ex import (
     affine_r2,
     extrapolation_grid,
     fit_control_function,

@@ -17,7 +17,7 @@ from inference.diagnostics import latent_mi
 from inference.evaluation import elbo_per_row
 from inference.svi import fit
 from tests.sites import latent_sites, traces
-from zoo.positive_views import (
+from zoo.models.mlvgm_mi.positive_views import (
     ViewSpec,
     generated_views,
     nt_xent,

@@ -15,8 +15,8 @@ from inference.data import DataError, full_batch
 from inference.posterior import posterior
 from inference.svi import fit
 from tests.sites import latent_sites
-from zoo.niw_meta import WishartLogCholesky, vec_to_tril
-from zoo.runs import train_run
+from zoo.cli.runs import train_run
+from zoo.models.niw_meta.regression import WishartLogCholesky, vec_to_tril
 
 SMALL = dict(num_rbf=2, nu0=6.0, queries=10, num_tasks=60)  # D = 4
 
@@ -206,7 +206,7 @@ def test_cli_trains_with_guide_and_prior_swaps(tmp_path):
 
 
 def test_precision_tril_normal_matches_multivariate_normal():
-    from zoo.niw_meta import PrecisionTrilNormal
+    from zoo.models.niw_meta.regression import PrecisionTrilNormal
 
     g = torch.randn(3, 3)
     precision = g @ g.T + torch.eye(3)
@@ -220,7 +220,7 @@ def test_precision_tril_normal_matches_multivariate_normal():
 
 
 def test_maml_baseline_runs_second_order():
-    from zoo.niw_meta import maml
+    from zoo.models.niw_meta.regression import maml
 
     model = zoo.create("niw_meta", **SMALL)
     data = model.default_data()
@@ -310,7 +310,7 @@ def test_digits_sites_shapes_and_finite_elbo(covariance, local_step):
 
 
 def test_sgld_moments_recover_a_known_quadratic_and_respect_the_clip():
-    from zoo.niw_meta_digits import sgld_moments
+    from zoo.models.niw_meta.digits import sgld_moments
 
     torch.manual_seed(0)
     centre = torch.tensor([[1.0, -2.0, 0.5]])
@@ -335,7 +335,7 @@ def test_sgld_moments_recover_a_known_quadratic_and_respect_the_clip():
 
 
 def test_quadratic_local_posterior_matches_dense_gaussian_algebra():
-    from zoo.niw_meta_digits import quadratic_local_posterior
+    from zoo.models.niw_meta.digits import quadratic_local_posterior
 
     torch.manual_seed(1)
     abar, mbar, m0 = torch.rand(3, 5) + 0.1, torch.randn(3, 5), torch.randn(5)
@@ -437,7 +437,7 @@ def test_digits_bad_episodes_name_the_episode_and_field():
 
 
 def test_calibration_scores_separate_calibrated_from_overconfident():
-    from zoo.niw_meta_digits import calibration_scores
+    from zoo.models.niw_meta.digits import calibration_scores
 
     torch.manual_seed(0)
     conf = torch.rand(300, 20) * 0.5 + 0.5  # top-class probability, 2 classes
@@ -451,7 +451,7 @@ def test_calibration_scores_separate_calibrated_from_overconfident():
 
 
 def test_digits_few_shot_beats_chance_on_novel_classes_and_baselines_run():
-    from zoo.niw_meta_digits import train_maml, train_protonet
+    from zoo.models.niw_meta.digits import train_maml, train_protonet
 
     options = dict(TINY, hidden=32, queries=5, num_episodes=400,
                    test_episodes=200, pretrain_steps=100)  # fmt: skip

@@ -18,7 +18,7 @@ from inference.data import DataError, full_batch
 from inference.evaluation import elbo_per_row
 from inference.svi import fit
 from tests.sites import latent_sites, traces
-from zoo.ard_vae import manifold_data
+from zoo.models.ard_vae import manifold_data
 
 SMALL = {"hidden": (16,), "num_rows": 300}
 

@@ -20,7 +20,7 @@ from inference.mcmc import nuts
 from inference.posterior import draw_latents
 from inference.svi import fit
 from tests.sites import latent_sites, traces
-from zoo.latent_label_shift import (
+from zoo.models.latent_label_shift import (
     hungarian_accuracy,
     kmeans_baseline,
     make_domains,

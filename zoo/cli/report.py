@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zoo.runfiles import jsonable, num_rows, write_text
+from zoo.cli.runfiles import jsonable, num_rows, write_text
 
 #: idata of models with local latents covers at most this many rows, with fewer draws
 LOCAL_IDATA_ROWS = 200

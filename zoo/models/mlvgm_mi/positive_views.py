@@ -5,10 +5,11 @@ multi-latent GAN, z'_l = z_l + eps_l on chosen chunks, drawing fresh z every bat
 ("continuous sampling"), and compare linear-probe accuracy with views made from real images.
 
 **Adaptation.** This is not a probabilistic model: a small SimCLR (NT-Xent) on an MLP encoder,
-a few hundred steps on 8x8 digits, with the zoo's multi-latent VAE (:class:`zoo.mlvgm_mi.MLVGM`)
-standing in for StyleGAN/NVAE. Three encoders are compared by a logistic-regression probe on
-real digits: trained on generated views (no real image seen), trained on random augmentations
-of real digits (shifts, noise, pixel dropout), and untrained (random init).
+a few hundred steps on 8x8 digits, with the zoo's multi-latent VAE
+(:class:`zoo.models.mlvgm_mi.model.MLVGM`) standing in for StyleGAN/NVAE. Three encoders are
+compared by a logistic-regression probe on real digits: trained on generated views (no real
+image seen), trained on random augmentations of real digits (shifts, noise, pixel dropout),
+and untrained (random init).
 """
 
 from __future__ import annotations

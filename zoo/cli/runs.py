@@ -37,16 +37,16 @@ from inference.elbos import ELBO_NAMES, resolve_elbo
 from inference.svi import OPTIMIZERS
 from zoo import registry
 from zoo.base import ConfigError, ZooModel
-from zoo.datafiles import load_data_file
-from zoo.options import (
+from zoo.cli.datafiles import load_data_file
+from zoo.cli.options import (
     check_device,
     config_types,
     parse_priors,
     parse_sets,
     positive_int,
 )
-from zoo.report import QuietArviz, device_of, read_idata, write_outputs, write_report
-from zoo.runfiles import jsonable, num_rows, read_config, read_losses, write_metrics, write_text
+from zoo.cli.report import QuietArviz, device_of, read_idata, write_outputs, write_report
+from zoo.cli.runfiles import jsonable, num_rows, read_config, read_losses, write_metrics, write_text
 
 __all__ = [
     "ENGINES",

@@ -17,7 +17,7 @@ from inference.mcmc import nuts
 from inference.posterior import posterior
 from inference.svi import fit
 from tests.sites import latent_sites, traces
-from zoo.pac_invariance import failure_rate, sem_environments, simulate_sem
+from zoo.models.pac_invariance import failure_rate, sem_environments, simulate_sem
 
 SVI = dict(
     lr=0.03, num_particles=8, lr_schedule="exponential", lr_final_factor=0.05, progress=False

@@ -9,8 +9,8 @@ is trainable here on 2 CPU cores. This multi-latent VAE stands in for them: like
 z chunks and StyleGAN's W+ groups, each latent group enters the generator at a successive
 layer, the first group at the first (coarsest) layer. Its per-group mutual information with
 the output is measured by :func:`inference.diagnostics.latent_mi` (any zoo model with several
-local latent sites), and :mod:`zoo.positive_views` uses it to generate positive views for
-contrastive learning.
+local latent sites), and :mod:`zoo.models.mlvgm_mi.positive_views` uses it to generate
+positive views for contrastive learning.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from inference.data import Field
 from inference.diagnostics import latent_activity
 from inference.evaluation import elbo_per_row
 from zoo.base import ConfigError, ZooModel
-from zoo.digit_images import LIKELIHOODS, digit_images, image_field, pixel_likelihood
+from zoo.datasets.digits import LIKELIHOODS, digit_images, image_field, pixel_likelihood
 from zoo.registry import register
 
 __all__ = ["MLVGM", "LadderDecoder", "INJECTIONS", "LIKELIHOODS"]

@@ -49,7 +49,7 @@ coverage given the supports, for NIW-Meta, per-task Bayesian ridge (no sharing) 
 head; :func:`maml` is a second-order MAML baseline on the same head.
 
 The softmax head (the paper's quadratic surrogate from a detached SGLD run, curvature
-clipped) and the digits few-shot episodes are :mod:`zoo.niw_meta_digits`
+clipped) and the digits few-shot episodes are :mod:`zoo.models.niw_meta.digits`
 (``niw_meta_digits``), which reuses this model's global sites and guide.
 """
 

@@ -18,7 +18,7 @@ from inference.diagnostics import InfoMEC, infomec
 from inference.diagnostics.infomec import nmi_matrix
 from inference.evaluation import elbo_per_row
 from tests.sites import latent_sites, traces
-from zoo.dsprites import FACTOR_SIZES, mini_dsprites, render
+from zoo.datasets.dsprites import FACTOR_SIZES, mini_dsprites, render
 
 SMALL = {"latent_dim": 4, "hidden": (32,)}
 

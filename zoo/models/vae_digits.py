@@ -24,7 +24,7 @@ from guides.encoders import NormalEncoder, mlp
 from inference.data import Field
 from inference.evaluation import elbo_per_row, iwae_per_row
 from zoo.base import ConfigError, ZooModel
-from zoo.digit_images import LIKELIHOODS, digit_images, image_field, pixel_likelihood
+from zoo.datasets.digits import LIKELIHOODS, digit_images, image_field, pixel_likelihood
 from zoo.registry import register
 
 

@@ -341,10 +341,10 @@ class CausalDiffAE(ZooModel):
 
     def _dataset_module(self):
         if self.config.dataset == "morpho":
-            from zoo import morpho
+            from zoo.datasets import morpho
 
             return morpho
-        from zoo import pendulum
+        from zoo.datasets import pendulum
 
         return pendulum
 

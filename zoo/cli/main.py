@@ -99,7 +99,7 @@ def _doc(cls) -> str:
 def _cmd_info(args) -> int:
     import guides
     import zoo
-    from zoo.options import prior_display
+    from zoo.cli.options import prior_display
     from zoo.priors import support_name
 
     cls = zoo.get(args.name)
@@ -128,7 +128,7 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from zoo.runs import launch_rank, train_run
+    from zoo.cli.runs import launch_rank, train_run
 
     run_dir = train_run(
         args.name,
@@ -160,7 +160,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_diagnose(args) -> int:
-    from zoo.runs import diagnose_run
+    from zoo.cli.runs import diagnose_run
 
     report = diagnose_run(args.run)
     print(f"report: {report}")
@@ -168,7 +168,7 @@ def _cmd_diagnose(args) -> int:
 
 
 def _cmd_sample(args) -> int:
-    from zoo.runs import sample_run
+    from zoo.cli.runs import sample_run
 
     path = sample_run(args.run, args.num, args.out)
     print(f"samples written to {path}")

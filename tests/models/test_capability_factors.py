@@ -18,7 +18,7 @@ from inference.mcmc import nuts
 from inference.posterior import posterior
 from inference.svi import fit
 from tests.sites import latent_sites, traces
-from zoo.capability_factors import (
+from zoo.models.capability_factors import (
     best_order_r2,
     hierarchical_r2,
     mix_descendants,

@@ -1,7 +1,8 @@
 """NIW-Meta for few-shot classification: a softmax head with the SGLD quadratic local step.
 
 Kim & Hospedales (2024), "A Hierarchical Bayesian Model for Deep Few-Shot Meta Learning",
-ICLR 2024 (arXiv 2306.09702); the regression model is :mod:`zoo.niw_meta`. Each episode
+ICLR 2024 (arXiv 2306.09702); the regression model is
+:mod:`zoo.models.niw_meta.regression`. Each episode
 ``i`` is a ``W``-way ``K``-shot problem on ``load_digits``; its softmax head
 :math:`\\theta_i = (W_i, b_i) \\in R^{D}` (``D = W (H + 1)``) acts on a learned feature
 network :math:`f_w: R^{64} \\to R^H` shared by all episodes::
@@ -74,7 +75,7 @@ from torch import nn
 from guides.encoders import NormalEncoder, as_pyro_module
 from inference.data import DataError, Field, full_batch
 from zoo.base import ConfigError, ZooModel
-from zoo.niw_meta import COVARIANCES, NIWGuide, NIWMeta, PrecisionTrilNormal
+from zoo.models.niw_meta.regression import COVARIANCES, NIWGuide, NIWMeta, PrecisionTrilNormal
 from zoo.registry import register
 
 LOCAL_STEPS = ("sgld", "amortized")
@@ -227,7 +228,7 @@ class NIWMetaDigits(NIWMeta):
     """NIW-Meta few-shot classifier on load_digits (Kim & Hospedales, ICLR 2024): an NIG
     (or full NIW) prior over per-episode softmax heads on a shared learned feature network,
     with the paper's SGLD quadratic-surrogate local step as the default guide. See the
-    module doc of :mod:`zoo.niw_meta_digits`."""
+    module doc of :mod:`zoo.models.niw_meta.digits`."""
 
     name = "niw_meta_digits"
     paper = 7

@@ -24,7 +24,7 @@ from inference.mcmc import nuts
 from inference.posterior import draw_latents, posterior
 from inference.svi import fit
 from tests.sites import latent_sites, traces
-from zoo.pretraining import (
+from zoo.models.pretraining import (
     BayesianRegression,
     factor_features,
     least_squares,
@@ -151,7 +151,7 @@ def test_infer_discrete_recovers_assignments():
 
 
 def model_features(model, data, truth):
-    from zoo.pretraining import mixture_features
+    from zoo.models.pretraining import mixture_features
 
     return mixture_features(
         data["x"].numpy().astype(float), truth["locs"].numpy(), truth["weights"].numpy()

@@ -17,7 +17,7 @@ from inference.data import DataError, full_batch
 from inference.evaluation import elbo_per_row
 from inference.svi import fit
 from tests.sites import latent_sites, traces
-from zoo.mm_gpvae import affine_r2, is_stationary
+from zoo.models.mm_gpvae import affine_r2, is_stationary
 
 SMALL = dict(trials=24, time_bins=16, neurons=12, image_side=10, hidden=16)
 

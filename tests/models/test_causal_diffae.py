@@ -16,8 +16,8 @@ import zoo
 from inference.data import DataError, full_batch
 from inference.svi import fit
 from tests.sites import latent_sites, traces
-from zoo import morpho, pendulum
-from zoo.causal_diffae import CausalGraphError, InterventionError, topological_order
+from zoo.datasets import morpho, pendulum
+from zoo.models.causal_diffae.model import CausalGraphError, InterventionError, topological_order
 
 SMALL = {
     "eps_net": "mlp",

@@ -19,7 +19,7 @@ from inference.diagnostics.collapse import collapse_table, latent_activity
 from inference.evaluation import elbo_per_row
 from inference.svi import fit
 from tests.sites import latent_sites, traces
-from zoo.posterior_collapse import (
+from zoo.models.collapse import (
     correlated_pairs,
     cvae_predicted_collapse,
     hvae_predicted_active,

@@ -1,0 +1,3 @@
+"""Offline data generators and loaders shared by several models: the 8x8 digits as images
+(:mod:`~zoo.datasets.digits`), mini-dSprites, mini-MorphoMNIST and mini-Pendulum. A generator
+that only one model uses lives in that model's module or package."""

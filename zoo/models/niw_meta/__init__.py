@@ -1,0 +1,4 @@
+"""NIW-Meta (paper 7): the regression model (``niw_meta``) and the digits few-shot
+classifier (``niw_meta_digits``), sharing the NIW/NIG global prior and guide."""
+
+from zoo.models.niw_meta import digits, regression  # noqa: F401  (registers both models)
