@@ -20,6 +20,7 @@ import time
 import torch
 
 import zoo
+from inference.svi import fit
 from zoo.models.causal_diffae.model import counterfactual_mae, effect_size, sample_accuracy
 
 VARIANTS = {
@@ -51,8 +52,15 @@ def run(
         test_raw = model.raw_data(seed + 1000, n=1000)
         train = {k: torch.as_tensor(train_raw[k]) for k in model.data_spec()}
         start = time.perf_counter()
-        model.fit_default(
-            model.validate(train), steps=steps, seed=seed, progress=False, device=device
+        fit(
+            model,
+            model.guide,
+            model.validate(train),
+            config=model.config,
+            steps=steps,
+            seed=seed,
+            progress=False,
+            device=device,
         )
         train_s = time.perf_counter() - start
         model.eval()

@@ -118,6 +118,23 @@ def full_batch(data: Mapping[str, torch.Tensor]) -> Batch:
     return Batch(data, index=torch.arange(size, device=device), size=size)
 
 
+def holdout_split(
+    data: Mapping[str, torch.Tensor], fraction: float, seed: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """``(train, test)``: a seeded random ``fraction`` of the rows held out, both parts in
+    row order; ``test`` is ``None`` when ``fraction`` leaves either part empty."""
+    size = len(next(iter(data.values())))
+    n_test = int(round(fraction * size))
+    if fraction <= 0 or n_test < 1 or size - n_test < 1:
+        return dict(data), None
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(int(seed)))
+    test_idx, train_idx = order[:n_test].sort().values, order[n_test:].sort().values
+    return (
+        {k: v.index_select(0, train_idx) for k, v in data.items()},
+        {k: v.index_select(0, test_idx) for k, v in data.items()},
+    )
+
+
 class Minibatches:
     """Shuffled minibatches over a row-aligned data set, with a resumable position.
 

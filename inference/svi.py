@@ -18,12 +18,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from inference.checkpoint import load_checkpoint, save_checkpoint
+from inference.config import OPTIMIZERS, TrainConfig
 from inference.data import Minibatches, full_batch
 from inference.elbos import ELBO_NAMES, PairLoss, make_elbo, resolve_elbo
 
 __all__ = ["fit", "FitResult", "TrainingDiverged", "OPTIMIZERS", "SCHEDULES", "restore"]
 
-OPTIMIZERS = ("adam", "adamw", "clipped_adam")
 SCHEDULES = ("constant", "exponential", "cosine")
 
 
@@ -92,6 +92,50 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class _Unset:
+    def __repr__(self) -> str:
+        return "<from config>"
+
+
+#: a training argument of :func:`fit` not passed: taken from ``config``, else the default
+_UNSET: Any = _Unset()
+#: :func:`fit`'s training defaults when no config is given
+_FIT_DEFAULTS = {
+    "steps": None,
+    "epochs": None,
+    "batch_size": None,
+    "optimizer": "adam",
+    "lr": 1e-2,
+    "weight_decay": 0.0,
+    "clip_norm": None,
+}
+
+
+def _training_settings(config: TrainConfig | None, **given: Any) -> tuple:
+    """The training arguments of :func:`fit`, each from the call, else from ``config``,
+    else :data:`_FIT_DEFAULTS`; returned in the order of ``given``."""
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    settings = {}
+    for name, value in given.items():
+        if value is not _UNSET:
+            settings[name] = value
+        elif config is not None:
+            settings[name] = getattr(config, name)
+        else:
+            settings[name] = _FIT_DEFAULTS[name]
+    if config is not None:
+        if given["steps"] is not _UNSET or given["epochs"] is not _UNSET:
+            # an explicit budget replaces the config's whole budget
+            settings["steps"] = None if given["steps"] is _UNSET else given["steps"]
+            settings["epochs"] = None if given["epochs"] is _UNSET else given["epochs"]
+        elif settings["steps"] is None and settings["epochs"] is None:
+            settings["steps"] = TrainConfig.DEFAULT_STEPS
+    if settings["optimizer"] == "auto":
+        settings["optimizer"] = "adamw" if settings["weight_decay"] > 0 else "adam"
+    return tuple(settings.values())
+
+
 def _check_options(
     steps,
     epochs,
@@ -137,18 +181,19 @@ def fit(
     guide: nn.Module,
     data: Mapping[str, torch.Tensor],
     *,
-    steps: int | None = None,
-    epochs: float | None = None,
-    batch_size: int | None = None,
+    config: TrainConfig | None = None,
+    steps: int | None = _UNSET,
+    epochs: float | None = _UNSET,
+    batch_size: int | None = _UNSET,
     elbo: str = "auto",
     num_particles: int = 1,
     vectorize_particles: bool = True,
-    optimizer: str = "adam",
-    lr: float = 1e-2,
-    weight_decay: float = 0.0,
+    optimizer: str = _UNSET,
+    lr: float = _UNSET,
+    weight_decay: float = _UNSET,
     lr_schedule: str = "constant",
     lr_final_factor: float = 0.1,
-    clip_norm: float | None = None,
+    clip_norm: float | None = _UNSET,
     patience: int | None = None,
     min_rel_improvement: float = 1e-3,
     log_every: int = 10,
@@ -168,6 +213,10 @@ def fit(
         ``pyro.plate("data", batch.size, subsample=batch.index)``.
     :param guide: a module called as ``guide(batch)`` (see :func:`guides.build`).
     :param data: row-aligned tensors (already validated).
+    :param config: a :class:`~inference.config.TrainConfig` (a zoo model's ``config``) whose
+        training fields fill every training argument not passed explicitly: ``fit(model,
+        guide, data, config=model.config)`` trains the way ``zoo train`` does (the holdout
+        split is the caller's). Without it: Adam at lr 0.01, no clipping, full batch.
     :param steps: optimisation steps; or ``epochs`` passes over the data.
     :param batch_size: rows per step (``None``: the whole data set).
     :param elbo: one of ``trace``, ``jit`` (Trace_ELBO compiled by the PyTorch JIT),
@@ -189,6 +238,16 @@ def fit(
     :raises TrainingDiverged: the loss became NaN/Inf; the parameters are restored to the
         last finite state before raising, and the last checkpoint on disk is left as it was.
     """
+    steps, epochs, batch_size, optimizer, lr, weight_decay, clip_norm = _training_settings(
+        config,
+        steps=steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=weight_decay,
+        clip_norm=clip_norm,
+    )
     _check_options(
         steps,
         epochs,

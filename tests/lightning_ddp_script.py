@@ -38,10 +38,10 @@ def run_case(case: str, devices: int) -> dict[str, float]:
 
     import guides
     import zoo
+    from inference.data import holdout_split
     from inference.evaluation import elbo_per_row
     from inference.lightning import fit_lightning
     from inference.posterior import draw_latents
-    from zoo.cli.runs import _split
 
     steps, per_rank, lr = CASES[case]
     batch = per_rank * 2 // devices  # the same global batch for 1 or 2 ranks
@@ -53,7 +53,7 @@ def run_case(case: str, devices: int) -> dict[str, float]:
         test = None
     else:
         model = zoo.create("vae_digits", latent_dim=4, hidden=(32,))
-        data, test = _split(model, model.default_data(), SEED)
+        data, test = holdout_split(model.default_data(), model.config.holdout, SEED)
     guide = guides.build("default", model)
     # the deliberate bug: each rank scales its rows to its share of the data, not to N
     row_scale = 0.5 if case.endswith("wrong_scale") else 1.0

@@ -9,14 +9,12 @@ import pytest
 import torch
 
 import zoo
-from inference.data import DataError
+from inference.data import DataError, holdout_split
 from zoo.base import ConfigError
 from zoo.cli import main
 from zoo.cli.datafiles import load_data_file
 from zoo.cli.runs import (
     _build,
-    _optimizer_options,
-    _split,
     diagnose_run,
     parse_priors,
     parse_sets,
@@ -107,15 +105,18 @@ def test_npz_errors_name_the_file_and_problem(tmp_path):
 def test_holdout_split_is_seeded_and_disjoint():
     model = zoo.create("vae_digits", latent_dim=2, hidden=(8,))
     data = {"x": torch.arange(100.0).reshape(100, 1).expand(100, 64).contiguous()}
-    train, test = _split(model, data, seed=1)
+    train, test = holdout_split(data, model.config.holdout, seed=1)
     ids_train, ids_test = set(train["x"][:, 0].tolist()), set(test["x"][:, 0].tolist())
     assert len(ids_test) == 15 and len(ids_train) == 85
     assert ids_train.isdisjoint(ids_test) and ids_train | ids_test == set(range(100))
-    again, other = _split(model, data, seed=1)[1], _split(model, data, seed=2)[1]
+    again, other = (
+        holdout_split(data, model.config.holdout, seed=1)[1],
+        holdout_split(data, model.config.holdout, seed=2)[1],
+    )
     assert torch.equal(again["x"], test["x"])
     assert not torch.equal(other["x"], test["x"])
     schools = zoo.create("eight_schools")
-    full, none = _split(schools, schools.default_data(), seed=1)
+    full, none = holdout_split(schools.default_data(), schools.config.holdout, seed=1)
     assert none is None and len(full["y"]) == 8
 
 
@@ -134,7 +135,7 @@ def test_train_run_with_data_file_records_source_and_prior(tmp_path):
     )
     record = json.loads((run / "config.json").read_text())
     assert record["data"]["source"] == "file" and record["data"]["path"] == str(data)
-    assert record["config"] == {"centered": True} and record["seed"] == 4
+    assert record["config"]["centered"] is True and record["seed"] == 4
     model, _ = _build(record, seed=4)
     assert model.config.centered is True
     assert isinstance(model.prior("tau"), dist.HalfNormal) and float(model.prior("tau").scale) == 3
@@ -173,35 +174,3 @@ def test_diverged_training_exits_1_with_one_line(tmp_path, capsys, monkeypatch):
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("zoo: error: training diverged: loss became")
-
-
-def test_optimizer_settings_come_from_the_model_config():
-    from dataclasses import dataclass
-
-    @dataclass
-    class Plain:
-        lr: float = 1e-3
-
-    @dataclass
-    class Decayed:
-        weight_decay: float = 0.1
-        clip_norm: float = 1.0
-
-    @dataclass
-    class Bad:
-        optimizer: str = "sgd"
-
-    assert _optimizer_options(Plain()) == {
-        "optimizer": "adam",
-        "weight_decay": 0.0,
-        "clip_norm": None,
-    }
-    assert _optimizer_options(Decayed()) == {
-        "optimizer": "adamw",
-        "weight_decay": 0.1,
-        "clip_norm": 1.0,
-    }
-    with pytest.raises(ConfigError, match="unknown optimizer 'sgd'"):
-        _optimizer_options(Bad())
-    with pytest.raises(ConfigError, match="weight_decay must be >= 0"):
-        _optimizer_options(Decayed(weight_decay=-1.0))

@@ -16,8 +16,11 @@ over sites, so every engine path - vectorized particles, JIT, NUTS - applies)::
         static_structure = True       # no data-dependent control flow: JIT-traced loss
 
         @dataclass
-        class Config:
+        class Config(TrainConfig):      # training fields (lr, batch_size, ...) inherited
             latent_dim: int = 4
+            lr: float = 1e-3            # a model's own training defaults
+
+        tiny = {"latent_dim": 2, "steps": 20}   # a config small enough for the tests
 
         def data_spec(self): return {"x": Field(shape=(16,))}
         def default_priors(self): return {"w": dist.Normal(0.0, 1.0)}
@@ -39,10 +42,11 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
+from inference.config import TrainConfig, TrainConfigError
 from inference.data import Batch, Field, full_batch, validate_data
 from zoo.priors import PriorError, check_override
 
-__all__ = ["ZooModel", "ConfigError", "DATA_PLATE"]
+__all__ = ["ZooModel", "ConfigError", "DATA_PLATE", "TrainConfig"]
 
 DATA_PLATE = "data"
 
@@ -91,9 +95,14 @@ class ZooModel(PyroModule):
     #: (``elbo="auto"`` then takes the compiled path)
     static_structure: ClassVar[bool] = False
 
+    #: config overrides that make the model small and fast enough for the contract tests
+    #: (a few seconds of ``zoo train`` on 2 CPU cores); merged over the defaults
+    tiny: ClassVar[Mapping[str, Any]] = {}
+
     @dataclasses.dataclass
-    class Config:
-        pass
+    class Config(TrainConfig):
+        """The model's hyperparameters; subclasses extend it (and so keep the training
+        fields of :class:`~inference.config.TrainConfig`)."""
 
     def __init__(
         self,
@@ -104,6 +113,10 @@ class ZooModel(PyroModule):
     ):
         super().__init__()
         self.config = _config_from(type(self).Config, config, config_overrides)
+        try:
+            self.config.check_training()
+        except TrainConfigError as error:
+            raise ConfigError(str(error)) from None
         self.check_config()
         self.priors: dict[str, dist.Distribution] = {}
         self._guide_module: torch.nn.Module | None = None
@@ -113,7 +126,8 @@ class ZooModel(PyroModule):
     # ----- configuration and priors -------------------------------------------------------
 
     def check_config(self) -> None:
-        """Refuse out-of-range hyperparameters with a ConfigError (override per model)."""
+        """Refuse out-of-range hyperparameters with a ConfigError (override per model; the
+        training fields are checked before this is called)."""
 
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)

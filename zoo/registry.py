@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from typing import Any
 
-from zoo.base import ZooModel
+from zoo.base import TrainConfig, ZooModel
 
 _REGISTRY: dict[str, type[ZooModel]] = {}
 _discovered = False
@@ -19,6 +20,11 @@ def register(cls: type[ZooModel]) -> type[ZooModel]:
     """Class decorator: make a zoo model available by its ``name``."""
     if not cls.name:
         raise ValueError(f"{cls.__qualname__} has no name")
+    if not (dataclasses.is_dataclass(cls.Config) and issubclass(cls.Config, TrainConfig)):
+        raise TypeError(
+            f"{cls.__qualname__}.Config must be a dataclass subclassing TrainConfig, so the "
+            "training fields are declared"
+        )
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"a zoo model named '{cls.name}' is already registered")
     _REGISTRY[cls.name] = cls

@@ -228,7 +228,7 @@ def test_bad_data_is_refused(morpho_model, morpho_data):
     with pytest.raises(DataError, match="field 'y' has values outside its support"):
         m.validate({**good, "y": np.full((4, 2), 1.5)})
     with pytest.raises(DataError, match=r"field 'y' has shape"):
-        m.fit_default({**good, "y": np.zeros((4, 1))}, steps=1, progress=False)
+        m.validate({**good, "y": np.zeros((4, 1))})
 
 
 def test_bad_interventions_are_refused_before_decoding(morpho_model, morpho_data, monkeypatch):

@@ -32,11 +32,10 @@ import pyro
 import torch
 
 import guides
-from inference.data import DataError
+from inference.data import DataError, holdout_split
 from inference.elbos import ELBO_NAMES, resolve_elbo
-from inference.svi import OPTIMIZERS
 from zoo import registry
-from zoo.base import ConfigError, ZooModel
+from zoo.base import ZooModel
 from zoo.cli.datafiles import load_data_file
 from zoo.cli.options import (
     check_device,
@@ -62,8 +61,6 @@ __all__ = [
 ENGINES = ("svi", "nuts")
 #: who runs the SVI loop: the plain engine (inference.svi.fit) or Lightning (DDP scale-out)
 TRAINERS = ("plain", "lightning")
-DEFAULT_LR = 0.02
-DEFAULT_STEPS = 2000
 DEFAULT_NUTS_DRAWS = 1000
 #: the files a run folder may hold; a fresh run refuses a folder that holds any of them
 RUN_FILES = (
@@ -102,18 +99,8 @@ def _load_data(model: ZooModel, source: Mapping[str, Any]) -> dict[str, torch.Te
 
 
 def _split(model: ZooModel, data: dict[str, torch.Tensor], seed: int):
-    """``(train, test)``: a seeded split for models with ``holdout > 0`` (else test=None)."""
-    holdout = float(getattr(model, "holdout", 0.0) or 0.0)
-    size = len(next(iter(data.values())))
-    n_test = int(round(holdout * size))
-    if holdout <= 0 or n_test < 1 or size - n_test < 1:
-        return data, None
-    order = torch.randperm(size, generator=torch.Generator().manual_seed(int(seed)))
-    test_idx, train_idx = order[:n_test].sort().values, order[n_test:].sort().values
-    return (
-        {k: v.index_select(0, train_idx) for k, v in data.items()},
-        {k: v.index_select(0, test_idx) for k, v in data.items()},
-    )
+    """``(train, test)``: the model's seeded holdout split (test is None without one)."""
+    return holdout_split(data, model.config.holdout, seed)
 
 
 # ----- run folder ----------------------------------------------------------------------------
@@ -266,28 +253,17 @@ def train_run(
         data = _load_data(model, source)
     train, test = _split(model, data, seed)
     cfg = model.config
-    batch_size = getattr(cfg, "batch_size", None)
-    if batch_size is not None:
-        batch_size = positive_int("batch_size", int(batch_size))
-        batch_size = min(batch_size, num_rows(train))
-    lr = float(getattr(cfg, "lr", DEFAULT_LR))
-    if not lr > 0:
-        raise ConfigError(f"lr must be positive, got {lr}")
-    optim = _optimizer_options(cfg)
+    batch_size = None if cfg.batch_size is None else min(cfg.batch_size, num_rows(train))
+    lr = float(cfg.lr)
+    optim = {
+        "optimizer": cfg.resolved_optimizer(),
+        "weight_decay": float(cfg.weight_decay),
+        "clip_norm": None if cfg.clip_norm is None else float(cfg.clip_norm),
+    }
     if engine == "nuts":
         total = steps or DEFAULT_NUTS_DRAWS
-    elif steps is not None:
-        total = steps
-    elif getattr(cfg, "steps", None) is not None:  # a model that counts steps, not epochs
-        total = positive_int("steps", int(cfg.steps))
-    elif getattr(cfg, "epochs", None) is not None:
-        epochs = float(cfg.epochs)
-        if not epochs > 0:
-            raise ConfigError(f"epochs must be positive, got {cfg.epochs}")
-        per_epoch = max(1, num_rows(train) // (batch_size or num_rows(train)))
-        total = max(1, math.ceil(epochs * per_epoch))
     else:
-        total = DEFAULT_STEPS
+        total = steps if steps is not None else cfg.total_steps(num_rows(train))
     if checkpoint_every is None:
         checkpoint_every = max(1, min(500, total // 10))
     model_guide = guides.build(guide, model) if engine == "svi" else None
@@ -401,26 +377,6 @@ def train_run(
     write_metrics(run_dir / "metrics.csv", result.losses, result.lrs)
     write_outputs(run_dir, record, model, model_guide, train, test, losses=result.losses)
     return run_dir
-
-
-def _optimizer_options(cfg) -> dict:
-    """Optimizer settings a model's config declares (``optimizer``, ``weight_decay``,
-    ``clip_norm``), so ``zoo train`` trains it the way its paper does; weight decay alone
-    means AdamW (decoupled decay)."""
-    weight_decay = float(getattr(cfg, "weight_decay", 0.0) or 0.0)
-    if weight_decay < 0:
-        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
-    clip_norm = getattr(cfg, "clip_norm", None)
-    if clip_norm is not None and not float(clip_norm) > 0:
-        raise ConfigError(f"clip_norm must be positive, got {clip_norm}")
-    optimizer = str(getattr(cfg, "optimizer", "adamw" if weight_decay > 0 else "adam"))
-    if optimizer not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer '{optimizer}'; valid: {list(OPTIMIZERS)}")
-    return {
-        "optimizer": optimizer,
-        "weight_decay": weight_decay,
-        "clip_norm": None if clip_norm is None else float(clip_norm),
-    }
 
 
 def launch_rank() -> int:

@@ -17,7 +17,7 @@ from guides.encoders import NormalEncoder, mlp
 from inference.data import Field
 from inference.diagnostics.collapse import latent_activity
 from inference.evaluation import elbo_per_row
-from zoo.base import ConfigError, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
 
 __all__ = ["ARDVAE", "manifold_data", "PRIORS", "DATASETS"]
@@ -94,10 +94,10 @@ class ARDVAE(ZooModel):
     name = "ard_vae"
     paper = 4
     local_sites = ("z",)
-    holdout = 0.1
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
+        holdout: float = 0.1
         dataset: str = "manifold"
         num_rows: int = 5000
         true_dim: int = 3

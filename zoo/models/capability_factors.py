@@ -19,7 +19,7 @@ import torch
 from torch.distributions import constraints
 
 from inference.data import Field
-from zoo.base import ConfigError, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
 
 __all__ = [
@@ -293,7 +293,7 @@ class CapabilityFactors(ZooModel):
     static_structure = True
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
         #: number of base models (domains); the domain field holds 0..num_domains-1
         num_domains: int = 4
         #: number of benchmarks d (columns of x)

@@ -55,7 +55,7 @@ from guides.encoders import SCALE_MODES, GaussianEncoder, mlp
 from inference.data import Field
 from inference.diagnostics.collapse import latent_activity
 from inference.evaluation import elbo_per_row
-from zoo.base import ConfigError, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
 
 __all__ = [
@@ -255,7 +255,7 @@ class CollapseCVAE(ZooModel):
     static_structure = True
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
         dataset: str = "linear"
         rho: float = 0.6
         num_rows: int = 5000
@@ -405,7 +405,7 @@ class CollapseHVAE(ZooModel):
     static_structure = True
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
         dataset: str = "linear"
         num_rows: int = 5000
         x_dim: int = 8

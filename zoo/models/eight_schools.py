@@ -27,7 +27,7 @@ from torch.distributions import constraints
 
 from inference.data import Field
 from inference.posterior import load_example, posterior
-from zoo.base import ZooModel
+from zoo.base import TrainConfig, ZooModel
 from zoo.registry import register
 
 # standard errors of the eight effects (BDA3, Table 5.2); ArviZ bundles the effects only
@@ -54,7 +54,7 @@ class EightSchools(ZooModel):
     static_structure = True
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
         centered: bool = False
 
     def data_spec(self) -> dict[str, Field]:

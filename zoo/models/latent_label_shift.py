@@ -29,7 +29,7 @@ from scipy.optimize import linear_sum_assignment
 from torch.distributions import constraints
 
 from inference.data import Field, full_batch
-from zoo.base import ConfigError, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
 
 __all__ = [
@@ -185,7 +185,7 @@ class LatentLabelShift(ZooModel):
     static_structure = True
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
         num_classes: int = 5
         num_domains: int = 15
         num_codes: int = 30

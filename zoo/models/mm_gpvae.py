@@ -77,7 +77,7 @@ from torch.distributions import constraints
 
 from guides.encoders import mlp
 from inference.data import DataError, Field, full_batch
-from zoo.base import ConfigError, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
 
 __all__ = ["MMGPVAE", "KERNELS", "make_kernel", "is_stationary", "affine_r2"]
@@ -211,12 +211,12 @@ class MMGPVAE(ZooModel):
 
     name = "mm_gpvae"
     paper = 2
-    holdout = 0.2
     static_structure = False  # GPyTorch kernels are not traced by the JIT here
     max_plate_nesting = 1
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
+        holdout: float = 0.2
         parameterization: str = "fourier"
         kernel: str = "rbf"
         shared_combine: str = "poe"

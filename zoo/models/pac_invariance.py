@@ -23,7 +23,7 @@ from torch.distributions import constraints
 
 from inference.data import Field
 from inference.posterior import posterior
-from zoo.base import ConfigError, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
 
 __all__ = [
@@ -229,7 +229,7 @@ class PACInvariance(ZooModel):
     static_structure = True
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
         #: number of environments (the env field holds 0..num_envs-1)
         num_envs: int = 8
         #: number of columns of x

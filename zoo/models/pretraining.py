@@ -29,7 +29,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from inference.data import Field, full_batch
-from zoo.base import ConfigError, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
 
 __all__ = [
@@ -107,7 +107,7 @@ class BayesianRegression(ZooModel):
     static_structure = True
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
         num_features: int = 3
 
     def data_spec(self) -> dict[str, Field]:
@@ -201,7 +201,7 @@ class FactorPretraining(ZooModel):
     static_structure = True
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
         input_dim: int = 50
         latent_dim: int = 3
         marginalize: bool = True
@@ -411,7 +411,7 @@ class MixturePretraining(ZooModel):
     static_structure = True
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
         input_dim: int = 20
         num_components: int = 4
         noise_scale: float = 0.5

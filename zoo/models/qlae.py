@@ -24,7 +24,7 @@ from torch.distributions import constraints
 
 from guides.encoders import NormalEncoder, mlp
 from inference.data import Field, validate_data
-from zoo.base import ConfigError, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.datasets.dsprites import FACTOR_NAMES, mini_dsprites
 from zoo.registry import register
 
@@ -105,11 +105,10 @@ class QLAE(ZooModel):
     name = "qlae"
     paper = 12
     local_sites = ("z",)
-    holdout = 0.0
     static_structure = True
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
         variant: str = "qlae"
         latent_dim: int = 8  # paper: 2 x number of sources
         num_values: int = 10  # scalar codebook size per latent dimension
@@ -120,7 +119,7 @@ class QLAE(ZooModel):
         num_factors: int = 4  # columns of the (unobserved) ground-truth factors field
         batch_size: int = 128
         lr: float = 1e-3
-        weight_decay: float = 0.1  # AdamW, in :meth:`fit`
+        weight_decay: float = 0.1  # AdamW (optimizer ``auto`` with decay)
         clip_norm: float = 1.0
         epochs: float = 200.0  # ~5000 steps of 128 on the 3240 mini-dSprites images
 
@@ -144,11 +143,11 @@ class QLAE(ZooModel):
             raise ConfigError(f"num_values must be an integer >= 2, got {c.num_values!r}")
         if any(not isinstance(h, int) or h < 1 for h in c.hidden):
             raise ConfigError(f"hidden sizes must be positive integers, got {c.hidden}")
-        for key in ("beta", "lr", "clip_norm", "epochs"):
+        for key in ("beta",):
             value = getattr(c, key)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{key} must be a positive number, got {value!r}")
-        for key in ("quantization_weight", "commitment_weight", "weight_decay"):
+        for key in ("quantization_weight", "commitment_weight"):
             value = getattr(c, key)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
@@ -231,31 +230,6 @@ class QLAE(ZooModel):
                 pyro.sample("z", dist.Delta(loc, event_dim=1))
 
     # ----- training and evaluation ----------------------------------------------------------
-
-    def fit(self, data: Mapping[str, torch.Tensor], *, guide=None, steps=None, **options):
-        """Validate ``data``, then SVI with the paper's optimiser from the config (AdamW,
-        weight decay, clipping); ``options`` go to :func:`inference.svi.fit` (``seed``,
-        ``progress``, ...)."""
-        from inference.svi import fit
-
-        c = self.config
-        data = self.validate(data)  # a clear DataError before any training
-        rows = len(data["x"])
-        if steps is None:
-            steps = max(1, math.ceil(c.epochs * max(1, rows // c.batch_size)))
-        options = {"progress": False, **options}
-        return fit(
-            self,
-            self.guide if guide is None else guide,
-            data,
-            steps=steps,
-            batch_size=c.batch_size,
-            lr=c.lr,
-            optimizer="adamw",
-            weight_decay=c.weight_decay,
-            clip_norm=c.clip_norm,
-            **options,
-        )
 
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:

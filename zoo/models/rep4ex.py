@@ -29,7 +29,7 @@ from torch import nn
 
 from guides.encoders import NormalEncoder, mlp
 from inference.data import DataError, Field, full_batch, validate_data
-from zoo.base import ConfigError, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
 
 __all__ = [
@@ -264,11 +264,11 @@ class Rep4Ex(ZooModel):
     name = "rep4ex"
     paper = 20
     local_sites = ("z",)
-    holdout = 0.0  # V-hat is computed on the training rows, as in the paper's Stage 2
     static_structure = True
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
+        # holdout stays 0: V-hat is computed on the training rows, as in the paper's Stage 2
         action_dim: int = 2
         latent_dim: int = 2
         obs_dim: int = 10

@@ -23,7 +23,7 @@ import torch
 from guides.encoders import NormalEncoder, mlp
 from inference.data import Field
 from inference.evaluation import elbo_per_row, iwae_per_row
-from zoo.base import ConfigError, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.datasets.digits import LIKELIHOODS, digit_images, image_field, pixel_likelihood
 from zoo.registry import register
 
@@ -35,11 +35,11 @@ class VAEDigits(ZooModel):
     name = "vae_digits"
     paper = None
     local_sites = ("z",)
-    holdout = 0.15
     static_structure = True
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
+        holdout: float = 0.15
         latent_dim: int = 10
         hidden: tuple[int, ...] = (256, 256)
         likelihood: str = "bernoulli"

@@ -20,7 +20,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from inference.data import Field, full_batch
-from zoo.base import ConfigError, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
 
 __all__ = [
@@ -264,10 +264,10 @@ class CausalDiffAE(ZooModel):
     name = "causal_diffae"
     paper = 28
     local_sites = ("u",)
-    holdout = 0.15
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
+        holdout: float = 0.15
         dataset: str = "morpho"
         factor_names: tuple[str, ...] | None = None  # None: the dataset's factors
         adjacency: tuple[tuple[int, ...], ...] | None = None  # None: the dataset's DAG
@@ -672,24 +672,6 @@ class CausalDiffAE(ZooModel):
         half of the paper's check). Counterfactual MAE needs the generator's measurement
         functions: see ``counterfactual_mae`` in ``benchmarks/causal_diffae.py``."""
         return self.probe_r2(data)
-
-    def fit_default(self, data=None, *, steps=None, seed=0, progress=True, **kwargs):
-        """Train on ``data`` (default data if None) with the config's batch size, lr, steps."""
-        from inference.svi import fit
-
-        data = self.default_data(seed) if data is None else self.validate(data)  # before work
-        c = self.config
-        return fit(
-            self,
-            self.guide,
-            data,
-            steps=c.steps if steps is None else steps,
-            batch_size=c.batch_size,
-            lr=c.lr,
-            seed=seed,
-            progress=progress,
-            **kwargs,
-        )
 
 
 def _cond_rows(model: CausalDiffAE, raw: Mapping[str, np.ndarray], rows: slice):

@@ -28,7 +28,7 @@ from guides.encoders import NormalEncoder, as_pyro_module
 from inference.data import Field
 from inference.diagnostics import latent_activity
 from inference.evaluation import elbo_per_row
-from zoo.base import ConfigError, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.datasets.digits import LIKELIHOODS, digit_images, image_field, pixel_likelihood
 from zoo.registry import register
 
@@ -126,11 +126,11 @@ class MLVGM(ZooModel):
     name = "mlvgm_mi"
     paper = 1
     local_sites = ("z_1", "z_2", "z_3")
-    holdout = 0.15
     static_structure = True
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
+        holdout: float = 0.15
         levels: int = 3
         latent_dim: int = 2
         hidden: int = 32

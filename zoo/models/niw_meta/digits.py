@@ -74,7 +74,7 @@ from torch import nn
 
 from guides.encoders import NormalEncoder, as_pyro_module
 from inference.data import DataError, Field, full_batch
-from zoo.base import ConfigError, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.models.niw_meta.regression import COVARIANCES, NIWGuide, NIWMeta, PrecisionTrilNormal
 from zoo.registry import register
 
@@ -233,12 +233,12 @@ class NIWMetaDigits(NIWMeta):
     name = "niw_meta_digits"
     paper = 7
     local_sites = ("theta",)
-    holdout = 0.0  # meta-test episodes come from the novel classes (``novel_episodes``)
     supports_nuts = False
     static_structure = False
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
+        # holdout stays 0: meta-test episodes come from the novel classes (``novel_episodes``)
         covariance: str = "diag"  # "diag" (NIG, wide heads) or "full" (NIW)
         local_step: str = "sgld"  # or "amortized" (generic encoder)
         ways: int = 4

@@ -68,7 +68,7 @@ from torch.distributions import constraints
 
 from guides.encoders import NormalEncoder
 from inference.data import DataError, Field, full_batch
-from zoo.base import ConfigError, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
 
 COVARIANCES = ("full", "diag")
@@ -230,12 +230,12 @@ class NIWMeta(ZooModel):
     name = "niw_meta"
     paper = 7
     local_sites = ("theta",)
-    holdout = 0.2
     supports_nuts = False
     static_structure = False  # Wishart sampling retries on a singular draw
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
+        holdout: float = 0.2
         covariance: str = "full"  # "full" (NIW, Wishart precision) or "diag" (NIG)
         local_step: str = "closed_form"  # or "amortized" (generic encoder)
         num_rbf: int = 10  # D = num_rbf + 2 (bias and slope)
