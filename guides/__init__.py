@@ -14,9 +14,9 @@ import torch
 from pyro import poutine
 from pyro.infer import autoguide
 from pyro.nn import PyroModule
-from pyro.poutine.subsample_messenger import _Subsample
 
 from guides.encoders import NormalEncoder, as_pyro_module, mlp
+from inference.traces import latent_sites
 
 __all__ = ["KINDS", "build", "SwappedGuide", "GuideError", "NormalEncoder", "mlp"]
 
@@ -85,13 +85,7 @@ class SwappedGuide(PyroModule):
         global_model = self._global_model()
         with poutine.block():
             trace = poutine.trace(global_model).get_trace(batch)
-        latent = [
-            site
-            for site in trace.nodes.values()
-            if site["type"] == "sample"
-            and not site["is_observed"]
-            and not isinstance(site["fn"], _Subsample)  # a plate's subsample site
-        ]
+        latent = [trace.nodes[name] for name in latent_sites(trace)]
         self._has_globals = bool(latent)
         # only globals inside a plate need the guide's data plate; creating it for globals
         # outside all plates would clash with the plate of the model's local guide

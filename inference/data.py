@@ -16,7 +16,19 @@ import numpy as np
 import torch
 from torch.distributions import constraints
 
-__all__ = ["Batch", "DataError", "Field", "validate_data", "full_batch", "Minibatches"]
+__all__ = [
+    "DATA_PLATE",
+    "Batch",
+    "DataError",
+    "Field",
+    "validate_data",
+    "full_batch",
+    "holdout_split",
+    "Minibatches",
+]
+
+#: the name of the plate over rows: ``pyro.plate(DATA_PLATE, size, subsample=batch.index)``
+DATA_PLATE = "data"
 
 
 class DataError(ValueError):

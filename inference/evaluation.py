@@ -10,7 +10,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from inference.data import Batch
+from inference.data import DATA_PLATE, Batch
 
 __all__ = ["log_weights_per_row", "elbo_per_row", "iwae_per_row"]
 
@@ -58,7 +58,7 @@ def _chunk_log_weights(model, guide, batch: Batch, num_particles: int) -> torch.
         for site in trace.nodes.values():
             if site["type"] != "sample" or site["infer"].get("_deterministic"):
                 continue
-            if not any(f.name == "data" for f in site["cond_indep_stack"]):
+            if not any(f.name == DATA_PLATE for f in site["cond_indep_stack"]):
                 continue
             log_prob = site["fn"].log_prob(site["value"])
             log_prob = log_prob.expand(site["fn"].batch_shape)

@@ -27,10 +27,10 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from inference.data import Batch
+from inference.data import DATA_PLATE, Batch
 from inference.elbos import ELBOS, PairLoss, make_elbo
 from inference.svi import load_pair_state
 
@@ -60,8 +60,6 @@ LIGHTNING_ELBOS = tuple(
 DDP_STRATEGIES = ("auto", "single_device")
 #: state_dict prefix of the (model, guide) pair inside the Lightning module
 PREFIX = "loss_fn."
-#: the name of the plate over rows (zoo.base.DATA_PLATE; inference does not import zoo)
-DATA_PLATE = "data"
 
 
 class LightningSetupError(ValueError):
@@ -187,7 +185,7 @@ def check_splittable(
     plate = trace.nodes.get(DATA_PLATE)
     ok = (
         plate is not None
-        and isinstance(plate["fn"], _Subsample)
+        and site_is_subsample(plate)
         and plate["fn"].size == size
         and int(plate["value"].shape[0]) == len(index)
     )

@@ -12,7 +12,7 @@ from pyro.infer.autoguide import init_to_median, init_to_value
 from torch import nn
 
 from inference.data import full_batch
-from inference.diagnostics.traces import sample_sites
+from inference.traces import sample_sites
 
 __all__ = ["nuts"]
 

@@ -15,9 +15,8 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions import Unit
 from pyro.infer import MCMC, Predictive
-from pyro.poutine.subsample_messenger import _Subsample
+from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch import nn
 
 from inference.data import full_batch
@@ -40,11 +39,11 @@ def site_names(model: nn.Module, guide: nn.Module | None, batch) -> dict[str, li
             trace = poutine.trace(model).get_trace(batch)
     names: dict[str, list[str]] = {"latent": [], "deterministic": [], "observed": [], "factor": []}
     for name, site in trace.nodes.items():
-        if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
+        if site["type"] != "sample" or site_is_subsample(site):
             continue
         if site["infer"].get("_deterministic"):
             names["deterministic"].append(name)
-        elif isinstance(site["fn"], Unit):
+        elif site_is_factor(site):
             names["factor"].append(name)
         elif site["is_observed"]:
             names["observed"].append(name)
@@ -95,7 +94,7 @@ def _replay(model: nn.Module, draws: Mapping[str, torch.Tensor], batch, names, m
         ).get_vectorized_trace(batch)
         lp = torch.zeros(num, device=batch.index.device)
         for name, site in trace.nodes.items():
-            if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
+            if site["type"] != "sample" or site_is_subsample(site):
                 continue
             if site["infer"].get("_deterministic"):
                 out["deterministic"][name] = _per_draw(site["value"], num, mpn)

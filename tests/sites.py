@@ -1,22 +1,15 @@
-"""Trace helpers shared by the model tests."""
+"""Trace helpers shared by the model tests (the site vocabulary is inference.traces')."""
 
 import torch
 from pyro import poutine
-from pyro.poutine.subsample_messenger import _Subsample
+
+from inference.traces import latent_sites as _latent_sites
 
 
 def latent_sites(trace) -> set[str]:
     """Names of the latent sample sites of a trace (no plate subsample, observed,
-    deterministic or auxiliary sites)."""
-    return {
-        name
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and not isinstance(site["fn"], _Subsample)
-        and not site["is_observed"]
-        and not site["infer"].get("_deterministic")
-        and not site["infer"].get("is_auxiliary")
-    }
+    deterministic, factor or auxiliary sites)."""
+    return set(_latent_sites(trace))
 
 
 def traces(model, guide, batch):

@@ -1,5 +1,9 @@
-"""The contract every registered zoo model keeps (runs on each model in the registry)."""
+"""The contract every registered zoo model keeps, checked on each model in the registry with
+its ``tiny`` config. A model's own test file (tests/models/test_<family>.py) holds only what
+is the paper's own: recovery, the paper's check, the model's own bad inputs."""
 
+import dataclasses
+import json
 import math
 
 import numpy as np
@@ -8,26 +12,53 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro.poutine.subsample_messenger import _Subsample
+from pyro.distributions import constraints
 
 import guides
 import zoo
-from inference.data import DataError, full_batch
+from inference.data import Batch, DataError, full_batch
 from inference.svi import fit
+from inference.traces import observed_sites
+from tests.sites import latent_sites, traces
+from zoo.cli import main
 
 MODELS = zoo.list_models()
 
+#: what a complete run folder holds after ``zoo train``
+RUN_FILES = ("config.json", "metrics.csv", "checkpoint.pt", "idata.nc", "diagnostics.json")
 
-def _sites(trace, observed):
-    return {
-        name
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and not isinstance(site["fn"], _Subsample)
-        and not site["infer"].get("_deterministic")
-        and not site["infer"].get("is_auxiliary")
-        and site["is_observed"] == observed
-    }
+
+def tiny(name: str, **overrides):
+    """Model ``name`` with its tiny config (and ``overrides``)."""
+    return zoo.create(name, **{**zoo.get(name).tiny, **overrides})
+
+
+def tiny_sets(name: str) -> list[str]:
+    """The tiny config as ``zoo train --set`` options."""
+    out = []
+    for key, value in zoo.get(name).tiny.items():
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        out += ["--set", f"{key}={text}"]
+    return out
+
+
+def few_rows(data, rows: int = 16):
+    return {k: v[:rows] for k, v in data.items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = tiny(name).default_data(seed=0)
+        return cache[name]
+
+    return get
+
+
+# ----- declaration, sites and data ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -35,22 +66,20 @@ def test_model_declares_its_contract(name):
     cls = zoo.get(name)
     assert cls.name == name
     assert cls.__doc__ and len(cls.__doc__.strip()) > 20
-    model = cls()
+    assert set(cls.tiny) <= {f.name for f in dataclasses.fields(cls.Config)}, "tiny keys"
+    model = tiny(name)
     assert model.data_spec(), "a model must describe its data"
     assert set(model.observed_sites) <= set(model.data_spec())
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_model_and_default_guide_sites_match(name):
-    model = zoo.create(name)
-    data = model.default_data(seed=0)
-    batch = full_batch({k: v[:16] for k, v in data.items()})
-    guide = model.guide
-    with torch.no_grad():
-        guide_trace = poutine.trace(guide).get_trace(batch)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
-    assert _sites(guide_trace, observed=False) == _sites(model_trace, observed=False)
-    assert _sites(model_trace, observed=True) == set(model.observed_sites)
+def test_model_and_default_guide_sites_match(name, tiny_data):
+    model = tiny(name)
+    batch = full_batch(few_rows(tiny_data(name)))
+    model_trace, guide_trace = traces(model, model.guide, batch)
+    assert latent_sites(guide_trace) == latent_sites(model_trace)
+    observed = set(observed_sites(model_trace))
+    assert observed == set(model.observed_sites)
     model_trace.compute_log_prob()
     for site in model_trace.nodes.values():
         if site["type"] == "sample" and "log_prob" in site:
@@ -58,23 +87,184 @@ def test_model_and_default_guide_sites_match(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_default_data_is_seeded_and_valid(name):
-    model = zoo.create(name)
-    first, second = model.default_data(seed=0), model.default_data(seed=0)
+def test_default_data_is_seeded_and_valid(name, tiny_data):
+    model = tiny(name)
+    first, second = tiny_data(name), model.default_data(seed=0)
     assert first.keys() == model.data_spec().keys()
     for key in first:
-        assert torch.equal(first[key], second[key])
+        assert torch.equal(first[key], second[key]), f"default_data(0) differs on '{key}'"
     assert model.validate({k: v.numpy() for k, v in first.items()}).keys() == first.keys()
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_short_fit_gives_finite_decreasing_loss(name):
-    model = zoo.create(name)
-    data = model.default_data(seed=0)
-    result = fit(model, model.guide, data, steps=60, batch_size=64, lr=5e-3, progress=False)
+def test_config_round_trips_through_json(name):
+    model = tiny(name)
+    restored = zoo.create(name, json.loads(model.config_json()))
+    assert restored.config == model.config
+
+
+# ----- training ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_short_fit_gives_finite_decreasing_loss(name, tiny_data):
+    model = tiny(name)
+    result = fit(
+        model, model.guide, tiny_data(name), steps=60, batch_size=64, lr=5e-3, progress=False
+    )
     assert len(result.losses) == 60
     assert all(math.isfinite(v) for v in result.losses)
     assert np.mean(result.losses[-10:]) < np.mean(result.losses[:10])
+
+
+#: models whose run is known to break, with the reason (each is an open bug, xfail strict)
+KNOWN_BROKEN_RUNS = {
+    "causal_diffae": "the report's vectorized posterior draws add a leading sample dimension "
+    "that CausalDiffAE.code's view(rows, n, k) refuses",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_BROKEN_RUNS[n], strict=True))
+        if n in KNOWN_BROKEN_RUNS
+        else n
+        for n in MODELS
+    ],
+)
+def test_zoo_train_diagnose_and_sample_with_the_tiny_config(name, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", name, *tiny_sets(name), "--no-progress", "--out", str(run)]) == 0
+    for file in RUN_FILES:
+        assert (run / file).is_file() and (run / file).stat().st_size > 0, file
+    figures = sorted((run / "figures").glob("*.png"))
+    assert figures, "no figures written"
+    report = (run / "report.md").read_text()
+    assert "failed (" not in report, report
+    before = (run / "idata.nc").stat().st_size
+    assert main(["diagnose", str(run)]) == 0
+    assert (run / "idata.nc").stat().st_size == pytest.approx(before, rel=0.5)
+    assert main(["sample", str(run), "--num", "3"]) == 0
+    samples = np.load(run / "samples.npz")
+    assert samples.files and all(samples[k].shape[0] == 3 for k in samples.files)
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("kind", sorted(guides.KINDS))
+@pytest.mark.parametrize("name", MODELS)
+def test_every_guide_kind_trains(name, kind, tiny_data):
+    model = tiny(name)
+    data = tiny_data(name)
+    guide = guides.build(kind, model)
+    result = fit(model, guide, data, steps=3, batch_size=32, lr=1e-3, progress=False)
+    assert all(math.isfinite(v) for v in result.losses)
+    size = len(next(iter(data.values())))
+    # a joint guide over per-row globals (eight schools' eta) cannot follow a subsample
+    rows = size if size <= 64 else 4
+    batch = Batch(few_rows(data, rows), index=torch.arange(rows), size=size)
+    model_trace, guide_trace = traces(model, guide, batch)  # the rows of the fitted data
+    assert latent_sites(guide_trace) == latent_sites(model_trace)
+
+
+# ----- priors ------------------------------------------------------------------------------
+
+
+def _elementwise(support, shape):
+    """A distribution of ``shape`` with elementwise ``support``, unlike any default."""
+    if support is constraints.real:
+        return dist.Normal(0.3, 1.7).expand(shape)
+    if isinstance(support, constraints.greater_than) or support is constraints.positive:
+        return dist.Gamma(1.5, 0.8).expand(shape)
+    if isinstance(support, constraints.greater_than_eq) or support is constraints.nonnegative:
+        return dist.Gamma(1.5, 0.8).expand(shape)
+    raise NotImplementedError(f"no replacement for support {support}")
+
+
+def replacement(prior):
+    """A prior with the same support and shape as ``prior`` but other parameters."""
+    batch, event = tuple(prior.batch_shape), tuple(prior.event_shape)
+    support = prior.support
+    if support is constraints.simplex:
+        return dist.Dirichlet(torch.full(event, 1.3)).expand(batch)
+    if support is constraints.ordered_vector:
+        base = dist.Normal(0.3, 1.7).expand(batch + event).to_event(1)
+        return dist.TransformedDistribution(base, dist.transforms.OrderedTransform())
+    ndims = 0
+    while isinstance(support, constraints.independent):
+        ndims += support.reinterpreted_batch_ndims
+        support = support.base_constraint
+    new = _elementwise(support, batch + event)
+    return new.to_event(len(event)) if event else new
+
+
+def wrong_support(prior):
+    """A prior of the same shape whose support differs from ``prior``'s."""
+    shape = tuple(prior.batch_shape) + tuple(prior.event_shape)
+    event = len(prior.event_shape)
+    real = dist.Normal(0.0, 1.0).expand(shape)
+    positive = dist.Gamma(2.0, 1.0).expand(shape)
+    base = (
+        positive
+        if prior.support in (constraints.real,)
+        or (
+            isinstance(prior.support, constraints.independent)
+            and prior.support.base_constraint is constraints.real
+        )
+        else real
+    )
+    return base.to_event(event) if event else base
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_declared_prior_can_be_swapped_and_a_wrong_support_is_refused(name, tiny_data):
+    declared = tiny(name).default_priors()
+    batch = full_batch(few_rows(tiny_data(name), 8))
+    for site, prior in declared.items():
+        new = replacement(prior)
+        model = tiny(name, priors={site: new})
+        with torch.no_grad():
+            pyro.set_rng_seed(0)
+            trace = poutine.trace(model.model).get_trace(batch)
+        assert site in trace.nodes, f"declared prior site '{site}' is not a site of the model"
+        value = trace.nodes[site]["value"]
+        # the site may expand the prior or fold dimensions into its event: compare totals
+        used = trace.nodes[site]["fn"].log_prob(value).sum()
+        expected = new.log_prob(value).sum()
+        assert torch.allclose(used, expected, rtol=1e-5), (
+            f"the model's site '{site}' does not use the swapped prior"
+        )
+        with pytest.raises(zoo.PriorError, match=f"site '{site}' must have support"):
+            tiny(name, priors={site: wrong_support(prior)})
+
+
+# ----- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bad_config_key_and_bad_data_give_one_line_errors(name, tmp_path, capsys, tiny_data):
+    out = tmp_path / "run"
+    assert main(["train", name, "--set", "no_such_key=1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no_such_key" in err[0] and "valid keys" in err[0]
+
+    arrays = {k: v.numpy().copy() for k, v in tiny_data(name).items()}
+    floats = [k for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating)]
+    field = floats[0] if floats else next(iter(arrays))
+    if floats:
+        arrays[field].reshape(-1)[0] = np.nan
+    else:
+        arrays[field] = arrays[field][..., None].repeat(3, axis=-1)  # a wrong per-row shape
+    np.savez(tmp_path / "bad.npz", **arrays)
+    argv = ["train", name, *tiny_sets(name), "--data", str(tmp_path / "bad.npz")]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("zoo: error:") and f"'{field}'" in err[0], err
+    assert not out.exists(), "refused input must not write a run folder"
+
+
+# ----- registry and shared mechanisms (on the reference models) ----------------------------
 
 
 def test_registry_lookup_and_unknown_name():

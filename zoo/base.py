@@ -43,19 +43,26 @@ import torch
 from pyro.nn import PyroModule
 
 from inference.config import TrainConfig, TrainConfigError
-from inference.data import Batch, Field, full_batch, validate_data
+from inference.data import DATA_PLATE, Batch, Field, full_batch, validate_data
 from zoo.priors import PriorError, check_override
 
 __all__ = ["ZooModel", "ConfigError", "DATA_PLATE", "TrainConfig"]
-
-DATA_PLATE = "data"
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used: the message names the key."""
 
 
+def _tuples(value: Any) -> Any:
+    """JSON's lists as the tuples a Config holds (configs never hold lists)."""
+    if isinstance(value, list | tuple):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
 def _config_from(cls: type, config: Any, overrides: Mapping[str, Any]) -> Any:
+    """A ``cls`` instance from a Config, a dict (e.g. read back from ``config_json``) or
+    None, with ``overrides``; unknown keys are refused with the valid ones."""
     if config is None:
         config = cls()
     elif isinstance(config, Mapping):
@@ -66,7 +73,7 @@ def _config_from(cls: type, config: Any, overrides: Mapping[str, Any]) -> Any:
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(names)}")
-    return dataclasses.replace(config, **overrides)
+    return dataclasses.replace(config, **{k: _tuples(v) for k, v in overrides.items()})
 
 
 class ZooModel(PyroModule):

@@ -23,7 +23,7 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from inference.data import full_batch
-from inference.diagnostics.traces import local_sites, rows_first, unwrap_independent
+from inference.traces import local_sites, rows_first, unwrap_independent
 
 __all__ = ["latent_activity", "collapse_table"]
 

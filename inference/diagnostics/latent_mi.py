@@ -29,7 +29,7 @@ from torch import nn
 from torch.distributions import biject_to
 
 from inference.data import Batch
-from inference.diagnostics.traces import local_sites, rows_first, sample_sites, unwrap_independent
+from inference.traces import local_sites, rows_first, sample_sites, unwrap_independent
 
 __all__ = ["LatentMI", "latent_mi", "info_nce"]
 

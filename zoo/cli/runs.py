@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import typing
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,7 +38,6 @@ from zoo.base import ZooModel
 from zoo.cli.datafiles import load_data_file
 from zoo.cli.options import (
     check_device,
-    config_types,
     parse_priors,
     parse_sets,
     positive_int,
@@ -131,23 +129,11 @@ def _build(record: Mapping[str, Any], *, seed: int):
     """Model and guide from a run record (priors and config as recorded)."""
     model_cls = registry.get(record["model"])
     prior_dists, _ = parse_priors({k: v for k, v in record.get("priors", {}).items()})
-    config = _restore_types(model_cls, record.get("config", {}))
+    config = dict(record.get("config", {}))  # lists come back as the config's tuples
     pyro.set_rng_seed(seed)  # networks are initialised when the model is built
     model = model_cls(config, priors=prior_dists)
     guide = guides.build(record.get("guide", "default"), model)
     return model, guide
-
-
-def _restore_types(model_cls: type[ZooModel], config: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON gives lists where the config holds tuples: convert back."""
-    types = config_types(model_cls.Config)
-    out = {}
-    for key, value in config.items():
-        kind = types.get(key)
-        if isinstance(value, list) and (typing.get_origin(kind) is tuple or kind is tuple):
-            value = tuple(value)
-        out[key] = value
-    return out
 
 
 # ----- training ------------------------------------------------------------------------------

@@ -95,6 +95,8 @@ class ARDVAE(ZooModel):
     paper = 4
     local_sites = ("z",)
 
+    tiny = {"num_rows": 300, "latent_dim": 4, "hidden": (16,), "steps": 20}
+
     @dataclass
     class Config(TrainConfig):
         holdout: float = 0.1

@@ -292,6 +292,8 @@ class CapabilityFactors(ZooModel):
     supports_nuts = True
     static_structure = True
 
+    tiny = {"steps": 20}
+
     @dataclass
     class Config(TrainConfig):
         #: number of base models (domains); the domain field holds 0..num_domains-1

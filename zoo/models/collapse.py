@@ -254,6 +254,8 @@ class CollapseCVAE(ZooModel):
     local_sites = ("z",)
     static_structure = True
 
+    tiny = {"num_rows": 300, "batch_size": 100, "steps": 20}
+
     @dataclass
     class Config(TrainConfig):
         dataset: str = "linear"
@@ -403,6 +405,8 @@ class CollapseHVAE(ZooModel):
     paper = 17
     local_sites = ("z1", "z2")
     static_structure = True
+
+    tiny = {"num_rows": 300, "batch_size": 100, "steps": 20}
 
     @dataclass
     class Config(TrainConfig):

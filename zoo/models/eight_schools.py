@@ -53,6 +53,8 @@ class EightSchools(ZooModel):
     supports_nuts = True
     static_structure = True
 
+    tiny = {"steps": 20}
+
     @dataclass
     class Config(TrainConfig):
         centered: bool = False

@@ -184,6 +184,8 @@ class LatentLabelShift(ZooModel):
     supports_nuts = True
     static_structure = True
 
+    tiny = {"per_domain": 20, "steps": 20}
+
     @dataclass
     class Config(TrainConfig):
         num_classes: int = 5

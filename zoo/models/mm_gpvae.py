@@ -214,6 +214,15 @@ class MMGPVAE(ZooModel):
     static_structure = False  # GPyTorch kernels are not traced by the JIT here
     max_plate_nesting = 1
 
+    tiny = {
+        "trials": 20,
+        "time_bins": 16,
+        "neurons": 10,
+        "hidden": 16,
+        "batch_size": 8,
+        "steps": 10,
+    }
+
     @dataclass
     class Config(TrainConfig):
         holdout: float = 0.2

@@ -228,6 +228,8 @@ class PACInvariance(ZooModel):
     supports_nuts = True
     static_structure = True
 
+    tiny = {"rows_per_env": 50, "steps": 20}
+
     @dataclass
     class Config(TrainConfig):
         #: number of environments (the env field holds 0..num_envs-1)

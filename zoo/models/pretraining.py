@@ -200,6 +200,8 @@ class FactorPretraining(ZooModel):
     supports_nuts = True
     static_structure = True
 
+    tiny = {"num_unlabeled": 200, "num_test": 100, "batch_size": 100, "steps": 20}
+
     @dataclass
     class Config(TrainConfig):
         input_dim: int = 50
@@ -409,6 +411,8 @@ class MixturePretraining(ZooModel):
     paper = 8
     supports_nuts = True
     static_structure = True
+
+    tiny = {"num_unlabeled": 200, "num_test": 100, "batch_size": 100, "steps": 20}
 
     @dataclass
     class Config(TrainConfig):

@@ -107,6 +107,8 @@ class QLAE(ZooModel):
     local_sites = ("z",)
     static_structure = True
 
+    tiny = {"hidden": (16,), "batch_size": 64, "steps": 10}
+
     @dataclass
     class Config(TrainConfig):
         variant: str = "qlae"

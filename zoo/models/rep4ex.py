@@ -266,6 +266,8 @@ class Rep4Ex(ZooModel):
     local_sites = ("z",)
     static_structure = True
 
+    tiny = {"num_rows": 300, "hidden": (16,), "outcome_hidden": (8,), "steps": 20}
+
     @dataclass
     class Config(TrainConfig):
         # holdout stays 0: V-hat is computed on the training rows, as in the paper's Stage 2

@@ -37,6 +37,8 @@ class VAEDigits(ZooModel):
     local_sites = ("z",)
     static_structure = True
 
+    tiny = {"latent_dim": 2, "hidden": (16,), "steps": 20}
+
     @dataclass
     class Config(TrainConfig):
         holdout: float = 0.15

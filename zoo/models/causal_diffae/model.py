@@ -265,6 +265,17 @@ class CausalDiffAE(ZooModel):
     paper = 28
     local_sites = ("u",)
 
+    tiny = {
+        "n_data": 64,
+        "eps_net": "mlp",
+        "hidden": 32,
+        "timesteps": 20,
+        "ddim_steps": 2,
+        "anneal_steps": 5,
+        "batch_size": 16,
+        "steps": 5,
+    }
+
     @dataclass
     class Config(TrainConfig):
         holdout: float = 0.15

@@ -128,6 +128,8 @@ class MLVGM(ZooModel):
     local_sites = ("z_1", "z_2", "z_3")
     static_structure = True
 
+    tiny = {"hidden": 8, "encoder_hidden": (16,), "steps": 20}
+
     @dataclass
     class Config(TrainConfig):
         holdout: float = 0.15

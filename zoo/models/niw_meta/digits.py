@@ -236,6 +236,15 @@ class NIWMetaDigits(NIWMeta):
     supports_nuts = False
     static_structure = False
 
+    tiny = {
+        "pretrain_steps": 5,
+        "num_episodes": 40,
+        "test_episodes": 10,
+        "baseline_steps": 0,
+        "sgld_chains": 2,
+        "steps": 5,
+    }
+
     @dataclass
     class Config(TrainConfig):
         # holdout stays 0: meta-test episodes come from the novel classes (``novel_episodes``)

@@ -233,6 +233,8 @@ class NIWMeta(ZooModel):
     supports_nuts = False
     static_structure = False  # Wishart sampling retries on a singular draw
 
+    tiny = {"num_tasks": 40, "steps": 10}
+
     @dataclass
     class Config(TrainConfig):
         holdout: float = 0.2
