@@ -66,6 +66,9 @@ def test_model_declares_its_contract(name):
     cls = zoo.get(name)
     assert cls.name == name
     assert cls.__doc__ and len(cls.__doc__.strip()) > 20
+    assert 10 < len(cls.summary) <= 88 and "\n" not in cls.summary, "one-line summary"
+    others = [zoo.get(n).summary for n in MODELS if n != name]
+    assert cls.summary not in others, "each model (and variant) its own summary"
     assert set(cls.tiny) <= {f.name for f in dataclasses.fields(cls.Config)}, "tiny keys"
     model = tiny(name)
     assert model.data_spec(), "a model must describe its data"

@@ -84,6 +84,8 @@ class ZooModel(PyroModule):
 
     #: registry key (snake_case)
     name: ClassVar[str] = ""
+    #: one line for ``zoo list`` (each variant of a family its own)
+    summary: ClassVar[str] = ""
     #: number of the paper in ``papers.md`` (``None`` for reference models)
     paper: ClassVar[int | None] = None
     #: sample sites under the data plate that the model's encoder amortizes
@@ -203,8 +205,9 @@ class ZooModel(PyroModule):
     def forward(self, batch: Batch) -> None:
         return self.model(batch)
 
-    def local_guide(self, batch: Batch) -> None:
-        """Amortized guide for :attr:`local_sites` (models with local latents override)."""
+    def local_guide(self, batch: Batch, global_values: Mapping[str, Any] | None = None) -> None:
+        """Amortized guide for :attr:`local_sites` (models with local latents override);
+        ``global_values`` are the global sites' values the global guide just drew."""
         if self.local_sites:
             raise NotImplementedError(f"{self.name} declares local sites but no local_guide")
 

@@ -87,7 +87,7 @@ def _cmd_list(args) -> int:
     for name in zoo.list_models():
         cls = zoo.get(name)
         paper = f"paper {cls.paper}" if cls.paper is not None else "reference model"
-        print(f"{name:24s} {paper:16s} {_first_line(_doc(cls))}")
+        print(f"{name:24s} {paper:16s} {cls.summary or _first_line(cls.__doc__ or '')}")
     return 0
 
 

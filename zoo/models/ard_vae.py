@@ -92,6 +92,7 @@ class ARDVAE(ZooModel):
     """
 
     name = "ard_vae"
+    summary = "ARD-VAE: a hierarchical prior learns which latent axes are relevant"
     paper = 4
     local_sites = ("z",)
 

@@ -288,6 +288,7 @@ class CapabilityFactors(ZooModel):
     """
 
     name = "capability_factors"
+    summary = "Multi-domain linear SEM factor model of LM benchmark scores"
     paper = 14
     supports_nuts = True
     static_structure = True

@@ -250,6 +250,7 @@ class CollapseCVAE(ZooModel):
     """
 
     name = "collapse_cvae"
+    summary = "Conditional VAE whose posterior collapse follows input-output correlation"
     paper = 17
     local_sites = ("z",)
     static_structure = True
@@ -402,6 +403,7 @@ class CollapseHVAE(ZooModel):
     """
 
     name = "collapse_hvae"
+    summary = "Two-level hierarchical VAE whose top level collapses with a learnable variance"
     paper = 17
     local_sites = ("z1", "z2")
     static_structure = True

@@ -49,6 +49,7 @@ class EightSchools(ZooModel):
     """Eight schools, centered or non-centered (``Config.centered``). See the module doc."""
 
     name = "eight_schools"
+    summary = "Eight schools: hierarchical normal model, centered or non-centered"
     paper = None
     supports_nuts = True
     static_structure = True

@@ -180,6 +180,7 @@ class LatentLabelShift(ZooModel):
     """
 
     name = "latent_label_shift"
+    summary = "Topic model over discriminator codes: classes from domains under label shift"
     paper = 25
     supports_nuts = True
     static_structure = True

@@ -210,6 +210,7 @@ class MMGPVAE(ZooModel):
     from any stationary GPyTorch kernel. See the module doc for the generative story."""
 
     name = "mm_gpvae"
+    summary = "Multi-modal GP-VAE: shared and modality-specific GP latents in the Fourier domain"
     paper = 2
     static_structure = False  # GPyTorch kernels are not traced by the JIT here
     max_plate_nesting = 1

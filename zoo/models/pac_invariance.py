@@ -224,6 +224,7 @@ class PACInvariance(ZooModel):
     """
 
     name = "pac_invariance"
+    summary = "Hierarchical test of a feature subset's invariance across SEM environments"
     paper = 11
     supports_nuts = True
     static_structure = True

@@ -196,6 +196,7 @@ class FactorPretraining(ZooModel):
     """
 
     name = "pretraining_factor"
+    summary = "Unsupervised pretraining with a factor model (PPCA), then Bayesian regression"
     paper = 8
     supports_nuts = True
     static_structure = True
@@ -408,6 +409,7 @@ class MixturePretraining(ZooModel):
     """
 
     name = "pretraining_mixture"
+    summary = "Unsupervised pretraining with a Gaussian mixture, then Bayesian regression"
     paper = 8
     supports_nuts = True
     static_structure = True

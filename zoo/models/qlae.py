@@ -103,6 +103,7 @@ class QLAE(ZooModel):
     """
 
     name = "qlae"
+    summary = "Quantized-latent autoencoder: per-dimension scalar codebooks, InfoMEC"
     paper = 12
     local_sites = ("z",)
     static_structure = True

@@ -262,6 +262,7 @@ class Rep4Ex(ZooModel):
     """
 
     name = "rep4ex"
+    summary = "Conditional VAE with an action-linear latent prior for intervention extrapolation"
     paper = 20
     local_sites = ("z",)
     static_structure = True

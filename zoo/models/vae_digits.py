@@ -33,6 +33,7 @@ class VAEDigits(ZooModel):
     """VAE with an MLP encoder and decoder on load_digits. See the module doc."""
 
     name = "vae_digits"
+    summary = "VAE with MLP encoder and decoder on the 8x8 digits"
     paper = None
     local_sites = ("z",)
     static_structure = True

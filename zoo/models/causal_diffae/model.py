@@ -262,6 +262,7 @@ class CausalDiffAE(ZooModel):
     """
 
     name = "causal_diffae"
+    summary = "Diffusion autoencoder whose semantic code is a structural causal model"
     paper = 28
     local_sites = ("u",)
 

@@ -124,6 +124,7 @@ class MLVGM(ZooModel):
     """
 
     name = "mlvgm_mi"
+    summary = "Multi-latent ladder VAE; mutual information per latent group, positive views"
     paper = 1
     local_sites = ("z_1", "z_2", "z_3")
     static_structure = True

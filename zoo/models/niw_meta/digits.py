@@ -231,6 +231,7 @@ class NIWMetaDigits(NIWMeta):
     module doc of :mod:`zoo.models.niw_meta.digits`."""
 
     name = "niw_meta_digits"
+    summary = "NIW-Meta few-shot digits: softmax heads with an SGLD quadratic local step"
     paper = 7
     local_sites = ("theta",)
     supports_nuts = False

@@ -228,6 +228,9 @@ class NIWMeta(ZooModel):
     """
 
     name = "niw_meta"
+    summary = (
+        "NIW-Meta few-shot regression: NIW prior over per-episode heads, closed-form local step"
+    )
     paper = 7
     local_sites = ("theta",)
     supports_nuts = False
