@@ -15,9 +15,10 @@ import guides
 import zoo
 from inference.data import DataError, full_batch
 from inference.evaluation import elbo_per_row
+from inference.metrics import affine_r2
 from inference.svi import fit
 from tests.sites import latent_sites, traces
-from zoo.models.mm_gpvae import affine_r2, is_stationary
+from zoo.models.mm_gpvae import is_stationary
 
 SMALL = dict(trials=24, time_bins=16, neurons=12, image_side=10, hidden=16)
 

@@ -19,11 +19,11 @@ from inference.data import DataError, full_batch
 from inference.diagnostics import divergences, summary
 from inference.evaluation import elbo_per_row, log_weights_per_row
 from inference.mcmc import nuts
+from inference.metrics import affine_r2
 from inference.posterior import posterior
 from inference.svi import fit
 from tests.sites import latent_sites, traces
 from zoo.models.rep4ex import (
-    affine_r2,
     extrapolation_grid,
     fit_control_function,
     fit_direct_regression,

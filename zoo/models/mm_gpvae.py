@@ -77,10 +77,11 @@ from torch.distributions import constraints
 
 from guides.encoders import mlp
 from inference.data import DataError, Field, full_batch
+from inference.metrics import affine_r2
 from zoo.base import ConfigError, ZooModel
 from zoo.registry import register
 
-__all__ = ["MMGPVAE", "KERNELS", "make_kernel", "is_stationary", "affine_r2"]
+__all__ = ["MMGPVAE", "KERNELS", "make_kernel", "is_stationary"]
 
 GROUPS = ("s", "n", "b")  # shared, neural-only, behaviour(image)-only
 ZOOM = 0.3  # simulation: zoom = exp(ZOOM * z_b)
@@ -147,17 +148,6 @@ def fourier_basis(m: int, f_max: int) -> tuple[torch.Tensor, torch.Tensor]:
         cols += [math.sqrt(2.0 / m) * torch.cos(angle), math.sqrt(2.0 / m) * torch.sin(angle)]
         index += [f, f]
     return torch.stack(cols, -1).float(), torch.tensor(index)
-
-
-def affine_r2(inferred: np.ndarray, true: np.ndarray) -> float:
-    """R^2 of the least-squares affine map from ``inferred`` (rows, a) to ``true`` (rows, b)."""
-    inferred = np.asarray(inferred, dtype=np.float64).reshape(len(inferred), -1)
-    true = np.asarray(true, dtype=np.float64).reshape(len(true), -1)
-    design = np.concatenate([inferred, np.ones((len(inferred), 1))], axis=1)
-    coef, *_ = np.linalg.lstsq(design, true, rcond=None)
-    resid = true - design @ coef
-    total = ((true - true.mean(0)) ** 2).sum()
-    return float(1.0 - (resid**2).sum() / max(total, 1e-12))
 
 
 class MMEncoder(PyroModule):

@@ -29,6 +29,7 @@ from torch import nn
 
 from guides.encoders import NormalEncoder, mlp
 from inference.data import DataError, Field, full_batch, validate_data
+from inference.metrics import affine_r2
 from zoo.base import ConfigError, ZooModel
 from zoo.registry import register
 
@@ -40,7 +41,6 @@ __all__ = [
     "extrapolation_grid",
     "fit_control_function",
     "fit_direct_regression",
-    "affine_r2",
     "PRIOR_MEANS",
 ]
 
@@ -219,17 +219,6 @@ def _average_effect(nu, psi, w, b, v, a_star, chunk: int = 16) -> torch.Tensor:
         zs = loc[:, None, :] + v[None, :, :]  # (c, n, d)
         out.append(nu(zs).squeeze(-1).mean(-1) + shift)
     return torch.cat(out)
-
-
-def affine_r2(z_hat: torch.Tensor, z_true: torch.Tensor) -> float:
-    """R^2 of the best affine map from ``z_hat`` to ``z_true``, averaged over dimensions:
-    1 when the representation is the truth up to an affine map."""
-    design = torch.cat([z_hat, torch.ones(len(z_hat), 1)], -1).double()
-    target = z_true.double()
-    coef = torch.linalg.lstsq(design, target).solution
-    resid = target - design @ coef
-    r2 = 1 - resid.pow(2).sum(0) / (target - target.mean(0)).pow(2).sum(0)
-    return float(r2.mean())
 
 
 # ----- the zoo model ---------------------------------------------------------------------------
