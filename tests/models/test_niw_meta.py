@@ -16,7 +16,7 @@ from inference.posterior import posterior
 from inference.svi import fit
 from tests.sites import latent_sites
 from zoo.cli.runs import train_run
-from zoo.models.niw_meta.regression import WishartLogCholesky, vec_to_tril
+from zoo.models.niw_meta.distributions import WishartLogCholesky, vec_to_tril
 
 SMALL = dict(num_rbf=2, nu0=6.0, queries=10, num_tasks=60)  # D = 4
 
@@ -206,7 +206,7 @@ def test_cli_trains_with_guide_and_prior_swaps(tmp_path):
 
 
 def test_precision_tril_normal_matches_multivariate_normal():
-    from zoo.models.niw_meta.regression import PrecisionTrilNormal
+    from zoo.models.niw_meta.distributions import PrecisionTrilNormal
 
     g = torch.randn(3, 3)
     precision = g @ g.T + torch.eye(3)
