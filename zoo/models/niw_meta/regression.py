@@ -69,7 +69,7 @@ from guides.encoders import NormalEncoder
 from inference.data import DataError, Field, full_batch
 from zoo.base import ConfigError
 from zoo.models.niw_meta.common import COVARIANCES, NIWBase
-from zoo.models.niw_meta.distributions import PrecisionTrilNormal
+from zoo.models.niw_meta.distributions import PrecisionTrilNormal, tril_to_vec
 from zoo.registry import register
 
 LOCAL_STEPS = ("closed_form", "amortized")
@@ -232,24 +232,31 @@ class NIWMeta(NIWBase):
         data, _ = sineline(c.num_tasks, c.shots, c.queries, c.noise, seed)
         return self.validate(data)
 
-    def simulate(self, seed: int, num_tasks: int, mu=None, sigma=None):
-        """Episodes drawn from the model: ``theta_i ~ N(mu, sigma)``, ``x ~ U[-5, 5]``, and
-        ``y = Phi(x) theta_i + noise``; ``(mu, sigma)`` default to a draw from the prior.
-        Returns ``(truth, data)``."""
+    def simulate(self, seed: int = 0, *, mu=None, sigma=None) -> tuple[dict, dict]:
+        """``num_tasks`` episodes drawn from the model: ``(mu, Sigma)`` from the prior (or the
+        given ``mu`` and ``sigma``, a covariance matrix: diagonal for ``covariance="diag"``),
+        ``theta_i ~ N(mu, Sigma)``, ``x ~ U[-5, 5]`` and ``y = Phi(x) theta_i + noise``.
+        Returns ``(truth, data)``; ``truth`` holds the global site (``precision_chol`` or
+        ``precision``), ``mu`` and ``theta``."""
         c, d = self.config, self.dim
+        if (mu is None) != (sigma is None):
+            raise ValueError("give both mu and sigma, or neither (both drawn from the prior)")
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng():
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
-            if mu is None or sigma is None:
+            if mu is None:
                 value = self.prior(self.global_site).sample()
                 precision = self.precision_matrix(value)
                 sigma = torch.linalg.inv(precision)
+                sigma = 0.5 * (sigma + sigma.mT)  # symmetric to the bit, as an MVN checks
                 mu = dist.MultivariateNormal(
                     torch.full((d,), float(c.mu0)), precision_matrix=c.kappa0 * precision
                 ).sample()
+            else:
+                value = self._global_value(torch.as_tensor(sigma, dtype=torch.float32))
             mu, sigma = torch.as_tensor(mu, dtype=torch.float32), torch.as_tensor(sigma)
-            theta = dist.MultivariateNormal(mu, sigma.float()).sample((num_tasks,))
-            x = torch.rand(num_tasks, c.shots + c.queries) * 10.0 - 5.0
+            theta = dist.MultivariateNormal(mu, sigma.float()).sample((c.num_tasks,))
+            x = torch.rand(c.num_tasks, c.shots + c.queries) * 10.0 - 5.0
             y = (self.features(x) @ theta.unsqueeze(-1)).squeeze(-1)
             y = y + c.noise * torch.randn_like(y)
         data = {
@@ -258,7 +265,16 @@ class NIWMeta(NIWBase):
             "x_query": x[:, c.shots :],
             "y_query": y[:, c.shots :],
         }
-        return {"mu": mu, "sigma": sigma, "theta": theta}, self.validate(data)
+        truth = {self.global_site: value, "mu": mu, "theta": theta}
+        return truth, self.validate(data)
+
+    def _global_value(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The global site's value for a given covariance ``sigma`` of the heads."""
+        if self.config.covariance == "full":
+            return tril_to_vec(torch.linalg.cholesky(torch.linalg.inv(sigma)))
+        if not torch.equal(sigma, torch.diag_embed(torch.diagonal(sigma))):
+            raise ValueError('covariance="diag" needs a diagonal sigma')
+        return torch.diagonal(sigma).reciprocal()
 
     def likelihood(self, batch, theta: torch.Tensor) -> None:
         """``y ~ Normal(Phi(x) theta_i, s^2)`` for support and query (inside the plate)."""
