@@ -211,9 +211,10 @@ FOURIER_SLACK = 0.03  # mean matched R^2: Fourier >= time domain - slack
 def _recovery(parameterization):
     pyro.set_rng_seed(0)
     model = zoo.create("mm_gpvae", parameterization=parameterization, **RECOVERY)
-    data = model.default_data(seed=0)
+    truth, data, extras = model.simulate_with_extras(seed=0)
     train = {k: v[:120] for k, v in data.items()}
     test = {k: v[120:] for k, v in data.items()}
+    test_truth = {f"z_{g}": truth[f"z_{g}"][120:] for g in "snb"}
     fit(
         model,
         model.guide,
@@ -225,7 +226,7 @@ def _recovery(parameterization):
         progress=False,
         log_every=50,
     )
-    return model.evaluate(model.guide, test)
+    return model.evaluate(model.guide, test, truth=test_truth, rates=extras["rates"][120:])
 
 
 @pytest.fixture(scope="module")
