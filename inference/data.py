@@ -8,7 +8,6 @@ subsample=...)`` needs to scale the ELBO correctly.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -216,7 +215,3 @@ class Minibatches:
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self._order = state["order"].clone()
-
-
-def steps_for_epochs(epochs: float, loader: Minibatches) -> int:
-    return int(math.ceil(epochs * loader.steps_per_epoch))

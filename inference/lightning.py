@@ -3,9 +3,11 @@
 ``lightning`` is an optional extra (``pip install -e .[lightning]``); it is imported only
 when this module's functions are called, so the core works without it.
 
-Rows are sharded across ranks by :class:`RowBatchSampler`: every step takes one global
-batch of ``world_size * batch_size`` rows from a seeded per-epoch permutation (the same on
-every rank) and rank ``r`` gets the ``r``-th slice. The :class:`~inference.data.Batch` a
+Rows are sharded across ranks by :func:`row_batches`, torch's ``BatchSampler`` over a
+``DistributedSampler``: every epoch one seeded permutation (the same on every rank, reshuffled
+per epoch through Lightning's ``set_epoch``), rank ``r`` takes its rows ``r, r + W, ...`` of
+it, so step ``t`` covers the global batch of rows ``[t*W*B, (t+1)*W*B)`` of the permutation,
+``B`` rows per rank. The :class:`~inference.data.Batch` a
 rank's model sees keeps ``size`` = the FULL data size ``N`` and ``index`` = global row
 indices, so ``pyro.plate("data", N, subsample=index)`` scales each rank's loss by ``N/B``;
 DDP averages the gradients across ranks, which is the minibatch estimator of the full
@@ -19,7 +21,7 @@ batch, before Lightning wraps the module in DDP, which then broadcasts rank 0's 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,6 @@ __all__ = [
     "ACCELERATORS",
     "LIGHTNING_ELBOS",
     "LightningSetupError",
-    "RowBatchSampler",
     "check_splittable",
     "check_trainer_options",
     "fit_lightning",
@@ -46,6 +47,7 @@ __all__ = [
     "load_lightning_checkpoint",
     "make_module",
     "require_lightning",
+    "row_batches",
 ]
 
 #: accelerators the CLI accepts (``cuda`` is taken as ``gpu``)
@@ -200,52 +202,34 @@ def check_splittable(
 # ----- data: row indices sharded by rank ---------------------------------------------------------
 
 
-class RowBatchSampler:
-    """Per-rank batches of row indices. Each epoch draws one seeded permutation (the same on
-    every rank); step ``t`` takes global rows ``[t*W*B, (t+1)*W*B)`` of it and rank ``r``
-    the slice ``[r*B, (r+1)*B)``. Incomplete global batches are dropped, so every rank takes
-    the same number of equally scaled steps (no padding with duplicated rows)."""
-
-    def __init__(
-        self,
-        size: int,
-        batch_size: int,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        shuffle: bool = True,
-    ):
-        self.size = int(size)
-        self.batch_size = int(batch_size)
-        self.rank = int(rank)
-        self.world_size = int(world_size)
-        self.seed = int(seed)
-        self.shuffle = shuffle
-        self.epoch = 0
-        self.global_batch = self.batch_size * self.world_size
-        if self.global_batch > self.size:
-            raise LightningSetupError(
-                f"{self.size} rows cannot fill one global batch of {self.world_size} ranks x "
-                f"{self.batch_size} rows"
-            )
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at every epoch start."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.size // self.global_batch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        if self.shuffle and self.global_batch < self.size:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.size, generator=generator)
-        else:
-            order = torch.arange(self.size)
-        for step in range(len(self)):
-            start = step * self.global_batch + self.rank * self.batch_size
-            yield order[start : start + self.batch_size].tolist()
+def row_batches(
+    size: int,
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    shuffle: bool = True,
+) -> torch.utils.data.BatchSampler:
+    """Per-rank batches of row indices: torch's ``BatchSampler`` over a ``DistributedSampler``.
+    Each epoch draws one permutation from ``seed + epoch`` (the same on every rank); rank
+    ``r`` takes every ``world_size``-th row of it from the ``r``-th, in batches of
+    ``batch_size``. Incomplete batches are dropped, so every rank takes the same number of
+    equally scaled steps, ``size // (world_size * batch_size)`` per epoch (no padding with
+    duplicated rows). A single global batch that holds every row is not shuffled."""
+    if batch_size * world_size > size:
+        raise LightningSetupError(
+            f"{size} rows cannot fill one global batch of {world_size} ranks x {batch_size} rows"
+        )
+    rows = torch.utils.data.DistributedSampler(
+        range(size),
+        num_replicas=world_size,
+        rank=rank,
+        shuffle=shuffle and batch_size * world_size < size,
+        seed=seed,
+        drop_last=True,
+    )
+    return torch.utils.data.BatchSampler(rows, batch_size, drop_last=True)
 
 
 class _RowCollate:
@@ -323,9 +307,7 @@ def make_module(
             if self._trainer is not None:
                 world, rank = self.trainer.world_size, self.trainer.global_rank
             per_rank = self.batch_size or max(1, self.size // world)
-            sampler = RowBatchSampler(
-                self.size, per_rank, rank=rank, world_size=world, seed=self.seed
-            )
+            sampler = row_batches(self.size, per_rank, rank=rank, world_size=world, seed=self.seed)
             return torch.utils.data.DataLoader(
                 range(self.size),
                 batch_sampler=sampler,
@@ -395,7 +377,7 @@ def _trainer_kwargs(
         strategy=strategy,
         max_steps=steps,
         max_epochs=-1,
-        use_distributed_sampler=False,  # RowBatchSampler shards the rows
+        use_distributed_sampler=False,  # row_batches shards the rows
         num_sanity_val_steps=0,
     )
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
+from pyro.util import get_rng_state, set_rng_state
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -79,15 +80,27 @@ def _schedule(name: str, opt, steps: int, final_factor: float):
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    """Pyro's RNG state (torch, Python's ``random``, numpy) plus CUDA's, as tensors and plain
+    containers: numpy's key array is kept as a tensor so that the checkpoint stays loadable
+    with ``weights_only=True``."""
+    state = get_rng_state()
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    state["numpy"] = [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
+    """Restore :func:`_rng_state`; also reads checkpoints written before numpy's state was
+    kept (``{"torch", "python"}``)."""
+    state = dict(state)
+    if "python" in state:
+        state["random"] = state.pop("python")
+    if "numpy" in state:
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        state["numpy"] = (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+    set_rng_state(state)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

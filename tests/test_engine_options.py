@@ -11,7 +11,7 @@ import torch
 
 import zoo
 from inference import svi
-from inference.checkpoint import CheckpointError, load_checkpoint
+from inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from inference.elbos import ELBOS
 from inference.svi import OPTIMIZERS, SCHEDULES, TrainingDiverged, fit, restore
 from zoo.models.vae_digits import VAEDigits
@@ -306,6 +306,26 @@ def test_exact_resume(kind, digits, tmp_path):
     assert resumed.losses == whole.losses
     for name, value in whole.loss_fn.state_dict().items():
         assert torch.equal(resumed.loss_fn.state_dict()[name], value), name
+
+
+def test_checkpoint_written_before_numpy_rng_state_still_resumes(tmp_path):
+    """Checkpoints from before the RNG state came from ``pyro.util.get_rng_state`` hold
+    ``{"torch", "python"}`` only: they resume exactly; new ones also hold numpy's state."""
+    model, guide, data = _schools()
+    whole = fit(model, guide, data, steps=40, lr=0.05, progress=False)
+    model, guide, data = _schools()
+    ckpt = tmp_path / "old.pt"
+    fit(model, guide, data, steps=20, lr=0.05, checkpoint=ckpt, progress=False)
+    state, meta = load_checkpoint(ckpt)
+    assert set(state["rng"]) >= {"torch", "random", "numpy"}
+    rng = state["rng"]
+    state["rng"] = {"torch": rng["torch"], "python": rng["random"]}  # the old layout
+    save_checkpoint(ckpt, state, meta)
+    model, guide, data = _schools()
+    resumed = fit(
+        model, guide, data, steps=40, lr=0.05, checkpoint=ckpt, resume=True, progress=False
+    )
+    assert resumed.losses == whole.losses
 
 
 @pytest.mark.parametrize("kind", ["eight_schools", "vae_digits"])

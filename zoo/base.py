@@ -28,6 +28,8 @@ over sites, so every engine path - vectorized particles, JIT, NUTS - applies)::
             w = pyro.sample("w", self.prior("w"))
             with self.data_plate(batch):
                 ...
+        def simulate(self, seed=0):   # only where the truth is known: (truth, data)
+            ...
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def _config_from(cls: type, config: Any, overrides: Mapping[str, Any]) -> Any:
 class ZooModel(PyroModule):
     """Base class of zoo models. Subclasses set the class attributes and implement
     :meth:`data_spec`, :meth:`default_priors`, :meth:`model`, :meth:`default_data`
-    and :meth:`evaluate`; models with amortized local latents implement :meth:`local_guide`.
+    and :meth:`evaluate`; models with amortized local latents implement :meth:`local_guide`,
+    models whose data can be drawn with known truth implement :meth:`simulate`.
     """
 
     #: registry key (snake_case)
@@ -192,6 +195,26 @@ class ZooModel(PyroModule):
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
         """The model's offline default data set (synthetic or shipped in a PyPI package)."""
         raise NotImplementedError
+
+    def simulate(self, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(truth, data)`` with known truth, for recovery tests and simulation-based
+        calibration: ``truth`` maps latent site names of :meth:`model` (and deterministic
+        sites where useful) to their true values, and ``data`` (valid for :meth:`validate`)
+        is drawn from the model's generative story given them. Design inputs (covariates,
+        environments, domains, row counts) come from the config or the default data, so the
+        call needs only the seed; the same seed gives the same draw, and the global RNG
+        state is left as it was. Quantities of the simulation that are not sites of the model
+        (a downstream target's weights, firing rates) stay out of ``truth``; a model that
+        has them offers them through its own method. Models with known truth override this
+        (see :meth:`has_truth`)."""
+        raise NotImplementedError(
+            f"model '{self.name}' has no simulator with known truth (simulate is not defined)"
+        )
+
+    @classmethod
+    def has_truth(cls) -> bool:
+        """Whether the model overrides :meth:`simulate` (draws data with known truth)."""
+        return cls.simulate is not ZooModel.simulate
 
     def data_plate(self, batch: Batch) -> pyro.plate:
         """The plate over rows, subsampled to the batch so the ELBO scales by N / B."""

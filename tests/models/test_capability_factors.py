@@ -235,8 +235,9 @@ def test_sbc_of_nuts_on_what_the_data_identify():
     sigma and each domain's moments of the scores: what short chains mix on. (On the raw
     parameters, the tutorial's 20 replicates put the smallest p-values on the ridge: an
     edge 0.0043, G's ridge entry 0.0095; neither significant at 0.01 / 19.)"""
-    model = zoo.create("capability_factors", num_domains=3, num_benchmarks=3, num_factors=2)
-    domain = torch.arange(3).repeat_interleave(8)
+    model = zoo.create(
+        "capability_factors", num_domains=3, num_benchmarks=3, num_factors=2, per_domain=8
+    )
 
     def with_moments(values):
         moments = model.domain_moments(values)
@@ -244,9 +245,9 @@ def test_sbc_of_nuts_on_what_the_data_identify():
         return {**values, "domain_mean": moments["domain_mean"], "domain_var": variances}
 
     def simulate(seed):
-        truth, data = model.simulate(seed, domain)
-        values = with_moments({k: v.unsqueeze(0) for k, v in truth.items()})
-        return {k: v[0] for k, v in values.items()}, data
+        truth, data = model.simulate(seed)
+        variances = truth["domain_cov"].diagonal(dim1=-2, dim2=-1)
+        return {**truth, "domain_var": variances}, data
 
     def fit_draws(data, seed):
         with warnings.catch_warnings():

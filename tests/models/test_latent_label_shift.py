@@ -72,8 +72,8 @@ def test_default_data_and_sites(digits_model, digits_data):
 
 def test_enumerated_model_matches_the_summed_model():
     """TraceEnum_ELBO with y enumerated equals Trace_ELBO with y summed out, to 1e-5."""
-    model = zoo.create("latent_label_shift", **TINY)
-    truth, data = model.simulate(0, 100)
+    model = zoo.create("latent_label_shift", per_domain=34, **TINY)
+    truth, data = model.simulate(0)
     values = {k: truth[k].clone().requires_grad_() for k in ("pi", "phi")}
     batch = full_batch(data)
     with torch.no_grad():
@@ -87,8 +87,8 @@ def test_enumerated_model_matches_the_summed_model():
 def test_infer_discrete_gives_the_exact_class_posterior():
     """MAP classes equal the argmax of p(y | c, d); draws (temperature 1) of one repeated
     point have frequencies within 4 binomial standard errors of p(y | c, d)."""
-    model = zoo.create("latent_label_shift", **TINY)
-    truth, data = model.simulate(1, 60)
+    model = zoo.create("latent_label_shift", per_domain=20, **TINY)
+    truth, data = model.simulate(1)
     exact = model.class_posterior(truth["pi"], truth["phi"], data)
     assert torch.equal(model.decode(truth, data), exact.argmax(-1))
     repeated = {k: v[:1].expand(4000) for k, v in data.items()}
@@ -141,27 +141,29 @@ def test_recovery_of_known_truth():
         num_classes=3,
         num_domains=6,
         num_codes=12,
+        per_domain=500,
         priors={"phi": dist.Dirichlet(torch.full((12,), 0.2))},
     )
-    truth, data = model.simulate(2, 3000)
+    truth, data = model.simulate(2)
+    labels = data["label"].numpy()  # the true classes
     guide = guides.build("normal", model)
     fit(model, guide, data, steps=1500, lr=0.05, progress=False)
     with torch.no_grad():
         median = guide.median(full_batch(data))
     pred = model.decode(median, data).numpy()
-    perm = match_classes(pred, truth["y"].numpy(), 3)
+    perm = match_classes(pred, labels, 3)
     pi = np.zeros((6, 3))
     pi[:, perm] = median["pi"].numpy()
     assert np.abs(pi - truth["pi"].numpy()).sum(1).mean() < 0.15
-    oracle = hungarian_accuracy(model.decode(truth, data).numpy(), truth["y"].numpy(), 3)
-    assert hungarian_accuracy(pred, truth["y"].numpy(), 3) > 0.9 * oracle
+    oracle = hungarian_accuracy(model.decode(truth, data).numpy(), labels, 3)
+    assert hungarian_accuracy(pred, labels, 3) > 0.9 * oracle
 
 
 def test_nuts_and_svi_agree():
     """On a tiny data set: posterior means of p(c | d) (permutation-free) and of pi and phi
     (SVI classes matched to NUTS's) within 1 NUTS posterior sd + 0.02."""
-    model = zoo.create("latent_label_shift", **TINY)
-    truth, data = model.simulate(3, 150)
+    model = zoo.create("latent_label_shift", per_domain=50, **TINY)
+    truth, data = model.simulate(3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mcmc = nuts(model, data, chains=1, warmup=100, draws=150, seed=0, progress=False)
@@ -204,14 +206,9 @@ def test_small_sbc():
     importance resampling: simulate() and model() tell the same story (every scalar of pi
     and phi: uniformity p > 0.001). Label switching does not matter for an exact sampler.
     The tutorial runs SBC with NUTS."""
-    model = zoo.create("latent_label_shift", **TINY)
-
-    def simulate(seed):
-        truth, data = model.simulate(seed, 12)
-        return truth, data
-
+    model = zoo.create("latent_label_shift", per_domain=4, **TINY)
     result = sbc(
-        simulate,
+        model.simulate,
         lambda data, seed: prior_resampling_draws(model, data, 20_000, seed=seed),
         num_replicates=40,
         params=["pi", "phi"],

@@ -15,9 +15,10 @@ import guides
 import zoo
 from inference.data import DataError, full_batch
 from inference.evaluation import elbo_per_row
+from inference.metrics import affine_r2
 from inference.svi import fit
 from tests.sites import latent_sites, traces
-from zoo.models.mm_gpvae import affine_r2, is_stationary
+from zoo.models.mm_gpvae import is_stationary
 
 SMALL = dict(trials=24, time_bins=16, neurons=12, image_side=10, hidden=16)
 
@@ -210,9 +211,10 @@ FOURIER_SLACK = 0.03  # mean matched R^2: Fourier >= time domain - slack
 def _recovery(parameterization):
     pyro.set_rng_seed(0)
     model = zoo.create("mm_gpvae", parameterization=parameterization, **RECOVERY)
-    data = model.default_data(seed=0)
+    truth, data, extras = model.simulate_with_extras(seed=0)
     train = {k: v[:120] for k, v in data.items()}
     test = {k: v[120:] for k, v in data.items()}
+    test_truth = {f"z_{g}": truth[f"z_{g}"][120:] for g in "snb"}
     fit(
         model,
         model.guide,
@@ -224,7 +226,7 @@ def _recovery(parameterization):
         progress=False,
         log_every=50,
     )
-    return model.evaluate(model.guide, test)
+    return model.evaluate(model.guide, test, truth=test_truth, rates=extras["rates"][120:])
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from inference.posterior import posterior
 from inference.svi import fit
 from tests.sites import latent_sites
 from zoo.cli.runs import train_run
-from zoo.models.niw_meta.regression import WishartLogCholesky, vec_to_tril
+from zoo.models.niw_meta.distributions import WishartLogCholesky, vec_to_tril
 
 SMALL = dict(num_rbf=2, nu0=6.0, queries=10, num_tasks=60)  # D = 4
 
@@ -151,13 +151,13 @@ def test_bad_episodes_get_errors_naming_episode_and_field():
 
 
 def test_recovers_known_mu_and_sigma():
-    model = zoo.create("niw_meta", num_rbf=2, nu0=6.0, queries=10)
+    model = zoo.create("niw_meta", num_rbf=2, nu0=6.0, queries=10, num_tasks=500)
     mu = torch.tensor([1.0, -0.5, 2.0, 0.0])
     sd = torch.tensor([1.0, 0.5, 1.5, 0.8])
     corr = torch.eye(4)
     corr[0, 2] = corr[2, 0] = 0.5
     sigma = torch.diag(sd) @ corr @ torch.diag(sd)
-    truth, data = model.simulate(3, 500, mu, sigma)
+    truth, data = model.simulate(3, mu=mu, sigma=sigma)
     fit(
         model, model.guide, data, steps=700, batch_size=100, lr=0.05,
         lr_schedule="exponential", lr_final_factor=0.05, progress=False,
@@ -206,7 +206,7 @@ def test_cli_trains_with_guide_and_prior_swaps(tmp_path):
 
 
 def test_precision_tril_normal_matches_multivariate_normal():
-    from zoo.models.niw_meta.regression import PrecisionTrilNormal
+    from zoo.models.niw_meta.distributions import PrecisionTrilNormal
 
     g = torch.randn(3, 3)
     precision = g @ g.T + torch.eye(3)
@@ -235,8 +235,12 @@ def test_tiny_conjugate_version_svi_matches_nuts():
 
     from inference.mcmc import nuts
 
-    model = zoo.create("niw_meta", covariance="diag", num_rbf=0, nu0=4.0, psi0=2.0, queries=5)
-    _, data = model.simulate(1, 30, torch.tensor([1.0, -0.5]), torch.diag(torch.tensor([0.5, 0.2])))
+    model = zoo.create(
+        "niw_meta", covariance="diag", num_rbf=0, nu0=4.0, psi0=2.0, queries=5, num_tasks=30
+    )
+    _, data = model.simulate(
+        1, mu=torch.tensor([1.0, -0.5]), sigma=torch.diag(torch.tensor([0.5, 0.2]))
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mcmc = nuts(model, data, chains=1, warmup=200, draws=300, seed=0, progress=False)
@@ -262,11 +266,11 @@ def test_tiny_conjugate_version_svi_matches_nuts():
 def test_sbc_of_the_closed_form_guide_on_a_tiny_conjugate_version():
     from inference.diagnostics import sbc
 
-    options = dict(covariance="diag", num_rbf=0, nu0=6.0, psi0=4.0, queries=5)
+    options = dict(covariance="diag", num_rbf=0, nu0=6.0, psi0=4.0, queries=5, num_tasks=30)
     model = zoo.create("niw_meta", **options)
 
     def simulate(seed):
-        truth, data = model.simulate(seed, 30)  # (mu, Sigma) drawn from the prior
+        truth, data = model.simulate(seed)  # (mu, Sigma) drawn from the prior
         return {"mu": truth["mu"]}, data
 
     def fit_draws(data, seed):

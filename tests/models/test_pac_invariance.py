@@ -187,11 +187,7 @@ def test_invariant_subset_is_found_by_nuts(default_data):
 
 def test_sbc_of_nuts_is_uniform():
     """SBC (Talts et al. 2018) of NUTS on a tiny design: 3 environments x 15 rows."""
-    model = zoo.create("pac_invariance", num_envs=3, features=(0,))
-    design = _sem(num_envs=3, n=15, seed=11)
-
-    def simulate(seed):
-        return model.simulate(seed, design["x"], design["env"])
+    model = zoo.create("pac_invariance", num_envs=3, rows_per_env=15, features=(0,))
 
     def fit_draws(data, seed):
         with warnings.catch_warnings():
@@ -208,7 +204,9 @@ def test_sbc_of_nuts_is_uniform():
             )
         return {k: v[::8] for k, v in mcmc.get_samples().items()}  # ~10 nearly independent
 
-    result = sbc(simulate, fit_draws, num_replicates=8, params=["beta", "tau", "sigma"], seed=0)
+    result = sbc(
+        model.simulate, fit_draws, num_replicates=8, params=["beta", "tau", "sigma"], seed=0
+    )
     assert result.num_draws == 10
     assert result.passed(0.01), result.pvalues
 

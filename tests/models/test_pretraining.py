@@ -131,7 +131,7 @@ def test_enumerated_mixture_matches_the_summed_mixture():
 
 def test_infer_discrete_recovers_assignments():
     model = zoo.create("pretraining_mixture", **SMALL_MIXTURE)
-    truth, data = model.simulate(0)
+    truth, data, extras = model.simulate_with_extras(0)
     values = {k: truth[k] for k in ("weights", "loc_first", "loc_rest")}
 
     class Fixed(torch.nn.Module):
@@ -144,7 +144,7 @@ def test_infer_discrete_recovers_assignments():
     assert torch.equal(assigned, resp.argmax(-1))  # MAP assignment = argmax responsibility
     # its accuracy against the true components is the Bayes rate, mean max responsibility,
     # within 3 binomial standard errors
-    accuracy = (assigned == truth["c"]).float().mean()
+    accuracy = (assigned == extras["c"]).float().mean()
     expected = resp.max(-1).values.mean()
     se = math.sqrt(float(expected * (1 - expected)) / len(assigned))
     assert abs(float(accuracy - expected)) < 3 * se + 1e-6, (accuracy, expected)
@@ -273,12 +273,8 @@ def test_small_sbc_of_the_factor_model():
         num_test=1,
     )
 
-    def simulate(seed):
-        truth, data = model.simulate(seed)
-        return truth, model.validate(data)
-
     result = sbc(
-        simulate,
+        model.simulate,
         lambda data, seed: prior_resampling_draws(model, data, num_prior=20_000, seed=seed),
         num_replicates=40,
         params=sorted(set(model.default_priors())),
@@ -298,7 +294,7 @@ def test_downstream_bayesian_regression_by_nuts():
         num_labeled=100,
         num_test=1,
     )
-    truth, data = model.simulate(2)
+    truth, data, extras = model.simulate_with_extras(2)
     x = data["x"].numpy().astype(float)
     role = data["role"].numpy()
     w, sigma = truth["W"].numpy().astype(float), float(truth["sigma"])
@@ -310,19 +306,20 @@ def test_downstream_bayesian_regression_by_nuts():
     table = summary(idata, var_names=["beta", "tau"])
     assert (table["r_hat"] < 1.05).all()
     beta = idata.posterior["beta"].values.reshape(-1, 2).mean(0)
-    assert np.abs(beta - truth["beta"].numpy()).max() < 0.3
+    assert np.abs(beta - extras["beta"].numpy()).max() < 0.3
 
 
 # ----- the paper's check -----------------------------------------------------------------------
 
 
 def _excess_risks(model, seed, m, n):
-    truth, data = model.simulate(seed, num_unlabeled=m, num_labeled=n, num_test=2000)
+    design = zoo.create(model.name, model.config, num_unlabeled=m, num_labeled=n, num_test=2000)
+    truth, data, extras = design.simulate_with_extras(seed)
     x, y = data["x"].numpy().astype(float), data["y"].numpy().astype(float)
     role = data["role"].numpy()
     test = role == 2
     oracle = factor_features(x[test], truth["W"].numpy(), float(truth["sigma"]))
-    bayes = np.mean((oracle @ truth["beta"].numpy() - y[test]) ** 2)
+    bayes = np.mean((oracle @ extras["beta"].numpy() - y[test]) ** 2)
     w, sigma = ppca_mle(x[role == 0], model.config.latent_dim)
     f = factor_features(x, w, sigma)
     pre = least_squares(f[role == 1], y[role == 1])

@@ -19,16 +19,15 @@ from inference.data import DataError, full_batch
 from inference.diagnostics import divergences, summary
 from inference.evaluation import elbo_per_row, log_weights_per_row
 from inference.mcmc import nuts
+from inference.metrics import affine_r2
 from inference.posterior import posterior
 from inference.svi import fit
 from tests.sites import latent_sites, traces
 from zoo.models.rep4ex import (
-    affine_r2,
     extrapolation_grid,
     fit_control_function,
     fit_direct_regression,
     make_world,
-    simulate,
 )
 
 SMALL = {"hidden": (16,), "outcome_hidden": (8,), "num_rows": 256}
@@ -157,7 +156,7 @@ def test_bad_input_gets_a_clear_error(small_data):
 
 def test_truth_and_stage_two_helpers():
     world = make_world(2, 2, 10)
-    data, z = simulate(world, 20000, seed=1)
+    data, z = world.sample(20000, seed=1)
     a_star = torch.tensor([[0.3, -0.5], [2.5, 2.5]])
     # the exact E[Y | do(a*)] agrees with a Monte Carlo estimate from the structural equations
     v = z - data["a"] @ world.m0.T
@@ -182,17 +181,16 @@ W_TOLERANCE = 0.25
 def fitted():
     pyro.set_rng_seed(0)  # the networks' initial weights: the fit is reproducible
     model = zoo.create("rep4ex", num_rows=N_ROWS)
-    data = model.default_data(seed=0)
-    untrained_r2 = affine_r2(model.representation(data), model.true_latents(data))
+    truth, data = model.simulate(seed=0)
+    untrained_r2 = affine_r2(model.representation(data), truth["z"])
     pyro.set_rng_seed(0)
     fit(model, model.guide, data, steps=STEPS, batch_size=256, lr=3e-3, progress=False, seed=0)
-    return model, data, untrained_r2
+    return model, data, truth["z"], untrained_r2
 
 
 @pytest.mark.slow
 def test_recovers_latents_and_linear_effect_up_to_an_affine_map(fitted):
-    model, data, untrained_r2 = fitted
-    z_true = model.true_latents(data)
+    model, data, z_true, untrained_r2 = fitted
     z_hat = model.representation(data)
     r2 = affine_r2(z_hat, z_true)
     assert untrained_r2 < R2_FLOOR - 0.1, "the floor must fail for an untrained encoder"
@@ -212,7 +210,7 @@ def test_recovers_latents_and_linear_effect_up_to_an_affine_map(fitted):
 # oracle and below the MLP.
 @pytest.mark.slow
 def test_papers_check_extrapolates_near_the_oracle(fitted):
-    model, data, _ = fitted
+    model, data, z_true, _ = fitted
     grid = extrapolation_grid(2)
     outside = grid.abs().amax(-1) > 1.0
     truth = model.world().true_effect(grid)
@@ -221,7 +219,7 @@ def test_papers_check_extrapolates_near_the_oracle(fitted):
         return float((pred - truth)[outside].pow(2).mean())
 
     rep4ex = mse(model.intervention_effect(model.guide, data, grid))
-    oracle = mse(fit_control_function(model.true_latents(data), data["a"], data["y"])(grid))
+    oracle = mse(fit_control_function(z_true, data["a"], data["y"])(grid))
     naive = mse(fit_direct_regression(data["a"], data["y"])(grid))
     assert rep4ex < 3 * oracle, (rep4ex, oracle)
     assert rep4ex < naive, (rep4ex, naive)
@@ -319,7 +317,7 @@ def _nuts_svi_agreement(model, data, seed: int) -> dict:
 
 @pytest.mark.slow
 def test_nuts_and_svi_agree_on_globals(fitted):
-    model, data, _ = fitted
+    model, data, _, _ = fitted
     res = _nuts_svi_agreement(model, data, seed=0)
     assert res["divergences"] == 0
     for name in sorted(GLOBALS):

@@ -76,11 +76,8 @@ RUN_FILES = (
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _load_data(model: ZooModel, source: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -305,10 +305,12 @@ class CapabilityFactors(ZooModel):
         num_factors: int = 3
         #: integrate the latent noise out (Gaussian marginal) instead of sampling it
         marginal: bool = True
+        #: LMs per domain in ``default_data`` and ``simulate``
+        per_domain: int = 150
 
     def check_config(self) -> None:
         c = self.config
-        for key in ("num_domains", "num_benchmarks", "num_factors"):
+        for key in ("num_domains", "num_benchmarks", "num_factors", "per_domain"):
             value = getattr(c, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
@@ -394,22 +396,26 @@ class CapabilityFactors(ZooModel):
                 pyro.sample("x", dist.Normal(mean, sigma[..., None]).to_event(1), obs=batch["x"])
 
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
-        """The spec's synthetic set: ``num_domains`` x 150 LMs, chain DAG (see
+        """The spec's synthetic set: ``num_domains`` x ``per_domain`` LMs, chain DAG (see
         :func:`simulate_capabilities`)."""
         c = self.config
         _, data = simulate_capabilities(
             num_domains=c.num_domains,
+            per_domain=c.per_domain,
             num_benchmarks=c.num_benchmarks,
             num_factors=c.num_factors,
             seed=seed,
         )
         return self.validate(data)
 
-    def simulate(self, seed: int, domain: torch.Tensor) -> tuple[dict, dict]:
+    def simulate(self, seed: int = 0) -> tuple[dict, dict]:
         """``(truth, data)`` for SBC: every global drawn from its prior, then scores x for
-        the LMs of ``domain`` from the model itself (Gaussian eps when ``marginal``)."""
+        ``per_domain`` LMs of each domain from the model itself (Gaussian eps when
+        ``marginal``, else Laplace eps, then a site of ``truth``). ``truth`` also holds the
+        deterministic sites ``loading``, ``domain_mean`` and ``domain_cov``."""
         c = self.config
         d0 = c.num_factors
+        domain = torch.arange(c.num_domains).repeat_interleave(c.per_domain)
         generator = torch.Generator().manual_seed(int(seed))
         with torch.random.fork_rng():
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
@@ -430,6 +436,10 @@ class CapabilityFactors(ZooModel):
             inner = truth["mu"][domain] + truth["log_omega"].exp()[domain] * eps
             z = (mixing @ inner.unsqueeze(-1)).squeeze(-1)
             x = z @ loading.T + truth["sigma"] * torch.randn(len(domain), c.num_benchmarks)
+        moments = self.domain_moments({k: v.unsqueeze(0) for k, v in truth.items()})
+        truth.update({k: v[0] for k, v in moments.items()}, loading=loading)
+        if not c.marginal:
+            truth["eps"] = eps
         return truth, self.validate({"x": x, "domain": domain})
 
     def domain_moments(self, draws: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

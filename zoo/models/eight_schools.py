@@ -88,17 +88,21 @@ class EightSchools(ZooModel):
         effects = load_example("centered_eight")["obs"]
         return self.validate({"y": effects, "sigma": SIGMA})
 
-    def simulate(self, seed: int, sigma: torch.Tensor | None = None) -> tuple[dict, dict]:
-        """Draw (mu, tau, theta) from the prior and y given them: ``(truth, data)``."""
+    def simulate(self, seed: int = 0) -> tuple[dict, dict]:
+        """``(truth, data)``: (mu, tau, theta) from the prior (eta = (theta - mu) / tau too,
+        in the non-centered form) and y given them, at the eight schools' standard errors."""
         generator = torch.Generator().manual_seed(seed)
-        sigma = torch.as_tensor(SIGMA, dtype=torch.float32) if sigma is None else sigma
+        sigma = torch.as_tensor(SIGMA, dtype=torch.float32)
         with torch.random.fork_rng():
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
             mu = self.prior("mu").sample()
             tau = self.prior("tau").sample()
             theta = dist.Normal(mu, tau).sample(sigma.shape)
             y = dist.Normal(theta, sigma).sample()
-        return {"mu": mu, "tau": tau, "theta": theta}, {"y": y, "sigma": sigma}
+        truth = {"mu": mu, "tau": tau, "theta": theta}
+        if not self.config.centered:
+            truth["eta"] = (theta - mu) / tau
+        return truth, self.validate({"y": y, "sigma": sigma})
 
     def dims(self) -> dict[str, list[str]]:
         return {"theta": ["school"], "eta": ["school"], "y": ["school"], "sigma": ["school"]}

@@ -193,7 +193,7 @@ class LatentLabelShift(ZooModel):
         num_domains: int = 15
         num_codes: int = 30
         alpha: float = 0.5
-        per_domain: int = 80  # default data: images per domain
+        per_domain: int = 80  # rows per domain (default data: images; simulate: codes)
         max_cond: float = 8.0  # default data: cap on cond(Pi)
         batch_size: int = 1200
         lr: float = 0.05
@@ -275,9 +275,12 @@ class LatentLabelShift(ZooModel):
         labelling and R-hat would read the permutation, not the mixing."""
         return self.svi_point_estimate(data, steps=1500, lr=self.config.lr)
 
-    def simulate(self, seed: int, num_rows: int = 600) -> tuple[dict, dict]:
-        """Globals from the prior, then rows (domains round-robin): ``(truth, data)``."""
+    def simulate(self, seed: int = 0) -> tuple[dict, dict]:
+        """``(truth, data)``: the globals pi and phi from the prior, then ``per_domain``
+        rows per domain (domains round-robin), each with its class y and code. The classes
+        are the data's ``label`` field (y is summed out of :meth:`model`)."""
         c = self.config
+        num_rows = c.num_domains * c.per_domain
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             pi = self.prior("pi").expand([c.num_domains]).sample()
@@ -285,7 +288,7 @@ class LatentLabelShift(ZooModel):
             domain = torch.arange(num_rows) % c.num_domains
             y = dist.Categorical(pi[domain]).sample()
             code = dist.Categorical(phi[y]).sample()
-        return {"pi": pi, "phi": phi, "y": y}, {"code": code, "domain": domain, "label": y}
+        return {"pi": pi, "phi": phi}, self.validate({"code": code, "domain": domain, "label": y})
 
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
         """Codes of the paired-digit check: load_digits super-classes over Dirichlet domains

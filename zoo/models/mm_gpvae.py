@@ -53,8 +53,9 @@ Default data: the paper's simulation with a real ``load_digits`` "3", padded to 
 shared GP rotates the digit (angle = 60 deg * z^s) and drives part of the spike rates, a
 neural-only GP drives spikes only, an image-only GP sets the zoom (exp(0.3 z^b)); 50 neurons
 with weights 1.5 U(-1, 1) and offsets 0.5 U(-1, 1). :meth:`MMGPVAE.simulate` returns the
-true latents too; :meth:`MMGPVAE.evaluate` reports the R^2 of an affine fit from inferred to
-true latents (matched and cross-assigned groups) and the reconstructions. Trials must all
+true latents too (:meth:`MMGPVAE.simulate_with_extras` the firing rates);
+:meth:`MMGPVAE.evaluate`, given them, reports the R^2 of an affine fit from inferred to true
+latents (matched and cross-assigned groups) and the reconstructions. Trials must all
 have ``time_bins`` bins: masks for ragged trials are not supported.
 """
 
@@ -77,10 +78,11 @@ from torch.distributions import constraints
 
 from guides.encoders import mlp
 from inference.data import DataError, Field, full_batch
+from inference.metrics import affine_r2
 from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
 
-__all__ = ["MMGPVAE", "KERNELS", "make_kernel", "is_stationary", "affine_r2"]
+__all__ = ["MMGPVAE", "KERNELS", "make_kernel", "is_stationary"]
 
 GROUPS = ("s", "n", "b")  # shared, neural-only, behaviour(image)-only
 ZOOM = 0.3  # simulation: zoom = exp(ZOOM * z_b)
@@ -147,17 +149,6 @@ def fourier_basis(m: int, f_max: int) -> tuple[torch.Tensor, torch.Tensor]:
         cols += [math.sqrt(2.0 / m) * torch.cos(angle), math.sqrt(2.0 / m) * torch.sin(angle)]
         index += [f, f]
     return torch.stack(cols, -1).float(), torch.tensor(index)
-
-
-def affine_r2(inferred: np.ndarray, true: np.ndarray) -> float:
-    """R^2 of the least-squares affine map from ``inferred`` (rows, a) to ``true`` (rows, b)."""
-    inferred = np.asarray(inferred, dtype=np.float64).reshape(len(inferred), -1)
-    true = np.asarray(true, dtype=np.float64).reshape(len(true), -1)
-    design = np.concatenate([inferred, np.ones((len(inferred), 1))], axis=1)
-    coef, *_ = np.linalg.lstsq(design, true, rcond=None)
-    resid = true - design @ coef
-    total = ((true - true.mean(0)) ** 2).sum()
-    return float(1.0 - (resid**2).sum() / max(total, 1e-12))
 
 
 class MMEncoder(PyroModule):
@@ -295,7 +286,6 @@ class MMGPVAE(ZooModel):
         self.encoder = MMEncoder(
             c.neurons, pixels, self.dims_, time_map, c.hidden, c.shared_combine
         )
-        self._truth_cache: dict[int, dict[str, torch.Tensor]] = {}
 
     # ----- configuration ------------------------------------------------------------------
 
@@ -472,9 +462,35 @@ class MMGPVAE(ZooModel):
 
     # ----- data ---------------------------------------------------------------------------
 
-    def simulate(self, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-        """The paper's simulation at this config: ``{"data": ..., "truth": ...}`` with the
-        true latents ``z_s, z_n, z_b`` (N, T) and firing rates (N, T, neurons)."""
+    def simulate(self, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The paper's simulation at this config (the default data): ``(truth, data)``.
+        Its GP latents follow the model's prior (an RBF kernel of length-scale
+        ``true_lengthscale``, one latent per group); its observation maps are the paper's
+        (a readout with random weights, a rotated and zoomed digit), not the model's
+        networks. ``truth`` holds ``z_s``, ``z_n``, ``z_b`` (N, 1, T) for the groups the
+        model has with one latent each, and, with the RBF kernel, the length-scales
+        ``lengthscale_s/n/b``; :meth:`simulate_with_extras` adds the true firing rates."""
+        truth, data, _ = self.simulate_with_extras(seed)
+        return truth, data
+
+    def simulate_with_extras(self, seed: int = 0) -> tuple[dict, dict, dict]:
+        """:meth:`simulate` plus ``extras``: the true firing rates ``rates`` (N, T, neurons),
+        which are not a site of the model."""
+        c = self.config
+        latents, rates, data = self._paper_simulation(seed)
+        truth = {}
+        if c.kernel == "rbf":
+            ell = torch.tensor(float(c.true_lengthscale))
+            truth.update({f"lengthscale_{g}": ell for g in GROUPS if self._dim(g)})
+        truth.update({f"z_{g}": latents[g].unsqueeze(1) for g in GROUPS if self._dim(g) == 1})
+        return truth, data, {"rates": rates}
+
+    def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
+        return self._paper_simulation(seed)[2]
+
+    def _paper_simulation(self, seed: int):
+        """``(latents, rates, data)``: the true latents per group (N, T), the firing rates
+        (N, T, neurons) and the validated data of the paper's simulation."""
         from scipy import ndimage
         from sklearn.datasets import load_digits
 
@@ -510,24 +526,8 @@ class MMGPVAE(ZooModel):
                 images[i, j] = frame.reshape(-1)
         images += 0.05 * rng.standard_normal(images.shape)
         data = self.validate({"spikes": spikes, "images": images})
-        truth = {f"z_{g}": torch.as_tensor(z[g], dtype=torch.float32) for g in GROUPS}
-        truth["rates"] = torch.as_tensor(rates, dtype=torch.float32)
-        return {"data": data, "truth": truth}
-
-    def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
-        sim = self.simulate(seed)
-        self._truth_cache[seed] = {**sim["truth"], "spikes": sim["data"]["spikes"]}
-        return sim["data"]
-
-    def _find_truth(self, data) -> dict[str, torch.Tensor] | None:
-        """True latents of ``data``'s rows when they come from a cached simulation."""
-        for cached in self._truth_cache.values():
-            keys = {row.numpy().tobytes(): i for i, row in enumerate(cached["spikes"])}
-            rows = [keys.get(row.numpy().tobytes()) for row in data["spikes"].cpu()]
-            if all(r is not None for r in rows):
-                index = torch.tensor(rows)
-                return {k: v[index] for k, v in cached.items() if k != "spikes"}
-        return None
+        latents = {g: torch.as_tensor(z[g], dtype=torch.float32) for g in GROUPS}
+        return latents, torch.as_tensor(rates, dtype=torch.float32), data
 
     # ----- evaluation ---------------------------------------------------------------------
 
@@ -555,29 +555,40 @@ class MMGPVAE(ZooModel):
             image = torch.cat([z["s"], z.get("b", zero)], -2).transpose(-1, -2)
             return {"rates": self.readout(neural).exp(), "images": self.decoder(image)}
 
-    def evaluate(self, guide, data, truth: Mapping[str, torch.Tensor] | None = None) -> dict:
-        """Latent identification (R^2 of affine fits inferred -> true, matched and
-        cross-assigned; needs ``truth`` or data from :meth:`default_data`) and the
-        reconstructions of images and firing rates on ``data``."""
+    def evaluate(
+        self,
+        guide,
+        data,
+        truth: Mapping[str, torch.Tensor] | None = None,
+        *,
+        rates: torch.Tensor | None = None,
+    ) -> dict:
+        """The reconstructions of images on ``data``; the firing rates' R^2 against the true
+        ``rates`` of ``data``'s rows; latent identification (R^2 of affine fits inferred ->
+        true, matched and cross-assigned) against ``truth``, the true ``z_s``, ``z_n``,
+        ``z_b`` (rows, 1, T) of ``data``'s rows. Both come from
+        :meth:`simulate_with_extras`, indexed like ``data``."""
         data = {k: v.to(self.device) for k, v in data.items()}
         rec = self.reconstruct(guide, data)
         images = data["images"]
         sse = float(((rec["images"] - images) ** 2).sum())
         sst = float(((images - images.mean((0, 1))) ** 2).sum())
         out = {"image_r2": 1.0 - sse / sst}
-        truth = truth if truth is not None else self._find_truth(data)
+        if rates is not None:
+            rates = rates.to(rec["rates"])
+            out["rate_r2"] = 1.0 - float(((rec["rates"] - rates) ** 2).sum()) / float(
+                ((rates - rates.mean()) ** 2).sum()
+            )
         if truth is None:
             return out
-        rates = truth["rates"].to(rec["rates"])
-        out["rate_r2"] = 1.0 - float(((rec["rates"] - rates) ** 2).sum()) / float(
-            ((rates - rates.mean()) ** 2).sum()
-        )
         z = self.posterior_latents(guide, data)
         for g_inf, zi in z.items():
             inferred = zi.transpose(-1, -2).reshape(-1, zi.shape[-2]).cpu().numpy()
             for g_true in GROUPS:
-                true = truth[f"z_{g_true}"].reshape(-1, 1).cpu().numpy()
-                out[f"r2_{g_inf}_to_{g_true}"] = affine_r2(inferred, true)
+                true = truth.get(f"z_{g_true}")
+                if true is not None:
+                    true = true.transpose(-1, -2).reshape(-1, true.shape[-2]).cpu().numpy()
+                    out[f"r2_{g_inf}_to_{g_true}"] = affine_r2(inferred, true)
         return out
 
     def dims(self) -> dict[str, list[str]]:

@@ -331,10 +331,13 @@ class PACInvariance(ZooModel):
         )
         return self.validate(data)
 
-    def simulate(self, seed: int, x: torch.Tensor, env: torch.Tensor) -> tuple[dict, dict]:
-        """``(truth, data)``: (beta, tau per feature, sigma, eta) from the prior and y given the
-        covariates ``x`` and environments ``env`` (non-centered form), for SBC."""
+    def simulate(self, seed: int = 0) -> tuple[dict, dict]:
+        """``(truth, data)``: (beta, tau per feature, sigma, eta) from the prior and y given
+        them, on the covariates and environments of ``default_data(seed)`` (x, env).
+        ``truth`` also holds ``beta_env`` (and ``eta`` in the non-centered form)."""
         c = self.config
+        design = self.default_data(seed)
+        x, env = design["x"], design["env"]
         generator = torch.Generator().manual_seed(int(seed))
         with torch.random.fork_rng():
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
@@ -346,7 +349,9 @@ class PACInvariance(ZooModel):
             beta_env = beta + tau * eta
             mean = (x[:, list(c.features)] * beta_env[env]).sum(-1)
             y = mean + sigma * torch.randn(len(env))
-        truth = {"beta": beta, "tau": tau, "sigma": sigma, "eta": eta}
+        truth = {"beta": beta, "tau": tau, "sigma": sigma, "beta_env": beta_env}
+        if not c.centered:
+            truth["eta"] = eta
         return truth, self.validate({"x": x, "y": y, "env": env})
 
     def dims(self) -> dict[str, list[str]]:

@@ -296,19 +296,20 @@ class FactorPretraining(ZooModel):
             loc, scale = self.encoder(batch["x"])
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
-    def simulate(
-        self,
-        seed: int,
-        num_unlabeled: int | None = None,
-        num_labeled: int | None = None,
-        num_test: int | None = None,
-    ) -> tuple[dict, dict]:
-        """Globals from the prior, then rows: ``(truth, data)``. ``truth`` holds W_free,
-        W_diag, sigma, W, the regression weights beta and the rows' z."""
+    def simulate(self, seed: int = 0) -> tuple[dict, dict]:
+        """Globals from the prior, then ``num_unlabeled + num_labeled + num_test`` rows:
+        ``(truth, data)``. ``truth`` holds W_free, W_diag, sigma, W (and the rows' z when it
+        is a site, ``marginalize=False``); :meth:`simulate_with_extras` adds the downstream
+        truth."""
+        truth, data, _ = self.simulate_with_extras(seed)
+        return truth, data
+
+    def simulate_with_extras(self, seed: int = 0) -> tuple[dict, dict, dict]:
+        """:meth:`simulate` plus ``extras``, what made ``y`` but is not a site of the model:
+        the regression weights ``beta`` (``y = z . beta + noise``) and the rows' ``z``."""
         c = self.config
-        m = c.num_unlabeled if num_unlabeled is None else num_unlabeled
-        n = c.num_labeled if num_labeled is None else num_labeled
-        total = m + n + (c.num_test if num_test is None else num_test)
+        m, n = c.num_unlabeled, c.num_labeled
+        total = m + n + c.num_test
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             w_free = self.prior("W_free").expand([self.num_free]).sample()
@@ -319,14 +320,14 @@ class FactorPretraining(ZooModel):
             x = z @ w.T + sigma * torch.randn(total, c.input_dim)
             beta = torch.randn(c.latent_dim)
             y = z @ beta + c.noise_scale * torch.randn(total)
-        role = torch.zeros(total, dtype=torch.int64)
-        role[m : m + n] = ROLE_TRAIN
-        role[m + n :] = ROLE_TEST
-        truth = {"W_free": w_free, "W_diag": w_diag, "sigma": sigma, "W": w, "beta": beta, "z": z}
-        return truth, {"x": x, "y": y, "role": role}
+        role = _roles(m, n, total)
+        truth = {"W_free": w_free, "W_diag": w_diag, "sigma": sigma, "W": w}
+        if not c.marginalize:
+            truth["z"] = z
+        return truth, self.validate({"x": x, "y": y, "role": role}), {"beta": beta, "z": z}
 
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
-        return self.validate(self.simulate(seed)[1])
+        return self.simulate(seed)[1]
 
     def dims(self) -> dict[str, list[str]]:
         return {
@@ -488,18 +489,20 @@ class MixturePretraining(ZooModel):
             trace = poutine.trace(decoded).get_trace(batch)
         return trace.nodes["c"]["value"]
 
-    def simulate(
-        self,
-        seed: int,
-        num_unlabeled: int | None = None,
-        num_labeled: int | None = None,
-        num_test: int | None = None,
-    ) -> tuple[dict, dict]:
-        """Globals from the prior, then rows: ``(truth, data)``."""
+    def simulate(self, seed: int = 0) -> tuple[dict, dict]:
+        """Globals from the prior, then ``num_unlabeled + num_labeled + num_test`` rows:
+        ``(truth, data)``; ``truth`` holds weights, loc_first, loc_rest and locs.
+        :meth:`simulate_with_extras` adds the rows' components and the downstream truth."""
+        truth, data, _ = self.simulate_with_extras(seed)
+        return truth, data
+
+    def simulate_with_extras(self, seed: int = 0) -> tuple[dict, dict, dict]:
+        """:meth:`simulate` plus ``extras``, what is not a site of :meth:`model`: the rows'
+        components ``c`` (a site of :meth:`enumerated_model` only) and the per-component
+        means ``theta`` of the downstream target (``y = theta_c + noise``)."""
         c = self.config
-        m = c.num_unlabeled if num_unlabeled is None else num_unlabeled
-        n = c.num_labeled if num_labeled is None else num_labeled
-        total = m + n + (c.num_test if num_test is None else num_test)
+        m, n = c.num_unlabeled, c.num_labeled
+        total = m + n + c.num_test
         k, d = c.num_components, c.input_dim
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -511,21 +514,13 @@ class MixturePretraining(ZooModel):
             x = locs[comp] + torch.randn(total, d)
             theta = 2.0 * torch.randn(k)
             y = theta[comp] + c.noise_scale * torch.randn(total)
-        role = torch.zeros(total, dtype=torch.int64)
-        role[m : m + n] = ROLE_TRAIN
-        role[m + n :] = ROLE_TEST
-        truth = {
-            "weights": weights,
-            "loc_first": first,
-            "loc_rest": rest,
-            "locs": locs,
-            "theta": theta,
-            "c": comp,
-        }
-        return truth, {"x": x, "y": y, "role": role}
+        role = _roles(m, n, total)
+        truth = {"weights": weights, "loc_first": first, "loc_rest": rest, "locs": locs}
+        data = self.validate({"x": x, "y": y, "role": role})
+        return truth, data, {"c": comp, "theta": theta}
 
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
-        return self.validate(self.simulate(seed)[1])
+        return self.simulate(seed)[1]
 
     def dims(self) -> dict[str, list[str]]:
         return {
@@ -555,6 +550,14 @@ class MixturePretraining(ZooModel):
             weights,
             features=mixture_features,
         )
+
+
+def _roles(num_unlabeled: int, num_labeled: int, total: int) -> torch.Tensor:
+    """The ``role`` field: unlabeled rows first, then labeled training rows, then test rows."""
+    role = torch.zeros(total, dtype=torch.int64)
+    role[num_unlabeled : num_unlabeled + num_labeled] = ROLE_TRAIN
+    role[num_unlabeled + num_labeled :] = ROLE_TEST
+    return role
 
 
 def _ordered_prior(k: int) -> dist.Distribution:

@@ -29,6 +29,7 @@ from torch import nn
 
 from guides.encoders import NormalEncoder, mlp
 from inference.data import DataError, Field, full_batch, validate_data
+from inference.metrics import affine_r2
 from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
 
@@ -36,11 +37,9 @@ __all__ = [
     "Rep4Ex",
     "World",
     "make_world",
-    "simulate",
     "extrapolation_grid",
     "fit_control_function",
     "fit_direct_regression",
-    "affine_r2",
     "PRIOR_MEANS",
 ]
 
@@ -80,6 +79,19 @@ class World:
             out = out + 0.5 * z[..., 1:].pow(2).mean(-1)
         return out
 
+    def sample(self, n: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``(data, z)``: ``n`` rows ``{"a", "x", "y"}`` of this world and their true
+        latents (``A ~ U[-1, 1]^k``, seeded)."""
+        g = torch.Generator().manual_seed(seed)
+        d, k = self.m0.shape
+        a = 2 * torch.rand(n, k, generator=g) - 1
+        v = torch.randn(n, d, generator=g) @ torch.linalg.cholesky(self.sigma).T
+        z = a @ self.m0.T + v
+        x = self.g0(z) + self.x_noise * torch.randn(n, self.w2.shape[0], generator=g)
+        u = self.u_coef * v[:, 0] + self.u_noise * torch.randn(n, generator=g)
+        y = self.outcome(z) + u
+        return {"a": a, "x": x, "y": y}, z
+
     def true_effect(self, a_star: torch.Tensor) -> torch.Tensor:
         """Exact ``E[Y | do(A = a*)]`` (Gaussian V; E U = 0), shape ``(m,)``."""
         m = a_star.double() @ self.m0.double().T
@@ -103,19 +115,6 @@ def make_world(action_dim: int, latent_dim: int, obs_dim: int, seed: int = 0) ->
     w2 = torch.randn(p, p, generator=g) / math.sqrt(p) + torch.eye(p)
     c2 = 0.1 * torch.randn(p, generator=g)
     return World(m0=m0, sigma=sigma, w1=w1, c1=c1, w2=w2, c2=c2)
-
-
-def simulate(world: World, n: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """``(data, z)``: ``n`` rows ``{"a", "x", "y"}`` of ``world`` and their true latents."""
-    g = torch.Generator().manual_seed(seed)
-    d, k = world.m0.shape
-    a = 2 * torch.rand(n, k, generator=g) - 1
-    v = torch.randn(n, d, generator=g) @ torch.linalg.cholesky(world.sigma).T
-    z = a @ world.m0.T + v
-    x = world.g0(z) + world.x_noise * torch.randn(n, world.w2.shape[0], generator=g)
-    u = world.u_coef * v[:, 0] + world.u_noise * torch.randn(n, generator=g)
-    y = world.outcome(z) + u
-    return {"a": a, "x": x, "y": y}, z
 
 
 def extrapolation_grid(action_dim: int, half_width: float = 3.0, points: int = 13) -> torch.Tensor:
@@ -221,17 +220,6 @@ def _average_effect(nu, psi, w, b, v, a_star, chunk: int = 16) -> torch.Tensor:
     return torch.cat(out)
 
 
-def affine_r2(z_hat: torch.Tensor, z_true: torch.Tensor) -> float:
-    """R^2 of the best affine map from ``z_hat`` to ``z_true``, averaged over dimensions:
-    1 when the representation is the truth up to an affine map."""
-    design = torch.cat([z_hat, torch.ones(len(z_hat), 1)], -1).double()
-    target = z_true.double()
-    coef = torch.linalg.lstsq(design, target).solution
-    resid = target - design @ coef
-    r2 = 1 - resid.pow(2).sum(0) / (target - target.mean(0)).pow(2).sum(0)
-    return float(r2.mean())
-
-
 # ----- the zoo model ---------------------------------------------------------------------------
 
 
@@ -293,7 +281,6 @@ class Rep4Ex(ZooModel):
         self.encoder = NormalEncoder(c.obs_dim, c.latent_dim, c.hidden)
         self.nu = mlp([c.latent_dim, *c.outcome_hidden, 1], nn.Tanh)
         self.psi = mlp([c.latent_dim, *c.outcome_hidden, 1], nn.Tanh)
-        self._truth: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def check_config(self) -> None:
         c = self.config
@@ -352,17 +339,27 @@ class Rep4Ex(ZooModel):
         return make_world(c.action_dim, c.latent_dim, c.obs_dim, seed=c.world_seed)
 
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
-        """``num_rows`` rows of the paper's small check (k = d = 2, p = 10 by default); the
-        true latents are kept so that :meth:`evaluate` can score affine identifiability."""
-        data, z = simulate(self.world(), self.config.num_rows, seed=seed)
-        self._truth = (data["x"], z)
+        """``num_rows`` rows of the paper's small check (k = d = 2, p = 10 by default)."""
+        data, _ = self.world().sample(self.config.num_rows, seed=seed)
         return self.validate(data)
 
-    def true_latents(self, data) -> torch.Tensor | None:
-        """The true Z of ``data`` if it is this model's default data, else ``None``."""
-        if self._truth is not None and torch.equal(self._truth[0], data["x"]):
-            return self._truth[1]
-        return None
+    def simulate(self, seed: int = 0) -> tuple[dict, dict]:
+        """``(truth, data)``: :meth:`default_data` with the world's truth as values of the
+        model's sites: ``W = M0``, ``b = 0``, ``v_scale`` the sd of V (the world's V is
+        correlated, the model's prior diagonal), ``sigma_x`` and ``sigma_y`` the noise sds
+        of X and of Y given Z and V, and the rows' latents ``z``. The networks' truth is the
+        world's ``g0`` (decoder) and ``l`` (outcome), which are not sites."""
+        world = self.world()
+        data, z = world.sample(self.config.num_rows, seed=seed)
+        truth = {
+            "W": world.m0.clone(),
+            "b": torch.zeros(self.config.latent_dim),
+            "v_scale": torch.diagonal(world.sigma).sqrt(),
+            "sigma_x": torch.tensor(world.x_noise),
+            "sigma_y": torch.tensor(world.u_noise),
+            "z": z,
+        }
+        return truth, self.validate(data)
 
     # ----- model and guide ----------------------------------------------------------------
 
@@ -444,16 +441,14 @@ class Rep4Ex(ZooModel):
     def evaluate(self, guide, data, *, z_true=None, baselines: bool = True, seed: int = 0):
         """The paper's two checks on the training rows ``data``:
 
-        - ``affine_r2``: R^2 of the best affine map from phi(x) to the true Z (only when the
-          truth is known: the model's default data, or ``z_true``);
+        - ``affine_r2``: R^2 of the best affine map from phi(x) to the true Z, given as
+          ``z_true`` (``simulate(seed)[0]["z"]`` for the rows of ``simulate(seed)``);
         - ``extrap_mse_*``: mean squared error of E[Y | do(a*)] against the exact truth on
           the grid ``[-3, 3]^k`` outside the training box ``[-1, 1]^k`` (``insupport_*``
           inside it): ``rep4ex`` (the model's heads), ``rep4ex_stage2`` (the paper's
           Stage 2 refit on phi(x)), ``oracle`` (Stage 2 on the true Z) and ``mlp_a`` (an MLP
-          regression of Y on A). Truth and oracle need the default data's world.
+          regression of Y on A). The true effect is the world's; the oracle needs ``z_true``.
         """
-        if z_true is None:
-            z_true = self.true_latents(data)
         metrics: dict[str, float] = {}
         z_hat = self.representation(data)
         if z_true is not None:

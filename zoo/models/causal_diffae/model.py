@@ -6,6 +6,7 @@ Probabilistic Models", A. Komanduri, C. Zhao, F. Chen, X. Wu, ECAI 2024 (arXiv:2
 
 from __future__ import annotations
 
+import graphlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pyro import poutine
 from torch import nn
 from torch.distributions import constraints
 
-from inference.data import Field, full_batch
+from inference.data import Field
 from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
 
@@ -46,8 +47,8 @@ class InterventionError(ValueError):
 
 
 def topological_order(adjacency: Sequence[Sequence[int]], names: Sequence[str]) -> list[int]:
-    """Kahn's order of the DAG ``adjacency[j][i] = 1 <=> j -> i``; refuses a wrong size, a
-    non-binary entry or a cycle (naming the factors on it)."""
+    """A topological order (``graphlib``) of the DAG ``adjacency[j][i] = 1 <=> j -> i``;
+    refuses a wrong size, a non-binary entry or a cycle (naming the factors on it)."""
     n = len(names)
     a = np.asarray(adjacency)
     if a.shape != (n, n):
@@ -61,19 +62,12 @@ def topological_order(adjacency: Sequence[Sequence[int]], names: Sequence[str]) 
         raise CausalGraphError(
             f"adjacency has a self-loop on {[names[i] for i in np.flatnonzero(np.diag(a))]}"
         )
-    indegree = a.sum(0).astype(int)
-    order, ready = [], [i for i in range(n) if indegree[i] == 0]
-    while ready:
-        j = ready.pop(0)
-        order.append(j)
-        for i in np.flatnonzero(a[j]):
-            indegree[i] -= 1
-            if indegree[i] == 0:
-                ready.append(int(i))
-    if len(order) < n:
-        cyc = [names[i] for i in range(n) if i not in order]
-        raise CausalGraphError(f"adjacency is not acyclic: a cycle runs through {cyc}")
-    return order
+    parents = {i: np.flatnonzero(a[:, i]).tolist() for i in range(n)}
+    try:
+        return list(graphlib.TopologicalSorter(parents).static_order())
+    except graphlib.CycleError as error:
+        cycle = [names[i] for i in sorted(set(error.args[1]))]
+        raise CausalGraphError(f"adjacency is not acyclic: a cycle runs through {cycle}") from None
 
 
 # ----- networks ------------------------------------------------------------------------------
@@ -775,8 +769,3 @@ def sample_accuracy(
         "acc_real": float(clf.score(test_raw["x"][:n].reshape(n, -1), labels)),
         "acc_samples": float(clf.score(samples.reshape(n, -1), labels)),
     }
-
-
-def batch_of(data: Mapping[str, torch.Tensor]):
-    """The whole data set as one batch (a convenience for tutorials)."""
-    return full_batch(dict(data))

@@ -74,8 +74,9 @@ from torch import nn
 
 from guides.encoders import NormalEncoder, as_pyro_module
 from inference.data import DataError, Field, full_batch
-from zoo.base import ConfigError, TrainConfig, ZooModel
-from zoo.models.niw_meta.regression import COVARIANCES, NIWGuide, NIWMeta, PrecisionTrilNormal
+from zoo.base import ConfigError, TrainConfig
+from zoo.models.niw_meta.common import COVARIANCES, NIWBase
+from zoo.models.niw_meta.distributions import PrecisionTrilNormal
 from zoo.registry import register
 
 LOCAL_STEPS = ("sgld", "amortized")
@@ -169,7 +170,7 @@ def quadratic_local_posterior(abar, mbar, prior_precision, prior_mean, diagonal=
         post = abar + prior_precision
         mean = (abar * mbar + prior_precision * prior_mean) / post
         return mean, post.rsqrt()
-    return NIWMeta.closed_form(torch.diag_embed(abar), abar * mbar, prior_precision, prior_mean)
+    return NIWBase.closed_form(torch.diag_embed(abar), abar * mbar, prior_precision, prior_mean)
 
 
 # ----- the model ---------------------------------------------------------------------------
@@ -224,7 +225,7 @@ def initial_features(c) -> FeatureNet:
 
 
 @register
-class NIWMetaDigits(NIWMeta):
+class NIWMetaDigits(NIWBase):
     """NIW-Meta few-shot classifier on load_digits (Kim & Hospedales, ICLR 2024): an NIG
     (or full NIW) prior over per-episode softmax heads on a shared learned feature network,
     with the paper's SGLD quadratic-surrogate local step as the default guide. See the
@@ -233,9 +234,6 @@ class NIWMetaDigits(NIWMeta):
     name = "niw_meta_digits"
     summary = "NIW-Meta few-shot digits: softmax heads with an SGLD quadratic local step"
     paper = 7
-    local_sites = ("theta",)
-    supports_nuts = False
-    static_structure = False
 
     tiny = {
         "pretrain_steps": 5,
@@ -278,7 +276,7 @@ class NIWMetaDigits(NIWMeta):
         epochs: float = 10.0
 
     def __init__(self, config=None, *, priors=None, **overrides):
-        ZooModel.__init__(self, config, priors=priors, **overrides)
+        super().__init__(config, priors=priors, **overrides)
         c = self.config
         self.features_net = as_pyro_module(initial_features(c))
         self.encoder = NormalEncoder(c.ways * c.feat_dim, self.dim, (64,))
@@ -358,7 +356,7 @@ class NIWMetaDigits(NIWMeta):
         """Episode-aware checks first (naming the episode and field), then the generic ones."""
         if isinstance(data, dict) and all(k in data for k in FIELDS):
             _check_episodes(data, self.config)
-        return super(NIWMeta, self).validate(data)
+        return super().validate(data)
 
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
         """Meta-train episodes from the base classes 0-5."""
@@ -468,9 +466,6 @@ class NIWMetaDigits(NIWMeta):
                 pyro.sample("theta", dist.Normal(mean, scale).to_event(1))
             else:
                 pyro.sample("theta", PrecisionTrilNormal(mean, scale))
-
-    def default_guide(self):
-        return NIWGuide(self)
 
     # ----- prediction and evaluation ------------------------------------------------------
 

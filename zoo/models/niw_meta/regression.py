@@ -50,7 +50,8 @@ head; :func:`maml` is a second-order MAML baseline on the same head.
 
 The softmax head (the paper's quadratic surrogate from a detached SGLD run, curvature
 clipped) and the digits few-shot episodes are :mod:`zoo.models.niw_meta.digits`
-(``niw_meta_digits``), which reuses this model's global sites and guide.
+(``niw_meta_digits``); the global sites, the episode plate and the guide both models use are
+:mod:`zoo.models.niw_meta.common`.
 """
 
 from __future__ import annotations
@@ -63,135 +64,16 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.nn import PyroModule, PyroParam
-from torch.distributions import constraints
 
 from guides.encoders import NormalEncoder
 from inference.data import DataError, Field, full_batch
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import ConfigError, TrainConfig
+from zoo.models.niw_meta.common import COVARIANCES, NIWBase
+from zoo.models.niw_meta.distributions import PrecisionTrilNormal, tril_to_vec
 from zoo.registry import register
 
-COVARIANCES = ("full", "diag")
 LOCAL_STEPS = ("closed_form", "amortized")
 FIELDS = ("x_support", "y_support", "x_query", "y_query")
-
-
-# ----- the Wishart on a log-Cholesky vector -----------------------------------------------
-
-
-def _tril_index(dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return tuple(torch.tril_indices(dim, dim))  # type: ignore[return-value]
-
-
-def vec_to_tril(vec: torch.Tensor, dim: int) -> torch.Tensor:
-    """Real vector (lower triangle row by row, log diagonal) -> Cholesky factor."""
-    rows, cols = _tril_index(dim)
-    tril = vec.new_zeros(vec.shape[:-1] + (dim, dim))
-    tril[..., rows, cols] = vec
-    diag = torch.diagonal(tril, dim1=-2, dim2=-1)
-    return tril - torch.diag_embed(diag) + torch.diag_embed(diag.exp())
-
-
-def tril_to_vec(tril: torch.Tensor) -> torch.Tensor:
-    dim = tril.shape[-1]
-    rows, cols = _tril_index(dim)
-    fixed = tril - torch.diag_embed(torch.diagonal(tril, dim1=-2, dim2=-1))
-    fixed = fixed + torch.diag_embed(torch.diagonal(tril, dim1=-2, dim2=-1).log())
-    return fixed[..., rows, cols]
-
-
-class WishartLogCholesky(dist.TorchDistribution):
-    """``Lambda ~ Wishart(df, scale_tril)`` represented by ``v``, the lower triangle of
-    ``chol(Lambda)`` with its diagonal on the log scale (a real vector of ``D (D + 1) / 2``).
-    ``log p(v) = log Wishart(L Lᵀ) + D log 2 + sum_k (D - k + 2) log L_kk`` (k = 1..D)."""
-
-    arg_constraints = {"df": constraints.positive, "scale_tril": constraints.lower_cholesky}
-    support = constraints.independent(constraints.real, 1)
-    has_rsample = True
-
-    def __init__(self, df, scale_tril, validate_args=None):
-        self.df = torch.as_tensor(df, dtype=scale_tril.dtype, device=scale_tril.device)
-        self.scale_tril = scale_tril
-        self.dim = scale_tril.shape[-1]
-        batch_shape = torch.broadcast_shapes(self.df.shape, scale_tril.shape[:-2])
-        event_shape = torch.Size([self.dim * (self.dim + 1) // 2])
-        super().__init__(batch_shape, event_shape, validate_args=False)
-
-    def expand(self, batch_shape, _instance=None):
-        batch_shape = torch.Size(batch_shape)
-        return WishartLogCholesky(
-            self.df.expand(batch_shape),
-            self.scale_tril.expand(batch_shape + (self.dim, self.dim)),
-        )
-
-    def rsample(self, sample_shape=()):
-        # Bartlett: Lambda = (S A)(S A)ᵀ with A lower triangular, A_kk^2 ~ Chi2(df - k),
-        # A_jk ~ N(0, 1): S A is already chol(Lambda), so no factorisation is needed
-        shape = torch.Size(sample_shape) + self.batch_shape
-        d = self.dim
-        offsets = torch.arange(d, dtype=self.df.dtype, device=self.df.device)
-        chi2 = dist.Chi2(self.df.expand(shape).unsqueeze(-1) - offsets).rsample()
-        noise = torch.randn(shape + (d, d), dtype=self.df.dtype, device=self.df.device)
-        bartlett = torch.tril(noise, -1) + torch.diag_embed(chi2.sqrt())
-        return tril_to_vec(self.scale_tril @ bartlett)
-
-    def log_prob(self, value):
-        d = self.dim
-        tril = vec_to_tril(value, d)
-        log_diag = torch.diagonal(tril, dim1=-2, dim2=-1).log()
-        half = torch.linalg.solve_triangular(self.scale_tril, tril, upper=False)
-        log_det_scale = 2 * torch.diagonal(self.scale_tril, dim1=-2, dim2=-1).log().sum(-1)
-        df = self.df
-        log_wishart = (
-            (df - d - 1) * log_diag.sum(-1)  # (df - D - 1) / 2 log|Lambda|
-            - 0.5 * (half**2).sum((-1, -2))  # tr(S^-1 Lambda) / 2
-            - 0.5 * df * d * math.log(2.0)
-            - 0.5 * df * log_det_scale
-            - torch.mvlgamma(df / 2, d)
-        )
-        powers = torch.arange(d + 1, 1, -1, dtype=value.dtype, device=value.device)
-        return log_wishart + d * math.log(2.0) + (powers * log_diag).sum(-1)
-
-    @property
-    def mean(self):  # of the precision matrix, for reference (not of ``v``)
-        return self.df[..., None, None] * self.scale_tril @ self.scale_tril.mT
-
-
-class PrecisionTrilNormal(dist.TorchDistribution):
-    """``Normal(loc, (L Lᵀ)^-1)`` given the Cholesky factor ``L`` of the *precision*: no
-    inversion or re-factorisation (float32-safe where ``MultivariateNormal(precision_matrix=)``
-    would re-factorise an ill-conditioned matrix)."""
-
-    arg_constraints = {"loc": constraints.real_vector, "precision_tril": constraints.lower_cholesky}
-    support = constraints.real_vector
-    has_rsample = True
-
-    def __init__(self, loc, precision_tril, validate_args=None):
-        batch_shape = torch.broadcast_shapes(loc.shape[:-1], precision_tril.shape[:-2])
-        d = loc.shape[-1]
-        self.loc = loc.expand(batch_shape + (d,))
-        self.precision_tril = precision_tril.expand(batch_shape + (d, d))
-        super().__init__(batch_shape, torch.Size([d]), validate_args=False)
-
-    def expand(self, batch_shape, _instance=None):
-        batch_shape = torch.Size(batch_shape)
-        d = self.event_shape[0]
-        return PrecisionTrilNormal(
-            self.loc.expand(batch_shape + (d,)), self.precision_tril.expand(batch_shape + (d, d))
-        )
-
-    def rsample(self, sample_shape=()):
-        shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
-        z = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
-        tril = self.precision_tril.expand(shape + self.event_shape)
-        x = torch.linalg.solve_triangular(tril.mT, z.unsqueeze(-1), upper=True).squeeze(-1)
-        return self.loc + x
-
-    def log_prob(self, value):
-        d = self.event_shape[0]
-        white = (self.precision_tril.mT @ (value - self.loc).unsqueeze(-1)).squeeze(-1)
-        log_det = torch.diagonal(self.precision_tril, dim1=-2, dim2=-1).log().sum(-1)
-        return -0.5 * (white**2).sum(-1) + log_det - 0.5 * d * math.log(2 * math.pi)
 
 
 # ----- data --------------------------------------------------------------------------------
@@ -221,7 +103,7 @@ def sineline(num_tasks: int, shots: int = 5, queries: int = 50, noise: float = 0
 
 
 @register
-class NIWMeta(ZooModel):
+class NIWMeta(NIWBase):
     """NIW-Meta (Kim & Hospedales, ICLR 2024): Normal-Inverse-Wishart (or diagonal
     Normal-Inverse-Gamma) prior over per-episode linear heads on shared features, with the
     paper's closed-form one-time-iterate local step as the default guide. See the module doc.
@@ -232,9 +114,6 @@ class NIWMeta(ZooModel):
         "NIW-Meta few-shot regression: NIW prior over per-episode heads, closed-form local step"
     )
     paper = 7
-    local_sites = ("theta",)
-    supports_nuts = False
-    static_structure = False  # Wishart sampling retries on a singular draw
 
     tiny = {"num_tasks": 40, "steps": 10}
 
@@ -266,10 +145,6 @@ class NIWMeta(ZooModel):
     @property
     def dim(self) -> int:
         return self.config.num_rbf + 2
-
-    @property
-    def global_site(self) -> str:
-        return "precision_chol" if self.config.covariance == "full" else "precision"
 
     def check_config(self) -> None:
         c = self.config
@@ -362,24 +237,31 @@ class NIWMeta(ZooModel):
         data, _ = sineline(c.num_tasks, c.shots, c.queries, c.noise, seed)
         return self.validate(data)
 
-    def simulate(self, seed: int, num_tasks: int, mu=None, sigma=None):
-        """Episodes drawn from the model: ``theta_i ~ N(mu, sigma)``, ``x ~ U[-5, 5]``, and
-        ``y = Phi(x) theta_i + noise``; ``(mu, sigma)`` default to a draw from the prior.
-        Returns ``(truth, data)``."""
+    def simulate(self, seed: int = 0, *, mu=None, sigma=None) -> tuple[dict, dict]:
+        """``num_tasks`` episodes drawn from the model: ``(mu, Sigma)`` from the prior (or the
+        given ``mu`` and ``sigma``, a covariance matrix: diagonal for ``covariance="diag"``),
+        ``theta_i ~ N(mu, Sigma)``, ``x ~ U[-5, 5]`` and ``y = Phi(x) theta_i + noise``.
+        Returns ``(truth, data)``; ``truth`` holds the global site (``precision_chol`` or
+        ``precision``), ``mu`` and ``theta``."""
         c, d = self.config, self.dim
+        if (mu is None) != (sigma is None):
+            raise ValueError("give both mu and sigma, or neither (both drawn from the prior)")
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng():
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
-            if mu is None or sigma is None:
+            if mu is None:
                 value = self.prior(self.global_site).sample()
                 precision = self.precision_matrix(value)
                 sigma = torch.linalg.inv(precision)
+                sigma = 0.5 * (sigma + sigma.mT)  # symmetric to the bit, as an MVN checks
                 mu = dist.MultivariateNormal(
                     torch.full((d,), float(c.mu0)), precision_matrix=c.kappa0 * precision
                 ).sample()
+            else:
+                value = self._global_value(torch.as_tensor(sigma, dtype=torch.float32))
             mu, sigma = torch.as_tensor(mu, dtype=torch.float32), torch.as_tensor(sigma)
-            theta = dist.MultivariateNormal(mu, sigma.float()).sample((num_tasks,))
-            x = torch.rand(num_tasks, c.shots + c.queries) * 10.0 - 5.0
+            theta = dist.MultivariateNormal(mu, sigma.float()).sample((c.num_tasks,))
+            x = torch.rand(c.num_tasks, c.shots + c.queries) * 10.0 - 5.0
             y = (self.features(x) @ theta.unsqueeze(-1)).squeeze(-1)
             y = y + c.noise * torch.randn_like(y)
         data = {
@@ -388,52 +270,16 @@ class NIWMeta(ZooModel):
             "x_query": x[:, c.shots :],
             "y_query": y[:, c.shots :],
         }
-        return {"mu": mu, "sigma": sigma, "theta": theta}, self.validate(data)
+        truth = {self.global_site: value, "mu": mu, "theta": theta}
+        return truth, self.validate(data)
 
-    def default_priors(self) -> dict[str, dist.Distribution]:
-        c, d = self.config, self.dim
-        if c.covariance == "full":
-            scale_tril = torch.eye(d) / math.sqrt(c.psi0)  # chol(Psi0^-1)
-            return {"precision_chol": WishartLogCholesky(torch.tensor(float(c.nu0)), scale_tril)}
-        return {"precision": dist.Gamma(c.nu0 / 2.0, c.psi0 / 2.0).expand([d]).to_event(1)}
-
-    # ----- generative model --------------------------------------------------------------
-
-    def precision_matrix(self, value: torch.Tensor) -> torch.Tensor:
-        """The precision ``Lambda`` from the global site's value (matrix, both variants)."""
+    def _global_value(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The global site's value for a given covariance ``sigma`` of the heads."""
         if self.config.covariance == "full":
-            tril = vec_to_tril(value, self.dim)
-            return tril @ tril.transpose(-1, -2)
-        return torch.diag_embed(value)
-
-    def _theta_prior(self, mu, precision_value) -> dist.Distribution:
-        if self.config.covariance == "full":
-            return PrecisionTrilNormal(mu, vec_to_tril(precision_value, self.dim))
-        return dist.Normal(mu, precision_value.rsqrt()).to_event(1)
-
-    def sample_globals(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The global NIW (or NIG) sites: returns ``(mu, precision site value)``."""
-        c, d = self.config, self.dim
-        site = self.global_site
-        # global sites carry an explicit batch dim of 1, so that vectorized draws (a plate
-        # at dim -2) line up with it rather than with the event dim
-        prior = self.prior(site)
-        if prior.batch_shape != (1,):
-            prior = prior.expand(torch.broadcast_shapes(prior.batch_shape, (1,)))
-        value = pyro.sample(site, prior)
-        mu0 = torch.full((d,), float(c.mu0), device=value.device)
-        if c.covariance == "full":
-            tril = vec_to_tril(value, d)
-            mu = pyro.sample("mu", PrecisionTrilNormal(mu0, math.sqrt(c.kappa0) * tril))
-        else:
-            mu = pyro.sample("mu", dist.Normal(mu0, (c.kappa0 * value).rsqrt()).to_event(1))
-        return mu, value
-
-    def model(self, batch) -> None:
-        mu, value = self.sample_globals()
-        with self.data_plate(batch):
-            theta = pyro.sample("theta", self._theta_prior(mu, value))
-            self.likelihood(batch, theta)
+            return tril_to_vec(torch.linalg.cholesky(torch.linalg.inv(sigma)))
+        if not torch.equal(sigma, torch.diag_embed(torch.diagonal(sigma))):
+            raise ValueError('covariance="diag" needs a diagonal sigma')
+        return torch.diagonal(sigma).reciprocal()
 
     def likelihood(self, batch, theta: torch.Tensor) -> None:
         """``y ~ Normal(Phi(x) theta_i, s^2)`` for support and query (inside the plate)."""
@@ -456,15 +302,6 @@ class NIWMeta(ZooModel):
             b = b + (phi.transpose(-1, -2) @ batch[f"y_{part}"].unsqueeze(-1)).squeeze(-1) / s2
         return a, b
 
-    @staticmethod
-    def closed_form(a, b, prior_precision, prior_mean):
-        """``V = (A + P)^-1``, ``m = V (b + P m0)``: returns ``(m, chol(A + P))``."""
-        post = a + prior_precision
-        chol = torch.linalg.cholesky(post)
-        rhs = b + (prior_precision @ prior_mean.unsqueeze(-1)).squeeze(-1)
-        mean = torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
-        return mean, chol
-
     def local_guide(self, batch, global_values=None, *, prior_precision=None, prior_mean=None):
         """The local step. Closed form from ``(prior_precision, prior_mean)`` (the default
         guide passes ``E_q[Lambda]`` and ``m0``), else from the global draws in
@@ -482,9 +319,6 @@ class NIWMeta(ZooModel):
                 prior_mean = global_values["mu"]
             mean, chol = self.closed_form(a, b, prior_precision, prior_mean)
             pyro.sample("theta", PrecisionTrilNormal(mean, chol))
-
-    def default_guide(self):
-        return NIWGuide(self)
 
     # ----- prediction and evaluation -----------------------------------------------------
 
@@ -644,73 +478,3 @@ def _scores(label, means, variances, y) -> dict:
         f"{label}_query_mse": float(((mixture_mean - y) ** 2).mean()),
         f"{label}_coverage90": float(((pit > 0.05) & (pit < 0.95)).float().mean()),
     }
-
-
-class NIWGuide(PyroModule):
-    """The paper's guide: a conjugate-shaped global ``q(phi)`` (Wishart(n0, W) times
-    Normal(m0, (l0 Lambda)^-1); Gamma(a, b) times Normal for the diagonal) and the closed-form
-    one-time-iterate local step built from its parameters (``E_q[Lambda]``, ``m0``)."""
-
-    def __init__(self, model: NIWMeta):
-        super().__init__()
-        object.__setattr__(self, "_zoo_model", model)  # not a child: its params stay its own
-        d, c = model.dim, model.config
-        self.m0 = PyroParam(torch.zeros(d))
-        self.l0 = PyroParam(torch.tensor(10.0), constraint=constraints.positive)
-        prec0 = 1.0  # initial E[Lambda] = I
-        if c.covariance == "full":
-            n0 = float(d + 2)
-            self.n0_excess = PyroParam(torch.tensor(3.0), constraint=constraints.positive)
-            self.w_offdiag = PyroParam(torch.zeros(d, d))
-            self.w_logdiag = PyroParam(torch.full((d,), 0.5 * math.log(prec0 / n0)))
-        else:
-            self.shape = PyroParam(torch.full((d,), 3.0), constraint=constraints.positive)
-            self.rate = PyroParam(torch.full((d,), 3.0 / prec0), constraint=constraints.positive)
-
-    def n0(self) -> torch.Tensor:
-        return self._zoo_model.dim - 1 + self.n0_excess
-
-    def w_tril(self) -> torch.Tensor:
-        return torch.tril(self.w_offdiag, -1) + torch.diag_embed(self.w_logdiag.exp())
-
-    def expected_precision(self) -> torch.Tensor:
-        """``E_q[Lambda]`` (a matrix for both variants)."""
-        if self._zoo_model.config.covariance == "full":
-            tril = self.w_tril()
-            return self.n0() * tril @ tril.T
-        return torch.diag_embed(self.shape / self.rate)
-
-    def forward(self, batch) -> dict[str, torch.Tensor]:
-        model = self._zoo_model
-        if model.config.covariance == "full":
-            q_precision = WishartLogCholesky(self.n0(), self.w_tril()).expand([1])
-            value = pyro.sample("precision_chol", q_precision)
-            tril = vec_to_tril(value, model.dim)
-            mu = pyro.sample("mu", PrecisionTrilNormal(self.m0, self.l0.sqrt() * tril))
-        else:
-            q_precision = dist.Gamma(self.shape, self.rate).to_event(1).expand([1])
-            value = pyro.sample("precision", q_precision)
-            mu = pyro.sample("mu", dist.Normal(self.m0, (self.l0 * value).rsqrt()).to_event(1))
-        values = {model.global_site: value, "mu": mu}
-        model.local_guide(
-            batch, values, prior_precision=self.expected_precision(), prior_mean=self.m0
-        )
-        return values
-
-    def expected_covariance(self) -> torch.Tensor:
-        """``E_q[Sigma]``: ``W^-1 / (n0 - D - 1)`` (full), ``diag(b / (a - 1))`` (diag)."""
-        model = self._zoo_model
-        with torch.no_grad():
-            if model.config.covariance == "full":
-                tril = self.w_tril()
-                return torch.cholesky_inverse(tril) / (self.n0() - model.dim - 1)
-            return torch.diag_embed(self.rate / (self.shape - 1))
-
-    def median(self, batch=None) -> dict[str, torch.Tensor]:
-        model = self._zoo_model
-        if model.config.covariance == "full":
-            mean_prec = self.expected_precision()
-            value = tril_to_vec(torch.linalg.cholesky(mean_prec))
-        else:
-            value = self.shape / self.rate
-        return {model.global_site: value.detach()[None], "mu": self.m0.detach()[None]}
