@@ -243,7 +243,11 @@ def traversal_figure(
     images = model.images(decoded)
     key = key or next(iter(images))
     labels = [f"{site}[{d}]" for d in range(dims)]
-    title = f"traversal of {site} (one dimension per row) from one row's posterior mean"
+    if values.dim() == 1:
+        span = f"{float(values[0]):.3g} to {float(values[-1]):.3g}"
+    else:
+        span = "each dimension's own values"
+    title = f"traversal of {site} ({span}, one dimension per row) from one row's posterior mean"
     return image_grid(pictures(images[key]), ncols=steps, row_labels=labels, title=title)
 
 
