@@ -166,7 +166,7 @@ def reconstruction_figures(
     def make(key: str) -> Figure:
         rows = {k: v[:PER_ROW] for k, v in data.items()}
         parts = [("data", rows), ("reconstruction", reconstruct(model, guide, data))]
-        title = "training rows, then the mean of x given the guide's latents"
+        title = "training rows, then the mean of the observations given the guide's latents"
         return picture_grid(model, parts, title=title)[key]
 
     return {
@@ -197,11 +197,13 @@ def traversal_figure(
     *,
     row: int = 0,
     key: str | None = None,
+    label: str | None = None,
 ) -> Figure:
     """Latent traversal: start from the guide's mean of the local ``site`` for one data row,
     move one latent dimension at a time through ``values`` (``(K,)`` for every dimension,
     or ``(D, K)`` per dimension), decode each (the mean of the observed image), and draw
-    one grid row per dimension."""
+    one grid row per dimension. ``label`` names the values in the title (default: their
+    range)."""
     batch = _rows({k: v[row : row + 1] for k, v in data.items()}, 1)
     with model.inference_mode(), poutine.block():
         guide_trace = poutine.trace(guide).get_trace(batch)
@@ -243,7 +245,9 @@ def traversal_figure(
     images = model.images(decoded)
     key = key or next(iter(images))
     labels = [f"{site}[{d}]" for d in range(dims)]
-    if values.dim() == 1:
+    if label is not None:
+        span = label
+    elif values.dim() == 1:
         span = f"{float(values[0]):.3g} to {float(values[-1]):.3g}"
     else:
         span = "each dimension's own values"
