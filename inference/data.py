@@ -59,12 +59,24 @@ class Field:
     :param dtype: ``"float"`` or ``"int"``.
     :param support: the values allowed, as a torch constraint.
     :param doc: what the field holds, for ``zoo info``.
+    :param image: the shape of one picture, ``(H, W)`` or ``(C, H, W)``, when the field
+        holds images (a row may hold several, e.g. one per time bin); ``None`` otherwise.
+        Pictures of the data and of new rows are drawn from it.
     """
 
     shape: tuple[int, ...] = ()
     dtype: str = "float"
     support: constraints.Constraint = constraints.real
     doc: str = ""
+    image: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.image is not None:
+            per_row = math.prod(self.shape)
+            if not self.image or per_row % math.prod(self.image):
+                raise ValueError(
+                    f"image shape {self.image} does not divide the field's shape {self.shape}"
+                )
 
 
 def _support_name(support: constraints.Constraint) -> str:

@@ -96,8 +96,9 @@ def test_default_guide_then_diagnose_and_sample(tmp_path, capsys):
     assert "tau" in read_idata(out / "idata.nc").posterior
     samples = tmp_path / "draws.npz"
     assert main(["sample", str(out), "--num", "5", "--out", str(samples)]) == 0
-    with np.load(samples) as draws:
-        assert draws["y"].shape == (5, 8) and np.isfinite(draws["y"]).all()
+    with np.load(samples) as draws:  # five new schools, each with a school's sigma
+        assert draws["y"].shape == (5,) and np.isfinite(draws["y"]).all()
+        assert set(draws["sigma"].tolist()) <= {15.0, 10.0, 16.0, 11.0, 9.0, 18.0}
 
 
 def test_engine_nuts(tmp_path):
@@ -112,6 +113,13 @@ def test_engine_nuts(tmp_path):
     assert json.loads((out / "config.json").read_text())["engine"] == "nuts"
     assert not (out / "checkpoint.pt").exists()
     assert (out / "figures" / "trace.png").stat().st_size > 0
+    # new schools from the NUTS draws; replicates of the eight from the stored predictive
+    assert main(["sample", str(out), "--num", "6"]) == 0
+    with np.load(out / "samples.npz") as draws:
+        assert draws["y"].shape == (6,) and np.isfinite(draws["y"]).all()
+    assert main(["sample", str(out), "--num", "6", "--replicates"]) == 0
+    with np.load(out / "samples.npz") as draws:
+        assert draws["y"].shape == (6, 8)
 
 
 def test_engine_nuts_takes_the_models_options_and_reports_large_variables(tmp_path, monkeypatch):
@@ -151,7 +159,7 @@ def test_engine_nuts_takes_the_models_options_and_reports_large_variables(tmp_pa
 
 BAD = [
     (["train", "no_such_model"], "unknown model 'no_such_model'"),
-    (["train", "eight_schools", "--guide", "bogus"], "unknown guide kind 'bogus'"),
+    (["train", "eight_schools", "--guide", "bogus"], "--guide: invalid choice: 'bogus'"),
     (["train", "eight_schools", "--set", "nope=1"], "unknown config key 'nope'"),
     (["train", "eight_schools", "--set", "centered=maybe"], "'maybe' is not a valid boolean"),
     (["train", "vae_digits", "--set", "latent_dim=two"], "'two' is not a valid integer"),
@@ -162,12 +170,12 @@ BAD = [
         "'system' is not a distribution",
     ),
     (["train", "eight_schools", "--prior", "tau=HalfNormal(x)"], "must be literal numbers"),
-    (["train", "eight_schools", "--engine", "hmc"], "unknown engine 'hmc'"),
+    (["train", "eight_schools", "--engine", "hmc"], "--engine: invalid choice: 'hmc'"),
     (["train", "vae_digits", "--engine", "nuts"], "does not support the nuts engine"),
-    (["train", "eight_schools", "--elbo", "nope"], "unknown elbo 'nope'"),
+    (["train", "eight_schools", "--elbo", "nope"], "--elbo: invalid choice: 'nope'"),
     (["train", "eight_schools", "--steps", "0"], "steps must be a positive integer"),
     (["train", "eight_schools", "--device", "tpu:7"], "device"),
-    (["train"], "the following arguments are required: name"),
+    (["train"], "the following arguments are required: NAME"),
 ]
 
 
@@ -270,8 +278,8 @@ def test_python_dash_m_zoo_reports_error_without_traceback():
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "zoo: error: unknown guide kind 'bogus'; valid kinds: "
-        "['default', 'delta', 'flow', 'lowrank', 'mvn', 'normal']"
+        "zoo: error: argument --guide: invalid choice: 'bogus' (choose from "
+        "'default', 'delta', 'flow', 'lowrank', 'mvn', 'normal')"
     ]
 
 

@@ -34,8 +34,10 @@ over sites, so every engine path - vectorized particles, JIT, NUTS - applies)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -289,8 +291,161 @@ class ZooModel(PyroModule):
     def coords(self, data: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         return {}
 
+    # ----- new data and figures -----------------------------------------------------------
+
+    def sample_new_rows(
+        self,
+        num: int,
+        *,
+        data: Mapping[str, torch.Tensor],
+        guide: torch.nn.Module | None = None,
+        draws: Mapping[str, torch.Tensor] | None = None,
+        seed: int = 0,
+        mean: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """``num`` new rows drawn from the fitted generative model, as a data set in the
+        format of :meth:`data_spec` (field -> ``(num, *field.shape)``).
+
+        The rows are one draw of a new data set from the posterior predictive
+        ``p(rows_1..num | data)``: one joint draw of the global latents (from the fitted
+        ``guide``, or a random one of the posterior ``draws``, ``site -> (S, *shape)``, e.g.
+        NUTS; neither: the prior), then every site under the data plate drawn forward from
+        the model given it: new local latents from their prior (a VAE's ``z ~ p(z)``), new
+        observations given both. Networks and other parameters are the model's own.
+
+        Conditional models read inputs that they do not generate (every field that is not
+        in :attr:`observed_sites`: covariates, regressors, episodes' inputs, a domain):
+        those are taken from ``num`` rows of ``data`` resampled with replacement (seeded),
+        and returned with the new observations. ``data`` are the training rows (the guide
+        is run on one of them for its global draw).
+
+        Override where the model's new data cannot come from running :meth:`model` forward
+        (a likelihood entering as a ``pyro.factor``, a decoder with its own sampler) or
+        where a field is an annotation, not an input (e.g. a label kept for scoring).
+
+        :param mean: give each generated field's mean given the drawn latents instead of a
+            draw from it (the same latents as ``mean=False`` with the same seed): pictures
+            of binary images read better as pixel probabilities.
+        """
+        inputs, trace = self._forward_rows(num, data=data, guide=guide, draws=draws, seed=seed)
+        return self._rows_from_trace(inputs, trace, mean=mean)
+
+    def _forward_rows(self, num, *, data, guide=None, draws=None, seed=0, fixed=None):
+        """``(inputs, trace)``: ``num`` resampled input rows and a forward trace of the
+        model on them given one fitted draw of the globals (see :meth:`sample_new_rows`);
+        ``fixed`` sets other sites too (e.g. local latents drawn some other way)."""
+        from inference.generate import draw_globals, forward_trace, global_sites, guide_globals
+
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            raise ValueError(f"num must be a positive integer, got {num!r}")
+
+        data = {k: torch.as_tensor(v).to(self.device) for k, v in data.items()}
+        size = len(next(iter(data.values())))
+        generator = torch.Generator().manual_seed(int(seed))
+        rows = torch.randint(size, (num,), generator=generator).to(self.device)
+        inputs = {k: v.index_select(0, rows) for k, v in data.items()}
+        batch = full_batch(inputs)
+        with self.inference_mode(), _forked_rng(self.device, seed):
+            names, reference = global_sites(self.model, batch)
+            values: dict[str, torch.Tensor] = {}
+            if names and draws is not None:
+                values = draw_globals(draws, names, reference, generator)
+            elif names and guide is not None:
+                # the guide sees one training row (its plate keeps the full size): its
+                # global draw does not depend on which rows it sees
+                first = torch.zeros(1, dtype=torch.long, device=self.device)
+                one = Batch({k: v[:1] for k, v in data.items()}, index=first, size=size)
+                values = guide_globals(guide, one, names, reference)
+            values.update(fixed or {})
+            trace = forward_trace(self.model, batch, values, observed=self.observed_sites)
+        return inputs, trace
+
+    def _rows_from_trace(self, inputs, trace, *, mean=False) -> dict[str, torch.Tensor]:
+        """The data set of a forward trace: observed fields from their sites (their draws,
+        or with ``mean`` their distributions' means), the other fields from ``inputs``."""
+        out: dict[str, torch.Tensor] = {}
+        num = len(next(iter(inputs.values())))
+        for key, field in self.data_spec().items():
+            if key in self.observed_sites:
+                value = trace.nodes[key]["value"]
+                if mean:
+                    value = _mean_of(trace.nodes[key]["fn"], value)
+                value = value.detach().reshape((num, *field.shape))
+                dtype = torch.long if field.dtype == "int" and not mean else torch.float32
+                out[key] = value.round().to(dtype) if dtype == torch.long else value.to(dtype)
+            elif key in inputs:
+                out[key] = inputs[key]
+        return out
+
+    def images(self, data: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Pictures of data rows: field -> ``(N, H, W)``, ``(N, C, H, W)`` or, for a field
+        holding several images per row (frames), ``(N, F, H, W)``. The default reshapes
+        every field whose :class:`~inference.data.Field` declares ``image``; a model whose
+        picture combines fields overrides this."""
+        out = {}
+        for key, field in self.data_spec().items():
+            if field.image is None or key not in data:
+                continue
+            value = torch.as_tensor(data[key])
+            rows, per_row = value.shape[0], math.prod(field.shape)
+            frames = per_row // math.prod(field.image)
+            shape = (rows, *field.image) if frames == 1 else (rows, frames, *field.image)
+            out[key] = value.reshape(shape)
+        return out
+
+    def figures(
+        self, guide: torch.nn.Module | None, data: Mapping[str, torch.Tensor], *, idata: Any = None
+    ) -> dict[str, Any]:
+        """The model's own figures for a run's folder and report: name -> a
+        :class:`matplotlib.figure.Figure`, or a zero-argument callable that makes one (so
+        that one failing figure does not lose the others: the report notes it instead).
+        Each is saved as ``figures/<name>.png`` and linked in ``report.md``.
+
+        :param guide: the fitted guide (``None`` for NUTS runs).
+        :param data: the training rows, on the model's device.
+        :param idata: the run's ``arviz.InferenceData``.
+
+        The default draws, for every image field (:meth:`images`), ``samples`` (data rows
+        above new rows from :meth:`sample_new_rows`) and, with a guide, ``reconstructions``
+        (data rows above the mean of the observation given the guide's latents). Keep each
+        figure cheap: a few seconds on a CPU."""
+        from inference.generate import draws_from_idata
+        from zoo import figures as pictures
+
+        draws = draws_from_idata(idata) if guide is None and idata is not None else None
+        return pictures.image_figures(self, guide, data, draws=draws)
+
+    @contextlib.contextmanager
+    def inference_mode(self):
+        """No gradients and evaluation mode (no dropout, no training-time masking) for
+        drawing new data and figures; the previous mode is restored."""
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
+
+
+def _mean_of(fn: dist.Distribution, default: torch.Tensor) -> torch.Tensor:
+    """A distribution's mean, or ``default`` (a draw) where it has none."""
+    try:
+        return fn.mean
+    except NotImplementedError:
+        return default
+
+
+@contextlib.contextmanager
+def _forked_rng(device: torch.device, seed: int):
+    """Seed torch's generator for a block and restore it afterwards."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
 
 
 def _on_device(prior: dist.Distribution, device: torch.device) -> dist.Distribution:

@@ -27,50 +27,196 @@ class _UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="zoo", description="latent-zoo: Pyro latent-variable models.")
+    import guides
+    from inference.elbos import ELBO_NAMES
+    from inference.lightning import ACCELERATORS
+    from zoo.cli.runs import DEFAULT_NUTS_DRAWS, DEFAULT_STEPS, ENGINES, TRAINERS
+
+    parser = _Parser(
+        prog="zoo",
+        description="latent-zoo: Pyro latent-variable models. Start with `zoo list`, then "
+        "`zoo info NAME`, `zoo train NAME`, `zoo sample RUN`.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    sub.add_parser("list", help="list the registered models")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text)
 
-    info = sub.add_parser("info", help="describe a model")
-    info.add_argument("name")
+    command("list", "list the registered models, one line each")
 
-    train = sub.add_parser("train", help="train a model into a run folder")
-    train.add_argument("name")
-    train.add_argument("--guide", default="default", help="guide kind (default: the model's)")
+    info = command("info", "describe a model: config defaults, priors, data fields, guides")
+    info.add_argument("name", metavar="NAME", help="a registered model (see `zoo list`)")
+
+    train = command(
+        "train",
+        "train a model into a run folder (config, metrics, checkpoint, "
+        "idata.nc, figures, report.md)",
+    )
+    train.add_argument("name", metavar="NAME", help="a registered model (see `zoo list`)")
     train.add_argument(
-        "--prior", action="append", default=[], metavar="SITE=Dist(args)", help="prior override"
+        "--guide",
+        default="default",
+        choices=sorted(guides.KINDS),
+        help="guide family for the global latents (svi engine): 'default' is the model's "
+        "own guide; local latents keep the model's amortized encoder (default: %(default)s)",
     )
     train.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
+        "--prior",
+        action="append",
+        default=[],
+        metavar="SITE=Dist(args)",
+        help="replace a declared prior, e.g. tau=HalfNormal(2.0); repeatable; sites and "
+        "supports are checked (`zoo info NAME` lists the priors) (default: none)",
     )
-    train.add_argument("--steps", type=int, default=None)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default=None, help="cpu or cuda")
-    train.add_argument("--data", default=None, metavar="FILE", help=".npz or .csv data file")
-    train.add_argument("--out", default=None, metavar="DIR", help="run folder")
-    train.add_argument("--engine", default="svi", help="svi or nuts")
-    train.add_argument("--elbo", default="auto")
-    train.add_argument("--chains", type=int, default=2, help="NUTS chains")
-    train.add_argument("--checkpoint-every", type=int, default=None, metavar="N")
-    train.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument(
-        "--trainer", default="plain", help="plain, or lightning (DDP across devices and nodes)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. latent_dim=4; repeatable; typed after the "
+        "model's Config (`zoo info NAME` lists the fields) (default: none)",
     )
-    train.add_argument("--devices", type=int, default=1, help="lightning: devices per node")
-    train.add_argument("--num-nodes", type=int, default=1, help="lightning: number of nodes")
-    train.add_argument("--accelerator", default="cpu", help="lightning: cpu or gpu")
-    train.add_argument("--strategy", default=None, help="lightning: default ddp (or auto)")
+    train.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="SVI steps, or NUTS draws per chain (and as many warmup steps) (default: the "
+        f"config's steps or epochs, else {DEFAULT_STEPS} steps; NUTS {DEFAULT_NUTS_DRAWS})",
+    )
+    train.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the network initialisation, data split, minibatches and draws "
+        "(default: %(default)s)",
+    )
+    train.add_argument(
+        "--device",
+        default=None,
+        help="torch device of the plain trainer: cpu, cuda or cuda:N (default: cpu)",
+    )
+    train.add_argument(
+        "--data",
+        default=None,
+        metavar="FILE",
+        help=".npz or .csv file with the model's data fields, checked before training "
+        "(default: the model's own default data)",
+    )
+    train.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="run folder to write; must not hold a run unless --resume "
+        "(default: runs/NAME-<date>-<time>)",
+    )
+    train.add_argument(
+        "--engine",
+        default="svi",
+        choices=ENGINES,
+        help="svi (stochastic variational inference with --guide) or nuts (MCMC, small "
+        "models only: `zoo info NAME` lists a model's engines) (default: %(default)s)",
+    )
+    train.add_argument(
+        "--elbo",
+        default="auto",
+        choices=ELBO_NAMES,
+        help="SVI objective; auto takes jit for models with static structure, else trace "
+        "(default: %(default)s)",
+    )
+    train.add_argument(
+        "--chains", type=int, default=2, metavar="N", help="NUTS chains (default: %(default)s)"
+    )
+    train.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="SVI steps between checkpoints (default: a tenth of the run, at most 500)",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint's step, with the same settings "
+        "(default: off, start from step 0)",
+    )
+    train.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (default: shown)",
+    )
+    train.add_argument(
+        "--trainer",
+        default="plain",
+        choices=TRAINERS,
+        help="who runs SVI: plain (one process) or lightning (PyTorch Lightning, DDP "
+        "across --devices and --num-nodes) (default: %(default)s)",
+    )
+    train.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="lightning: processes (cpu) or GPUs per node (default: %(default)s)",
+    )
+    train.add_argument(
+        "--num-nodes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="lightning: number of nodes (default: %(default)s)",
+    )
+    train.add_argument(
+        "--accelerator",
+        default="cpu",
+        choices=(*ACCELERATORS, "cuda"),
+        help="lightning: cpu or gpu (cuda is gpu) (default: %(default)s)",
+    )
+    train.add_argument(
+        "--strategy",
+        default=None,
+        help="lightning: a DDP-family strategy Lightning knows, e.g. ddp, ddp_spawn, auto "
+        "(default: ddp for more than one process, else auto)",
+    )
 
-    diagnose = sub.add_parser("diagnose", help="recompute a run's idata and report")
-    diagnose.add_argument("run")
+    diagnose = command(
+        "diagnose", "recompute a run's idata.nc, figures (the model's own too) and report.md"
+    )
+    diagnose.add_argument("run", metavar="RUN", help="a run folder written by `zoo train`")
 
-    sample = sub.add_parser("sample", help="posterior-predictive draws of a run to .npz")
-    sample.add_argument("run")
-    sample.add_argument("--num", type=int, default=100)
-    sample.add_argument("--out", default=None, metavar="FILE")
+    sample = command(
+        "sample",
+        "draw new data from a trained run's fitted model into a .npz (and a .png where the "
+        "data are images)",
+    )
+    sample.add_argument("run", metavar="RUN", help="a run folder written by `zoo train`")
+    sample.add_argument(
+        "--num",
+        type=int,
+        default=100,
+        metavar="N",
+        help="new rows to draw (with --replicates: replicates of the training rows) "
+        "(default: %(default)s)",
+    )
+    sample.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help=".npz file to write; pictures go next to it as .png (default: RUN/samples.npz)",
+    )
+    sample.add_argument(
+        "--replicates",
+        action="store_true",
+        help="instead of new rows, posterior-predictive replicates of the training rows: "
+        "arrays (N draws, training rows, ...) of the observed fields (default: off)",
+    )
+    sample.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the draw (default: the run's seed)",
+    )
     return parser
 
 
@@ -117,13 +263,16 @@ def _cmd_info(args) -> int:
     print("data fields:")
     for key, field in model.data_spec().items():
         shape = ("N",) + tuple(field.shape)
-        print(f"  {key}: shape {shape}, {field.dtype}, {field.support}  {field.doc}".rstrip())
+        image = f", images {'x'.join(map(str, field.image))}" if field.image else ""
+        print(
+            f"  {key}: shape {shape}, {field.dtype}, {field.support}{image}  {field.doc}".rstrip()
+        )
     print(f"local sites: {list(cls.local_sites)}")
     print(f"guide kinds: {sorted(guides.KINDS)}")
     engines = ["svi", "nuts"] if cls.supports_nuts else ["svi"]
     print(f"engines: {engines}")
-    if getattr(cls, "holdout", 0):
-        print(f"holdout: {cls.holdout} of the rows are held out for evaluate()")
+    if model.config.holdout:
+        print(f"holdout: {model.config.holdout} of the rows are held out for evaluate()")
     return 0
 
 
@@ -170,8 +319,11 @@ def _cmd_diagnose(args) -> int:
 def _cmd_sample(args) -> int:
     from zoo.cli.runs import sample_run
 
-    path = sample_run(args.run, args.num, args.out)
-    print(f"samples written to {path}")
+    files = sample_run(args.run, args.num, args.out, replicates=args.replicates, seed=args.seed)
+    what = "replicates of the training rows" if args.replicates else f"{args.num} new rows"
+    print(f"{what} written to {files.data}")
+    for picture in files.pictures:
+        print(f"picture: {picture}")
     return 0
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -179,6 +180,7 @@ def write_report(run_dir, record, model, guide, idata, idata_data, train, test, 
     plot("ppc.png", "plot_ppc", idata)
     if record.get("engine") == "nuts":
         plot("trace.png", "plot_trace", idata)
+    made += _model_figures(model, guide, train, idata, figures, notes, taken=made)
 
     diagnostics: dict[str, Any] = {}
     diagnostics["divergences"] = _try("divergences", lambda: divergences(idata), notes)
@@ -245,6 +247,40 @@ def write_report(run_dir, record, model, guide, idata, idata_data, train, test, 
         diagnostics["final_loss"] = sum(tail) / len(tail)
     write_text(run_dir / "diagnostics.json", json.dumps(_clean(diagnostics), indent=2) + "\n")
     write_text(run_dir / "report.md", _report_text(record, diagnostics))
+
+
+#: a model figure's name: it becomes a file name in figures/
+_FIGURE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _model_figures(model, guide, train, idata, folder: Path, notes: list[str], *, taken=()):
+    """Save the model's own figures (:meth:`zoo.base.ZooModel.figures`) as
+    ``folder/<name>.png``; a figure that fails is noted, never fatal. Returns the files
+    written (``taken``: the report's own figures, which a model figure may not replace)."""
+    from inference.diagnostics.plots import save_figure
+
+    device = device_of(model)
+    data = {k: v.to(device) for k, v in train.items()}
+    wanted = _try("model figures", lambda: dict(model.figures(guide, data, idata=idata)), notes)
+    made = []
+    for name, figure in (wanted or {}).items():
+        if not isinstance(name, str) or not _FIGURE_NAME.fullmatch(name):
+            notes.append(f"model figure {name!r}: skipped (not a usable file name)")
+            continue
+        file = f"{name}.png"
+        if file in taken:
+            notes.append(f"model figure {name!r}: skipped (the report's own {file})")
+            continue
+
+        def go(figure=figure, file=file):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                made_figure = figure() if callable(figure) else figure
+                save_figure(made_figure, folder / file)
+            made.append(file)
+
+        _try(f"model figure {name}", go, notes)
+    return made
 
 
 def _clean(value: Any) -> Any:

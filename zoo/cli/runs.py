@@ -24,7 +24,7 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyro
@@ -48,6 +48,8 @@ from zoo.cli.runfiles import jsonable, num_rows, read_config, read_losses, write
 __all__ = [
     "ENGINES",
     "RUN_FILES",
+    "SampleFiles",
+    "TRAINERS",
     "train_run",
     "diagnose_run",
     "sample_run",
@@ -313,6 +315,8 @@ def train_run(
                 )
 
     # --- all checks passed: write and train ---
+    if resume and rank_zero:
+        print(_resume_point(run_dir, trainer, total), flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
     if engine == "nuts":
@@ -360,6 +364,28 @@ def train_run(
     write_metrics(run_dir / "metrics.csv", result.losses, result.lrs)
     write_outputs(run_dir, record, model, model_guide, train, test, losses=result.losses)
     return run_dir
+
+
+def _resume_point(run_dir: Path, trainer: str, total: int) -> str:
+    """The line ``--resume`` prints: from which step of how many the run continues."""
+    if trainer == "lightning":
+        path = run_dir / "lightning.ckpt"
+        if not path.exists():
+            return f"no checkpoint in '{run_dir}' (lightning.ckpt): training from step 0 of {total}"
+        try:
+            step = int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+        except Exception:  # noqa: BLE001 - Lightning's own file; it reads it itself below
+            return f"resuming from Lightning's checkpoint {path} ({total} steps in all)"
+    else:
+        path = run_dir / "checkpoint.pt"
+        if not path.exists():
+            return f"no checkpoint in '{run_dir}': training from step 0 of {total}"
+        from inference.checkpoint import load_checkpoint
+
+        _, meta = load_checkpoint(path)
+        step = int(meta.get("step", 0))
+    done = " (already complete: only the outputs are rewritten)" if step >= total else ""
+    return f"resuming from step {step} of {total}{done}"
 
 
 def launch_rank() -> int:
@@ -471,17 +497,90 @@ def diagnose_run(run_dir: str | os.PathLike) -> Path:
     return run_dir / "report.md"
 
 
-def sample_run(
-    run_dir: str | os.PathLike, num: int = 100, out_file: str | os.PathLike | None = None
-) -> Path:
-    """``num`` posterior-predictive draws of a run's observed fields (shape ``(num, N,
-    ...)``, over the training rows) into a ``.npz`` file. Returns its path."""
-    num = positive_int("num", num, allow_none=False)
-    run_dir = Path(run_dir)
+class SampleFiles(NamedTuple):
+    """What ``zoo sample`` wrote: the ``.npz`` and the pictures next to it (if any)."""
+
+    data: Path
+    pictures: list[Path]
+
+
+def _sample_path(run_dir: Path, out_file) -> Path:
+    """The ``.npz`` to write, checked before any work: a file name ending in ``.npz``
+    whose folder is (or can be made) a folder."""
     out_file = Path(out_file) if out_file is not None else run_dir / "samples.npz"
     if out_file.suffix != ".npz":
         raise ValueError(f"--out '{out_file}' must end in .npz")
+    if out_file.is_dir():
+        raise ValueError(f"--out '{out_file}' is a folder; give a file name ending in .npz")
+    for parent in out_file.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out '{out_file}': '{parent}' is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise ValueError(f"--out '{out_file}': folder '{parent}' is not writable")
+            break
+    return out_file
+
+
+def sample_run(
+    run_dir: str | os.PathLike,
+    num: int = 100,
+    out_file: str | os.PathLike | None = None,
+    *,
+    replicates: bool = False,
+    seed: int | None = None,
+) -> SampleFiles:
+    """Draw from a trained run into a ``.npz`` file (default ``RUN/samples.npz``).
+
+    By default ``num`` *new* rows from the fitted generative model
+    (:meth:`zoo.base.ZooModel.sample_new_rows`: globals drawn from the fitted guide or the
+    NUTS draws, local latents from their prior, new observations given both), one array
+    per data field shaped ``(num, *field.shape)``; where the data are images, a picture of
+    them is written next to the ``.npz`` (``<name>.png``, or ``<name>_<field>.png`` for
+    several). With ``replicates=True``: ``num`` posterior-predictive replicates of the
+    training rows instead, arrays ``(num, N, ...)`` of the observed fields.
+
+    :param seed: the draw's seed (default: the run's seed).
+    """
+    num = positive_int("num", num, allow_none=False)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    run_dir = Path(run_dir)
+    out_file = _sample_path(run_dir, out_file)
     record, model, guide, train, _ = _load_run(run_dir)
+    seed = int(record.get("seed", 0)) if seed is None else seed
+    rows = None
+    if replicates:
+        arrays = _replicates(run_dir, model, guide, train, num, seed)
+    else:
+        from inference.generate import draws_from_idata
+
+        draws = draws_from_idata(read_idata(run_dir / "idata.nc")) if guide is None else None
+        device = device_of(model)
+        data = {k: v.to(device) for k, v in train.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rows = model.sample_new_rows(num, data=data, guide=guide, draws=draws, seed=seed)
+        arrays = {k: v.detach().cpu().numpy() for k, v in rows.items()}
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        np.savez(out_file, **arrays)
+    except OSError as error:
+        raise ValueError(f"cannot write --out '{out_file}': {error.strerror or error}") from None
+    pictures = []
+    if rows is not None:
+        from inference.diagnostics.plots import save_figure
+        from zoo.figures import new_rows_pictures
+
+        figures = new_rows_pictures(model, rows)
+        for key, fig in figures.items():
+            stem = out_file.stem if len(figures) == 1 else f"{out_file.stem}_{key}"
+            pictures.append(save_figure(fig, out_file.with_name(f"{stem}.png")))
+    return SampleFiles(out_file, pictures)
+
+
+def _replicates(run_dir, model, guide, train, num, seed) -> dict[str, np.ndarray]:
+    """``num`` posterior-predictive replicates of the training rows' observed fields."""
     if guide is None:
         idata = read_idata(run_dir / "idata.nc")
         pp = idata.posterior_predictive
@@ -492,18 +591,13 @@ def sample_run(
             if num > len(values):
                 raise ValueError(f"the run holds {len(values)} NUTS draws; asked for {num}")
             arrays[var] = values[:num]
-    else:
-        from inference.posterior import posterior
+        return arrays
+    from inference.posterior import posterior
 
-        device = device_of(model)
-        data = {k: v.to(device) for k, v in train.items()}
-        with warnings.catch_warnings(), QuietArviz():
-            warnings.simplefilter("ignore")
-            idata = posterior(
-                model, data, guide=guide, num_draws=num, seed=int(record.get("seed", 0))
-            )
-        pp = idata.posterior_predictive
-        arrays = {var: np.asarray(pp[var])[0] for var in pp.data_vars}
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out_file, **arrays)
-    return out_file
+    device = device_of(model)
+    data = {k: v.to(device) for k, v in train.items()}
+    with warnings.catch_warnings(), QuietArviz():
+        warnings.simplefilter("ignore")
+        idata = posterior(model, data, guide=guide, num_draws=num, seed=seed)
+    pp = idata.posterior_predictive
+    return {var: np.asarray(pp[var])[0] for var in pp.data_vars}

@@ -20,7 +20,7 @@ def image_field(likelihood: str) -> Field:
     """The data field ``x``: 64 pixels, binary for the Bernoulli, in [0, 1] otherwise."""
     support = constraints.boolean if likelihood == "bernoulli" else constraints.unit_interval
     doc = "8x8 image: binary pixels, or in [0, 1] for the continuous Bernoulli"
-    return Field(shape=(64,), support=support, doc=doc)
+    return Field(shape=(64,), support=support, doc=doc, image=(8, 8))
 
 
 def digit_images(likelihood: str) -> np.ndarray:

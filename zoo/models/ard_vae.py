@@ -154,7 +154,8 @@ class ARDVAE(ZooModel):
             raise ConfigError(f"s2_momentum must be in (0, 1], got {c.s2_momentum}")
 
     def data_spec(self) -> dict[str, Field]:
-        return {"x": Field(shape=(self.x_dim,), doc="observation (real-valued)")}
+        image = (8, 8) if self.config.dataset == "digits" else None
+        return {"x": Field(shape=(self.x_dim,), doc="observation (real-valued)", image=image)}
 
     def default_priors(self) -> dict[str, dist.Distribution]:
         c = self.config

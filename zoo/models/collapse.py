@@ -310,9 +310,10 @@ class CollapseCVAE(ZooModel):
                 raise ConfigError(f"{name} must be positive, got {getattr(c, name)}")
 
     def data_spec(self) -> dict[str, Field]:
+        half = (4, 8) if self.config.dataset == "digits" else None  # top / bottom halves
         return {
-            "x": Field(shape=(self.x_dim,), doc="condition (input)"),
-            "y": Field(shape=(self.y_dim,), doc="target (output)"),
+            "x": Field(shape=(self.x_dim,), doc="condition (input)", image=half),
+            "y": Field(shape=(self.y_dim,), doc="target (output)", image=half),
         }
 
     @property
@@ -366,6 +367,14 @@ class CollapseCVAE(ZooModel):
 
     def dims(self) -> dict[str, list[str]]:
         return {"z": ["row", "latent"], "x": ["row", "x_dim"], "y": ["row", "y_dim"]}
+
+    def images(self, data) -> dict[str, torch.Tensor]:
+        """On the digits: whole 8x8 digits, the condition ``x`` (top half) above the
+        target ``y`` (bottom half, the generated part of new rows)."""
+        halves = super().images(data)
+        if set(halves) != {"x", "y"}:
+            return halves
+        return {"digit": torch.cat([halves["x"], halves["y"].to(halves["x"])], -2)}
 
     def evaluate(self, guide, data) -> dict:
         """Active units, collapsed dimensions (KL < 0.01) and, for the linear model, the
@@ -456,7 +465,8 @@ class CollapseHVAE(ZooModel):
                 raise ConfigError(f"{name} must be positive, got {getattr(c, name)}")
 
     def data_spec(self) -> dict[str, Field]:
-        return {"x": Field(shape=(self.x_dim,), doc="observation")}
+        image = (8, 8) if self.config.dataset == "digits" else None
+        return {"x": Field(shape=(self.x_dim,), doc="observation", image=image)}
 
     def default_priors(self) -> dict[str, dist.Distribution]:
         return {"z2": dist.Normal(0.0, 1.0).expand([self.config.z2_dim]).to_event(1)}

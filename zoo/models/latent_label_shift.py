@@ -304,6 +304,16 @@ class LatentLabelShift(ZooModel):
             )
         return self.validate({"code": codes, "domain": raw["domain"], "label": raw["label"]})
 
+    def sample_new_rows(self, num, *, data, guide=None, draws=None, seed=0, mean=False):
+        """New codes for domains resampled from ``data`` (the default); ``label`` is -1
+        (unknown): the model's classes carry no names, so a new row's class is not a
+        label of the data."""
+        rows = super().sample_new_rows(
+            num, data=data, guide=guide, draws=draws, seed=seed, mean=mean
+        )
+        rows["label"] = torch.full_like(rows["label"], -1)
+        return rows
+
     def digits_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         """The raw inputs behind :meth:`default_data` (pixels, digits, the true Pi)."""
         c = self.config

@@ -327,6 +327,7 @@ class MMGPVAE(ZooModel):
             "images": Field(
                 shape=(c.time_bins, c.image_side**2),
                 doc=f"one {c.image_side}x{c.image_side} image per time bin, flattened",
+                image=(c.image_side, c.image_side),
             ),
         }
 
@@ -590,6 +591,56 @@ class MMGPVAE(ZooModel):
                     true = true.transpose(-1, -2).reshape(-1, true.shape[-2]).cpu().numpy()
                     out[f"r2_{g_inf}_to_{g_true}"] = affine_r2(inferred, true)
         return out
+
+    def figures(self, guide, data, *, idata=None) -> dict:
+        """New trials and reconstructions as image frames over time (the default image
+        figures), and ``latent_paths``: the posterior-mean latent of each group over time
+        for three training trials, with the true latent dashed when the data are the
+        model's simulation (inferred paths mapped to the truth by the affine fit over all
+        rows that :meth:`evaluate` scores: latents are identified up to such a map)."""
+        out = super().figures(guide, data, idata=idata)
+        if guide is not None:
+            out["latent_paths"] = lambda: self._latent_paths_figure(guide, data)
+        return out
+
+    def _latent_paths_figure(self, guide, data, trials: int = 3):
+        from inference.diagnostics.plots import new_figure
+
+        with self.inference_mode():
+            inferred = self.posterior_latents(guide, data)
+        truth = self._find_truth(data)
+        groups = list(inferred)
+        fig = new_figure(figsize=(4.2 * len(groups), 3.2))
+        times = np.arange(self.config.time_bins)
+        for j, g in enumerate(groups):
+            ax = fig.add_subplot(1, len(groups), j + 1)
+            z = inferred[g].cpu().numpy()  # (N, L_g, T)
+            paths = z[:, 0, :]
+            aligned = truth is not None
+            if aligned:
+                true = truth[f"z_{g}"].cpu().numpy()  # (N, T)
+                design = np.concatenate(
+                    [
+                        z.transpose(0, 2, 1).reshape(-1, z.shape[1]),
+                        np.ones((z.shape[0] * z.shape[2], 1)),
+                    ],
+                    1,
+                )
+                coef = np.linalg.lstsq(design, true.reshape(-1), rcond=None)[0]
+                paths = (design @ coef).reshape(true.shape)
+            for i in range(min(trials, len(paths))):
+                line = ax.plot(times, paths[i], lw=1.5, label=f"trial {i}")[0]
+                if aligned:
+                    ax.plot(times, true[i], ls="--", lw=1, color=line.get_color())
+            name = {"s": "shared", "n": "neural-only", "b": "image-only"}[g]
+            ax.set_title(
+                f"z_{g} ({name})" + (": inferred, true dashed" if aligned else ""), fontsize=9
+            )
+            ax.set_xlabel("time bin")
+            if j == 0:
+                ax.legend(fontsize=7, loc="upper right")
+        fig.tight_layout()
+        return fig
 
     def dims(self) -> dict[str, list[str]]:
         d = {"spikes": ["trial", "time", "neuron"]}

@@ -60,6 +60,13 @@ def _role_fields(input_dim: int) -> dict[str, Field]:
     }
 
 
+def _unlabeled(rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """New inputs ``x`` carry no target: mark them unlabeled (role 0, y 0, ignored)."""
+    rows["role"] = torch.full_like(rows["role"], ROLE_UNLABELED)
+    rows["y"] = torch.zeros_like(rows["y"])
+    return rows
+
+
 def _check_positive_ints(config, names) -> None:
     for name in names:
         value = getattr(config, name)
@@ -255,6 +262,14 @@ class FactorPretraining(ZooModel):
     def observed_sites(self) -> tuple[str, ...]:
         return ("x",)
 
+    def sample_new_rows(self, num, *, data, guide=None, draws=None, seed=0, mean=False):
+        """New inputs ``x`` from the fitted pretraining model (the default), as unlabeled
+        rows: the model does not generate the downstream target."""
+        rows = super().sample_new_rows(
+            num, data=data, guide=guide, draws=draws, seed=seed, mean=mean
+        )
+        return _unlabeled(rows)
+
     def default_priors(self) -> dict[str, dist.Distribution]:
         return {
             "W_free": dist.Normal(0.0, 0.3),
@@ -445,6 +460,14 @@ class MixturePretraining(ZooModel):
     @property
     def observed_sites(self) -> tuple[str, ...]:
         return ("x",)
+
+    def sample_new_rows(self, num, *, data, guide=None, draws=None, seed=0, mean=False):
+        """New inputs ``x`` from the fitted pretraining model (the default), as unlabeled
+        rows: the model does not generate the downstream target."""
+        rows = super().sample_new_rows(
+            num, data=data, guide=guide, draws=draws, seed=seed, mean=mean
+        )
+        return _unlabeled(rows)
 
     def default_priors(self) -> dict[str, dist.Distribution]:
         k = self.config.num_components

@@ -30,6 +30,7 @@ from zoo.registry import register
 
 VARIANTS = ("qlae", "ae", "beta_vae")
 PIXELS = 256
+SIDE = (16, 16)
 
 
 @functools.lru_cache(maxsize=4)
@@ -159,7 +160,9 @@ class QLAE(ZooModel):
 
     def data_spec(self) -> dict[str, Field]:
         return {
-            "x": Field(shape=(PIXELS,), support=constraints.boolean, doc="16x16 binary image"),
+            "x": Field(
+                shape=(PIXELS,), support=constraints.boolean, doc="16x16 binary image", image=SIDE
+            ),
             "factors": Field(
                 shape=(self.config.num_factors,),
                 dtype="int",
@@ -267,3 +270,60 @@ class QLAE(ZooModel):
 
     def dims(self) -> dict[str, list[str]]:
         return {"z": ["image", "latent"], "x": ["image", "pixel"]}
+
+    # ----- new images and figures -----------------------------------------------------------
+
+    def _code_sample(self, data, rows: int = 2048) -> torch.Tensor:
+        """:meth:`codes` of (up to ``rows``) training images: ``(M, latent_dim)``."""
+        return self.codes(data["x"][:rows])
+
+    def sample_new_rows(self, num, *, data, guide=None, draws=None, seed=0, mean=False):
+        """New images. ``beta_vae`` draws ``z`` from its prior (the default). ``qlae`` and
+        ``ae`` have no usable prior (their objective does not include it): each latent
+        dimension is drawn independently from its empirical distribution over the training
+        images' codes (for ``qlae``: codebook values, as often as the encoder uses them),
+        then decoded; ``x ~ Bernoulli(sigmoid(decoder(code)))``. The ``factors`` field is
+        dropped (the ground truth of training images, not of new ones)."""
+        if self.config.variant == "beta_vae":
+            rows = super().sample_new_rows(
+                num, data=data, guide=guide, draws=draws, seed=seed, mean=mean
+            )
+        else:
+            with self.inference_mode():
+                codes = self._code_sample(data)
+            generator = torch.Generator().manual_seed(int(seed))
+            pick = torch.randint(
+                len(codes), (max(int(num), 1), codes.shape[1]), generator=generator
+            )
+            z = torch.gather(codes, 0, pick.to(codes.device))
+            inputs, trace = self._forward_rows(
+                num, data=data, guide=guide, draws=draws, seed=seed, fixed={"z": z}
+            )
+            rows = self._rows_from_trace(inputs, trace, mean=mean)
+        rows.pop("factors", None)
+        return rows
+
+    def figures(self, guide, data, *, idata=None) -> dict:
+        """New images and reconstructions (the default image figures) and a latent
+        traversal: each dimension through its codebook values (``qlae``), or through its
+        5%..95% quantiles over the training codes (``ae``, ``beta_vae``), from the first
+        image's code."""
+        from zoo.figures import traversal_figure
+
+        out = super().figures(guide, data, idata=idata)
+        if guide is None:
+            return out
+
+        def traversal():
+            with self.inference_mode():
+                if self.config.variant == "qlae":
+                    grid = self.codebook.detach().sort(-1).values
+                    label = "its codebook values"
+                else:
+                    levels = torch.linspace(0.05, 0.95, 7, device=self.device)
+                    grid = torch.quantile(self._code_sample(data), levels, dim=0).T
+                    label = "5% to 95% quantiles of its codes"
+            return traversal_figure(self, guide, data, "z", grid, label=label)
+
+        out["traversal"] = traversal
+        return out

@@ -88,6 +88,17 @@ class VAEDigits(ZooModel):
     def dims(self) -> dict[str, list[str]]:
         return {"z": ["image", "latent"], "x": ["image", "pixel"]}
 
+    def figures(self, guide, data, *, idata=None) -> dict:
+        """New digits and reconstructions (the default image figures), and a traversal of
+        each latent dimension over the prior's -2.5..2.5 from the first image's code."""
+        from zoo.figures import traversal_figure
+
+        out = super().figures(guide, data, idata=idata)
+        if guide is not None:
+            grid = torch.linspace(-2.5, 2.5, 7)
+            out["traversal"] = lambda: traversal_figure(self, guide, data, "z", grid)
+        return out
+
     def evaluate(self, guide, data) -> dict:
         """ELBO and 100-sample IWAE bound per image (nats) on ``data``."""
         return {

@@ -391,6 +391,7 @@ class CausalDiffAE(ZooModel):
                 shape=self.image_shape,
                 support=constraints.unit_interval,
                 doc="image, pixels in [0, 1]",
+                image=self.image_shape,
             ),
             "y": Field(
                 shape=(n,),
@@ -646,6 +647,69 @@ class CausalDiffAE(ZooModel):
         x_t = torch.randn((u.shape[0], *self.image_shape), generator=g).to(self.device)
         x0 = self.ddim(x_t, self.code(u)["z"], cls, w=w, steps=steps, progress=progress)
         return (x0 + 1.0) / 2.0
+
+    # ----- new images and figures -------------------------------------------------------
+
+    def sample_new_rows(self, num, *, data, guide=None, draws=None, seed=0, mean=False):
+        """New images from the fitted model: exogenous noise ``u ~ p(u)``, the code
+        ``z = F_A(u)``, ``x_T ~ N(0, I)`` and deterministic DDIM decoding under ``z``
+        (:meth:`sample`; ``mean`` changes nothing). The decoder's class ``digit`` (morpho)
+        comes from ``num`` training rows resampled with replacement; ``y`` is read off the
+        code, ``clip(mean of z_i's block, 0, 1)``: where the label prior ``p(z_i | y_i) =
+        N(y_i 1, s^2)`` centres a factor's label (the model generates no labels)."""
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            raise ValueError(f"num must be a positive integer, got {num!r}")
+        generator = torch.Generator().manual_seed(int(seed))
+        rows = torch.randint(len(data["x"]), (num,), generator=generator)
+        with self.inference_mode(), torch.random.fork_rng():
+            torch.manual_seed(int(seed))
+            u = self.prior("u").sample((num,)).to(self.device)
+            digit = data["digit"][rows.to(data["digit"].device)] if self.n_classes else None
+            x = self.sample(u, digit, seed=int(seed), progress=False).clamp(0.0, 1.0)
+            code = self.code(u)
+        y = torch.stack([code[name].mean(-1) for name in self.factor_names], -1).clamp(0, 1)
+        out = {"x": x, "y": y}
+        if digit is not None:
+            out["digit"] = digit
+        return out
+
+    def figures(self, guide, data, *, idata=None) -> dict:
+        """``samples`` (new images), ``reconstructions`` (DDIM inversion and decoding under
+        the abducted code) and ``counterfactuals``: four training images, their
+        reconstruction, then do(factor = 0, 0.5, 1) for each factor (abduction, action,
+        prediction, :meth:`counterfactual`)."""
+        from inference.diagnostics.plots import image_grid
+        from zoo import figures as pictures
+
+        out = dict(pictures.sample_figures(self, guide, data, means=False))
+        shown = 4
+        x = data["x"][:shown]
+        digit = data["digit"][:shown] if self.n_classes else None
+        values = (0.0, 0.5, 1.0)
+
+        def reconstructions():
+            rows = {k: v[: pictures.PER_ROW] for k, v in data.items()}
+            cls = rows.get("digit") if self.n_classes else None
+            rec = self.reconstruct(rows["x"], cls, progress=False)
+            parts = [("data", rows), ("reconstruction", {**rows, "x": rec})]
+            return pictures.picture_grid(self, parts, title="training rows; DDIM reconstructions")[
+                "x"
+            ]
+
+        def counterfactuals():
+            columns = [x, self.reconstruct(x, digit, progress=False)]
+            names = ["data", "recon."]
+            for factor in self.factor_names:
+                for value in values:
+                    columns.append(self.counterfactual(x, {factor: value}, digit, progress=False))
+                    names.append(f"{factor}={value:g}")
+            grid = torch.stack(columns, 1).reshape(-1, *self.image_shape)
+            title = "counterfactuals, columns: " + ", ".join(names)
+            return image_grid(pictures.pictures(grid), ncols=len(columns), title=title)
+
+        out["reconstructions"] = reconstructions
+        out["counterfactuals"] = counterfactuals
+        return out
 
     # ----- evaluation -------------------------------------------------------------------
 

@@ -226,6 +226,21 @@ class MLVGM(ZooModel):
         dims["x"] = ["image", "pixel"]
         return dims
 
+    def figures(self, guide, data, *, idata=None) -> dict:
+        """New digits and reconstructions (the default image figures) and, per latent
+        group, a traversal of its dimensions over -2.5..2.5 from the first image's code
+        (the other groups held at theirs): which layer of the generator each group moves."""
+        from zoo.figures import traversal_figure
+
+        out = super().figures(guide, data, idata=idata)
+        if guide is not None:
+            grid = torch.linspace(-2.5, 2.5, 7)
+            for site in self.local_sites:
+                out[f"traversal_{site}"] = lambda site=site: traversal_figure(
+                    self, guide, data, site, grid
+                )
+        return out
+
     def evaluate(self, guide, data) -> dict:
         """ELBO per image (nats) and KL per latent group: a group with KL ~ 0 is unused.
         Measured with every group on (evaluation mode: no level dropout)."""
