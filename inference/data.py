@@ -8,6 +8,7 @@ subsample=...)`` needs to scale the ELBO correctly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 

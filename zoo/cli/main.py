@@ -28,9 +28,10 @@ class _UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     import guides
+    from inference.config import TrainConfig
     from inference.elbos import ELBO_NAMES
     from inference.lightning import ACCELERATORS
-    from zoo.cli.runs import DEFAULT_NUTS_DRAWS, DEFAULT_STEPS, ENGINES, TRAINERS
+    from zoo.cli.runs import DEFAULT_NUTS_DRAWS, ENGINES, TRAINERS
 
     parser = _Parser(
         prog="zoo",
@@ -83,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="SVI steps, or NUTS draws per chain (and as many warmup steps) (default: the "
-        f"config's steps or epochs, else {DEFAULT_STEPS} steps; NUTS {DEFAULT_NUTS_DRAWS})",
+        f"config's steps or epochs, else {TrainConfig.DEFAULT_STEPS} steps; "
+        f"NUTS {DEFAULT_NUTS_DRAWS})",
     )
     train.add_argument(
         "--seed",
