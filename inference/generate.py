@@ -18,7 +18,7 @@ from pyro.distributions import Unit
 from pyro.poutine.uncondition_messenger import UnconditionMessenger
 
 from inference.data import Batch
-from inference.diagnostics.traces import local_sites, sample_sites
+from inference.traces import local_sites, sample_sites
 
 __all__ = ["global_sites", "guide_globals", "draw_globals", "draws_from_idata", "forward_trace"]
 

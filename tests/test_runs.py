@@ -174,3 +174,19 @@ def test_diverged_training_exits_1_with_one_line(tmp_path, capsys, monkeypatch):
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("zoo: error: training diverged: loss became")
+
+
+@pytest.mark.parametrize("name, metric", [("mm_gpvae", "r2_s_to_s"), ("rep4ex", "affine_r2")])
+def test_report_scores_against_the_simulation_truth_only_for_its_own_data(name, metric, tmp_path):
+    from tests.test_contract import tiny_sets
+
+    argv = ["train", name, *tiny_sets(name), "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "own")]) == 0
+    scored = json.loads((tmp_path / "own" / "diagnostics.json").read_text())["evaluate"]
+    assert metric in scored and np.isfinite(scored[metric])
+    # the same rows from a file: the truth is not assumed to belong to them
+    model = zoo.create(name, **zoo.get(name).tiny)
+    np.savez(tmp_path / "d.npz", **{k: v.numpy() for k, v in model.default_data(0).items()})
+    assert main([*argv, "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "file")]) == 0
+    unscored = json.loads((tmp_path / "file" / "diagnostics.json").read_text())["evaluate"]
+    assert metric not in unscored

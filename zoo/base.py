@@ -281,7 +281,11 @@ class ZooModel(PyroModule):
     # ----- evaluation and ArviZ naming ----------------------------------------------------
 
     def evaluate(self, guide: torch.nn.Module, data: Mapping[str, torch.Tensor]) -> dict:
-        """The paper's headline metric(s) at zoo scale."""
+        """The paper's headline metric(s) at zoo scale. A model whose metrics need the
+        simulation's truth takes it as a keyword, ``evaluate(guide, data, *, truth=None,
+        **extras)`` (``truth`` and the extras of :meth:`simulate_with_extras` indexed like
+        ``data``): ``zoo train`` passes them when the run's data are the model's own
+        simulation (checked, never assumed)."""
         return {}
 
     def dims(self) -> dict[str, list[str]]:

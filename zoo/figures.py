@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from inference.diagnostics.traces import sample_sites
 from matplotlib.figure import Figure
 from pyro import poutine
 
 from inference.data import Batch
 from inference.diagnostics.plots import image_grid
+from inference.traces import sample_sites
 
 __all__ = [
     "pictures",

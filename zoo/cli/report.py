@@ -151,16 +151,42 @@ class QuietArviz:
         self.logger.setLevel(self.level)
 
 
-def write_outputs(run_dir, record, model, guide, train, test, *, losses=None, mcmc=None):
-    """idata.nc, figures, diagnostics.json and report.md of a trained run."""
+def write_outputs(
+    run_dir, record, model, guide, train, test, *, losses=None, mcmc=None, truth=None
+):
+    """idata.nc, figures, diagnostics.json and report.md of a trained run (``truth``: see
+    :func:`write_report`)."""
     with QuietArviz():
         idata, idata_data = _idata(model, guide, train, record, mcmc=mcmc)
         idata.to_netcdf(str(run_dir / "idata.nc"))
-        write_report(run_dir, record, model, guide, idata, idata_data, train, test, losses, [])
+        write_report(
+            run_dir, record, model, guide, idata, idata_data, train, test, losses, [], truth
+        )
 
 
-def write_report(run_dir, record, model, guide, idata, idata_data, train, test, losses, notes):
+def _truth_keywords(fn, truth: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keywords of ``fn`` that the simulation's truth fills: ``truth=`` and the extras
+    (:meth:`zoo.base.ZooModel.simulate_with_extras`) it names; none without a truth."""
+    if truth is None:
+        return {}
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    out = {"truth": truth["truth"]} if "truth" in params else {}
+    out.update({k: v for k, v in truth["extras"].items() if k in params})
+    return out
+
+
+def write_report(
+    run_dir, record, model, guide, idata, idata_data, train, test, losses, notes, truth=None
+):
+    """The figures, ``diagnostics.json`` and ``report.md``. ``truth``: ``{"train": ...,
+    "test": ...}``, each ``{"truth": ..., "extras": ...}`` for those rows, when the run's
+    data are the model's own simulation; :meth:`evaluate` and :meth:`figures` get what
+    their signatures ask for."""
     from inference.diagnostics import divergences, loo
+
+    truth = truth or {}
 
     figures = run_dir / "figures"
     figures.mkdir(exist_ok=True)
@@ -180,7 +206,9 @@ def write_report(run_dir, record, model, guide, idata, idata_data, train, test, 
     plot("ppc.png", "plot_ppc", idata)
     if record.get("engine") == "nuts":
         plot("trace.png", "plot_trace", idata)
-    made += _model_figures(model, guide, train, idata, figures, notes, taken=made)
+    made += _model_figures(
+        model, guide, train, idata, figures, notes, taken=made, truth=truth.get("train")
+    )
 
     diagnostics: dict[str, Any] = {}
     diagnostics["divergences"] = _try("divergences", lambda: divergences(idata), notes)
@@ -231,8 +259,9 @@ def write_report(run_dir, record, model, guide, idata, idata_data, train, test, 
         eval_data = test if test is not None else train
         device = device_of(model)
         eval_data = {k: v.to(device) for k, v in eval_data.items()}
+        known = _truth_keywords(model.evaluate, truth.get("test" if test is not None else "train"))
         diagnostics["evaluate"] = _try(
-            "evaluate", lambda: jsonable(model.evaluate(guide, eval_data)), notes
+            "evaluate", lambda: jsonable(model.evaluate(guide, eval_data, **known)), notes
         )
         diagnostics["evaluated_on"] = "held-out rows" if test is not None else "training rows"
     else:
@@ -253,7 +282,9 @@ def write_report(run_dir, record, model, guide, idata, idata_data, train, test, 
 _FIGURE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-def _model_figures(model, guide, train, idata, folder: Path, notes: list[str], *, taken=()):
+def _model_figures(
+    model, guide, train, idata, folder: Path, notes: list[str], *, taken=(), truth=None
+):
     """Save the model's own figures (:meth:`zoo.base.ZooModel.figures`) as
     ``folder/<name>.png``; a figure that fails is noted, never fatal. Returns the files
     written (``taken``: the report's own figures, which a model figure may not replace)."""
@@ -261,7 +292,10 @@ def _model_figures(model, guide, train, idata, folder: Path, notes: list[str], *
 
     device = device_of(model)
     data = {k: v.to(device) for k, v in train.items()}
-    wanted = _try("model figures", lambda: dict(model.figures(guide, data, idata=idata)), notes)
+    known = _truth_keywords(model.figures, truth)
+    wanted = _try(
+        "model figures", lambda: dict(model.figures(guide, data, idata=idata, **known)), notes
+    )
     made = []
     for name, figure in (wanted or {}).items():
         if not isinstance(name, str) or not _FIGURE_NAME.fullmatch(name):

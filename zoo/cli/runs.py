@@ -100,6 +100,33 @@ def _split(model: ZooModel, data: dict[str, torch.Tensor], seed: int):
     return holdout_split(data, model.config.holdout, seed)
 
 
+def _known_truth(model: ZooModel, source: Mapping[str, Any], data, seed: int) -> dict | None:
+    """The simulation's truth for the run's rows, split like the data (``{"train": {"truth",
+    "extras"}, "test": ...}``), when the run's data are the model's default data and those
+    are exactly ``simulate(seed)``'s data (compared, never assumed); else ``None``. Entries
+    with one row per data row are split; the others (globals) go to both parts."""
+    if source.get("source") != "default" or not model.has_truth():
+        return None
+    sim_seed = int(source.get("seed", 0))
+    if hasattr(model, "simulate_with_extras"):
+        truth, simulated, extras = model.simulate_with_extras(sim_seed)
+    else:
+        (truth, simulated), extras = model.simulate(sim_seed), {}
+    if simulated.keys() != data.keys() or not all(torch.equal(simulated[k], data[k]) for k in data):
+        return None
+    rows = num_rows(data)
+    parts = {}
+    for part, values in (("truth", truth), ("extras", extras)):
+        per_row = {k: v for k, v in values.items() if v.dim() and v.shape[0] == rows}
+        shared = {k: v for k, v in values.items() if k not in per_row}
+        train, test = holdout_split(per_row, model.config.holdout, seed) if per_row else ({}, None)
+        parts[part] = ({**shared, **train}, None if test is None else {**shared, **test})
+    out = {"train": {"truth": parts["truth"][0], "extras": parts["extras"][0]}}
+    if parts["truth"][1] is not None:
+        out["test"] = {"truth": parts["truth"][1], "extras": parts["extras"][1] or {}}
+    return out
+
+
 # ----- run folder ----------------------------------------------------------------------------
 
 
@@ -333,11 +360,22 @@ def train_run(
             init_values=model.nuts_init(train),
             **model.nuts_options,
         )
-        write_outputs(run_dir, record, model, None, train, test, mcmc=mcmc)
+        truth = _known_truth(model, source, data, seed)
+        write_outputs(run_dir, record, model, None, train, test, mcmc=mcmc, truth=truth)
         return run_dir
 
     if trainer == "lightning":
-        return _train_lightning(run_dir, record, model, model_guide, train, test, resume, progress)
+        return _train_lightning(
+            run_dir,
+            record,
+            model,
+            model_guide,
+            train,
+            test,
+            resume,
+            progress,
+            _known_truth(model, source, data, seed),
+        )
 
     from inference.svi import fit
 
@@ -362,7 +400,10 @@ def train_run(
             progress=progress,
         )
     write_metrics(run_dir / "metrics.csv", result.losses, result.lrs)
-    write_outputs(run_dir, record, model, model_guide, train, test, losses=result.losses)
+    truth = _known_truth(model, source, data, seed)
+    write_outputs(
+        run_dir, record, model, model_guide, train, test, losses=result.losses, truth=truth
+    )
     return run_dir
 
 
@@ -401,7 +442,9 @@ def launch_rank() -> int:
     return 0
 
 
-def _train_lightning(run_dir, record, model, guide, train, test, resume, progress) -> Path:
+def _train_lightning(
+    run_dir, record, model, guide, train, test, resume, progress, truth=None
+) -> Path:
     """The Lightning path of :func:`train_run`: every rank trains; rank 0 alone writes
     config.json (already), metrics.csv, checkpoint.pt (the plain engine's format, so
     ``zoo diagnose`` reads it), Lightning's ``lightning.ckpt`` and the diagnostics."""
@@ -459,7 +502,7 @@ def _train_lightning(run_dir, record, model, guide, train, test, resume, progres
             "trainer": "lightning",
         },
     )
-    write_outputs(run_dir, record, model, guide, train, test, losses=losses)
+    write_outputs(run_dir, record, model, guide, train, test, losses=losses, truth=truth)
     return run_dir
 
 
@@ -467,33 +510,35 @@ def _train_lightning(run_dir, record, model, guide, train, test, resume, progres
 
 
 def _load_run(run_dir: Path):
-    """(record, model, guide, train, test) of a run, parameters restored (SVI)."""
+    """(record, model, guide, train, test, truth) of a run, parameters restored (SVI);
+    ``truth()`` computes the simulation's truth for its rows where it is known."""
     from inference.svi import restore
 
     record = read_config(run_dir)
     seed = int(record.get("seed", 0))
     model, guide = _build(record, seed=seed)
-    data = _load_data(model, record.get("data", {"source": "default", "seed": seed}))
+    source = record.get("data", {"source": "default", "seed": seed})
+    data = _load_data(model, source)
     train, test = _split(model, data, seed)
     if record.get("engine", "svi") == "svi":
         restore(model, guide, train, run_dir / "checkpoint.pt")
     else:
         guide = None
-    return record, model, guide, train, test
+    return record, model, guide, train, test, lambda: _known_truth(model, source, data, seed)
 
 
 def diagnose_run(run_dir: str | os.PathLike) -> Path:
     """Rebuild a run's model and guide from ``config.json``, load its checkpoint and
     recompute ``idata.nc``, the figures and ``report.md``. Returns the report's path."""
     run_dir = Path(run_dir)
-    record, model, guide, train, test = _load_run(run_dir)
+    record, model, guide, train, test, truth = _load_run(run_dir)
     if guide is None:  # NUTS: the draws are the run's idata
         idata = read_idata(run_dir / "idata.nc")
         with QuietArviz():
-            write_report(run_dir, record, model, None, idata, train, train, test, None, [])
+            write_report(run_dir, record, model, None, idata, train, train, test, None, [], truth())
     else:
         losses = read_losses(run_dir / "metrics.csv")
-        write_outputs(run_dir, record, model, guide, train, test, losses=losses)
+        write_outputs(run_dir, record, model, guide, train, test, losses=losses, truth=truth())
     return run_dir / "report.md"
 
 
@@ -547,7 +592,7 @@ def sample_run(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     run_dir = Path(run_dir)
     out_file = _sample_path(run_dir, out_file)
-    record, model, guide, train, _ = _load_run(run_dir)
+    record, model, guide, train, _, _ = _load_run(run_dir)
     seed = int(record.get("seed", 0)) if seed is None else seed
     rows = None
     if replicates:

@@ -592,7 +592,7 @@ class MMGPVAE(ZooModel):
                     out[f"r2_{g_inf}_to_{g_true}"] = affine_r2(inferred, true)
         return out
 
-    def figures(self, guide, data, *, idata=None) -> dict:
+    def figures(self, guide, data, *, idata=None, truth=None) -> dict:
         """New trials and reconstructions as image frames over time (the default image
         figures), and ``latent_paths``: the posterior-mean latent of each group over time
         for three training trials, with the true latent dashed when the data are the
@@ -600,15 +600,14 @@ class MMGPVAE(ZooModel):
         rows that :meth:`evaluate` scores: latents are identified up to such a map)."""
         out = super().figures(guide, data, idata=idata)
         if guide is not None:
-            out["latent_paths"] = lambda: self._latent_paths_figure(guide, data)
+            out["latent_paths"] = lambda: self._latent_paths_figure(guide, data, truth)
         return out
 
-    def _latent_paths_figure(self, guide, data, trials: int = 3):
+    def _latent_paths_figure(self, guide, data, truth=None, trials: int = 3):
         from inference.diagnostics.plots import new_figure
 
         with self.inference_mode():
             inferred = self.posterior_latents(guide, data)
-        truth = self._find_truth(data)
         groups = list(inferred)
         fig = new_figure(figsize=(4.2 * len(groups), 3.2))
         times = np.arange(self.config.time_bins)
@@ -618,7 +617,7 @@ class MMGPVAE(ZooModel):
             paths = z[:, 0, :]
             aligned = truth is not None
             if aligned:
-                true = truth[f"z_{g}"].cpu().numpy()  # (N, T)
+                true = truth[f"z_{g}"].cpu().numpy()[:, 0, :]  # (N, 1, T) -> (N, T)
                 design = np.concatenate(
                     [
                         z.transpose(0, 2, 1).reshape(-1, z.shape[1]),

@@ -438,17 +438,18 @@ class Rep4Ex(ZooModel):
         with torch.no_grad():
             return _average_effect(self.nu, self.psi, w, b, v, a_star)
 
-    def evaluate(self, guide, data, *, z_true=None, baselines: bool = True, seed: int = 0):
+    def evaluate(self, guide, data, *, truth=None, baselines: bool = True, seed: int = 0):
         """The paper's two checks on the training rows ``data``:
 
         - ``affine_r2``: R^2 of the best affine map from phi(x) to the true Z, given as
-          ``z_true`` (``simulate(seed)[0]["z"]`` for the rows of ``simulate(seed)``);
+          ``truth["z"]`` (``simulate(seed)[0]`` indexed like ``data``);
         - ``extrap_mse_*``: mean squared error of E[Y | do(a*)] against the exact truth on
           the grid ``[-3, 3]^k`` outside the training box ``[-1, 1]^k`` (``insupport_*``
           inside it): ``rep4ex`` (the model's heads), ``rep4ex_stage2`` (the paper's
           Stage 2 refit on phi(x)), ``oracle`` (Stage 2 on the true Z) and ``mlp_a`` (an MLP
-          regression of Y on A). The true effect is the world's; the oracle needs ``z_true``.
+          regression of Y on A). The true effect is the world's; the oracle needs the truth.
         """
+        z_true = None if truth is None else truth["z"]
         metrics: dict[str, float] = {}
         z_hat = self.representation(data)
         if z_true is not None:
