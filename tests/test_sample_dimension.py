@@ -106,7 +106,8 @@ def plain_log_probs(trace, *, scaled: bool = True) -> dict[str, float]:
     """Site name -> the site's log density summed, for a plain (non-vectorized) trace."""
     trace.compute_log_prob()
     key = "log_prob" if scaled else "unscaled_log_prob"
-    return {name: float(site[key].sum()) for name, site in trace.nodes.items() if _is_sample(site)}
+    sites = {name: site for name, site in trace.nodes.items() if _is_sample(site)}
+    return {name: float(site[key].detach().sum()) for name, site in sites.items()}
 
 
 def _latent_shapes(guide, batch) -> dict[str, torch.Size]:
