@@ -36,6 +36,9 @@ __all__ = [
 
 DATASETS = ("morpho", "pendulum")
 EPS_NETS = ("mlp", "unet")
+#: images per eps-net call when no gradient is needed (bounds the memory of vectorized
+#: posterior draws and per-row diagnostics: 200 rows x 200 particles are 40000 images)
+EPS_CHUNK = 2048
 
 
 class CausalGraphError(ConfigError):
@@ -463,27 +466,55 @@ class CausalDiffAE(ZooModel):
         cls = batch.get("digit")
         gamma = self.gamma
         n, k = len(self.factor_names), c.block_dim
+        image_dims = len(self.image_shape)
         with self.data_plate(batch):
             with poutine.scale(scale=gamma):
                 u = pyro.sample("u", self.prior("u"))
-            code = self.structural_code(u)
-            rows = x0.shape[0]
+            code = self.structural_code(u)  # (*sample, rows, n k)
+            # vectorized particles and posterior draws put sample dimensions left of the
+            # rows: the mask, timestep and noise are drawn per sample and row
+            shape = code.shape[:-1]  # (*sample, rows)
             if self.training and c.mask_prob > 0:
-                keep = (torch.rand(rows, device=x0.device) >= c.mask_prob).float()
+                keep = (torch.rand(shape, device=x0.device) >= c.mask_prob).float()
             else:
-                keep = torch.ones(rows, device=x0.device)
+                keep = torch.ones(shape, device=x0.device)
             if c.label_prior:
-                prior = dist.Normal(y[:, :, None].expand(rows, n, k), c.label_scale)
-                log_p = prior.log_prob(code.view(rows, n, k)).sum((-1, -2))
+                prior = dist.Normal(y[..., None].expand(shape + (n, k)), c.label_scale)
+                log_p = prior.log_prob(code.unflatten(-1, (n, k))).sum((-1, -2))
                 pyro.factor("label_prior", gamma * keep * log_p)
-            t = torch.randint(0, c.timesteps, (rows,), device=x0.device)
-            noise = torch.randn_like(x0)
-            ab = self.abar[t].view(-1, 1, 1, 1)
+            t = torch.randint(0, c.timesteps, shape, device=x0.device)
+            noise = torch.randn(shape + x0.shape[1:], dtype=x0.dtype, device=x0.device)
+            ab = self.abar[t].reshape(shape + (1,) * image_dims)
             xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-            eps = self.eps_net(xt, t, code, keep, cls)
-            pyro.factor("ddpm", -c.ddpm_weight * (noise - eps).pow(2).flatten(1).sum(-1))
+            eps = self._eps_rows(xt, t, code, keep, cls)
+            sq_err = (noise - eps).pow(2).flatten(-image_dims).sum(-1)
+            pyro.factor("ddpm", -c.ddpm_weight * sq_err)
         if self.training and torch.is_grad_enabled():
             self.train_calls += 1
+
+    def _eps_rows(self, xt, t, code, keep, cls):
+        """eps_theta over rows with leading sample dimensions ``(*sample, rows)``: the
+        eps-net sees flat batches of images, at most :data:`EPS_CHUNK` at a time when no
+        gradient is needed (posterior draws and diagnostics run many samples per row)."""
+        rows = code.shape[:-1]
+        args = [
+            xt.reshape((-1,) + xt.shape[len(rows) :]),
+            t.reshape(-1),
+            code.reshape(-1, code.shape[-1]),
+            keep.reshape(-1),
+            None if cls is None else cls.expand(rows).reshape(-1),
+        ]
+        size = args[0].shape[0]
+        if torch.is_grad_enabled() or size <= EPS_CHUNK:
+            eps = self.eps_net(*args)
+        else:
+            eps = torch.cat(
+                [
+                    self.eps_net(*(a if a is None else a[i : i + EPS_CHUNK] for a in args))
+                    for i in range(0, size, EPS_CHUNK)
+                ]
+            )
+        return eps.reshape(xt.shape)
 
     def local_guide(self, batch, global_values=None) -> None:
         with self.data_plate(batch), poutine.scale(scale=self.gamma):
