@@ -120,23 +120,8 @@ def test_short_fit_gives_finite_decreasing_loss(name, tiny_data):
     assert np.mean(result.losses[-10:]) < np.mean(result.losses[:10])
 
 
-#: models whose run is known to break, with the reason (each is an open bug, xfail strict)
-KNOWN_BROKEN_RUNS = {
-    "causal_diffae": "the report's vectorized posterior draws add a leading sample dimension "
-    "that CausalDiffAE.code's view(rows, n, k) refuses",
-}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_BROKEN_RUNS[n], strict=True))
-        if n in KNOWN_BROKEN_RUNS
-        else n
-        for n in MODELS
-    ],
-)
+@pytest.mark.parametrize("name", MODELS)
 def test_zoo_train_diagnose_and_sample_with_the_tiny_config(name, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", name, *tiny_sets(name), "--no-progress", "--out", str(run)]) == 0

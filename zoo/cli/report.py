@@ -203,7 +203,10 @@ def write_report(
 
     if losses:
         plot("elbo.png", "plot_elbo", losses)
-    plot("ppc.png", "plot_ppc", idata)
+    if "observed_data" in idata.groups():
+        plot("ppc.png", "plot_ppc", idata)
+    else:  # e.g. a likelihood that enters as a pyro.factor (a diffusion decoder's loss)
+        notes.append("posterior predictive check: none, the model has no observed sample site")
     if record.get("engine") == "nuts":
         plot("trace.png", "plot_trace", idata)
     made += _model_figures(
