@@ -6,12 +6,10 @@ import math
 
 import numpy as np
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
 
-import guides
 import zoo
 from inference.data import DataError, full_batch
 from inference.svi import fit
@@ -156,24 +154,6 @@ def test_sites_shapes_and_finite_elbo(morpho_model, morpho_data):
     assert model_trace.nodes["z_thickness"]["infer"]["_deterministic"]
     loss = pyro.infer.Trace_ELBO().loss(m.model, m.guide, batch)
     assert math.isfinite(loss)
-
-
-@pytest.mark.parametrize("kind", ["delta", "normal", "default"])
-def test_guide_swap_trains(kind, morpho_data):
-    m = zoo.create("causal_diffae", **SMALL)
-    guide = guides.build(kind, m)
-    data = {k: v[:128] for k, v in morpho_data.items()}
-    result = fit(m, guide, data, steps=4, batch_size=32, lr=1e-3, progress=False)
-    assert all(math.isfinite(v) for v in result.losses)
-
-
-def test_prior_swap_is_used(morpho_data):
-    laplace = dist.Laplace(0.0, 1.0).expand([8]).to_event(1)
-    m = zoo.create("causal_diffae", priors={"u": laplace}, **SMALL)
-    tr, _ = traces(m, m.guide, full_batch({k: v[:4] for k, v in morpho_data.items()}))
-    assert isinstance(tr.nodes["u"]["fn"].base_dist, dist.Laplace)
-    with pytest.raises(zoo.PriorError, match="event shape"):
-        zoo.create("causal_diffae", priors={"u": dist.Laplace(0.0, 1.0).expand([3]).to_event(1)})
 
 
 def test_kl_weight_anneals_and_masking_drops_the_label_term(morpho_data):

@@ -3,12 +3,10 @@ swaps, the MMR factor, bad input, a recovery test (affine identifiability and th
 effect W up to the same affine map), the paper's small extrapolation check, and NUTS against
 SVI on the globals (networks frozen)."""
 
-import math
 import warnings
 from contextlib import contextmanager
 
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import autoguide
@@ -98,33 +96,6 @@ def test_mmr_factor_is_the_papers_statistic():
     assert (
         "mmr" not in pyro.poutine.trace(zoo.create("rep4ex", **SMALL).model).get_trace(batch).nodes
     )
-
-
-@pytest.mark.parametrize("kind", sorted(guides.KINDS))
-def test_guide_swap_trains(kind, small_data):
-    model = zoo.create("rep4ex", **SMALL)
-    guide = guides.build(kind, model)
-    result = fit(model, guide, small_data, steps=5, batch_size=64, progress=False)
-    assert len(result.losses) == 5 and all(math.isfinite(v) for v in result.losses)
-    model_trace, guide_trace = traces(
-        model, guide, full_batch({k: v[:4] for k, v in small_data.items()})
-    )
-    assert latent_sites(guide_trace) == latent_sites(model_trace) == GLOBALS | {"z"}
-
-
-def test_prior_swap_is_used(small_data):
-    gamma = dist.Gamma(2.0, 2.0).expand([2]).to_event(1)
-    model = zoo.create("rep4ex", priors={"v_scale": gamma}, **SMALL)
-    model_trace, _ = traces(
-        model, model.guide, full_batch({k: v[:8] for k, v in small_data.items()})
-    )
-    site = model_trace.nodes["v_scale"]
-    expected = torch.distributions.Gamma(2.0, 2.0).log_prob(site["value"]).sum(-1)
-    assert torch.allclose(site["fn"].log_prob(site["value"]), expected)
-    with pytest.raises(zoo.PriorError, match="support"):
-        zoo.create("rep4ex", priors={"v_scale": dist.Normal(0.0, 1.0).expand([2]).to_event(1)})
-    with pytest.raises(zoo.PriorError, match="event shape"):
-        zoo.create("rep4ex", priors={"W": dist.Normal(0.0, 1.0).expand([2]).to_event(1)})
 
 
 def test_bad_input_gets_a_clear_error(small_data):
