@@ -63,9 +63,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.nn import PyroModule, PyroParam
+from pyro.nn import PyroParam
 from torch.distributions import constraints
 
+from guides import local
 from guides.encoders import NormalEncoder
 from inference.data import DataError, Field, full_batch
 from zoo.base import ConfigError, ZooModel
@@ -265,6 +266,16 @@ class NIWMeta(ZooModel):
     @property
     def global_site(self) -> str:
         return "precision_chol" if self.config.covariance == "full" else "precision"
+
+    @property
+    def fixed_local_guide(self) -> str:
+        step = self.config.local_step
+        if step == "amortized":
+            return ""
+        return (
+            f"local_step='{step}' gives theta's guide in closed form from the globals; "
+            "local families apply to local_step='amortized'"
+        )
 
     def check_config(self) -> None:
         c = self.config
@@ -469,8 +480,9 @@ class NIWMeta(ZooModel):
             if self.config.local_step == "amortized":
                 diag = torch.diagonal(a, dim1=-2, dim2=-1)
                 scale = diag.mean(-1, keepdim=True).clamp_min(1e-6)
-                loc, sd = self.encoder(torch.cat([b / scale.sqrt(), (diag / scale).log1p()], -1))
-                pyro.sample("theta", dist.Normal(loc, sd).to_event(1))
+                features = torch.cat([b / scale.sqrt(), (diag / scale).log1p()], -1)
+                loc, sd, context = local.encode(self, features)
+                local.sample("theta", loc, sd, context=context)
                 return
             if prior_precision is None:
                 prior_precision = self.precision_matrix(global_values[self.global_site])
@@ -641,14 +653,13 @@ def _scores(label, means, variances, y) -> dict:
     }
 
 
-class NIWGuide(PyroModule):
+class NIWGuide(local.LocalDriver):
     """The paper's guide: a conjugate-shaped global ``q(phi)`` (Wishart(n0, W) times
     Normal(m0, (l0 Lambda)^-1); Gamma(a, b) times Normal for the diagonal) and the closed-form
     one-time-iterate local step built from its parameters (``E_q[Lambda]``, ``m0``)."""
 
     def __init__(self, model: NIWMeta):
-        super().__init__()
-        object.__setattr__(self, "_zoo_model", model)  # not a child: its params stay its own
+        super().__init__(model)
         d, c = model.dim, model.config
         self.m0 = PyroParam(torch.zeros(d))
         self.l0 = PyroParam(torch.tensor(10.0), constraint=constraints.positive)
@@ -687,9 +698,7 @@ class NIWGuide(PyroModule):
             value = pyro.sample("precision", q_precision)
             mu = pyro.sample("mu", dist.Normal(self.m0, (self.l0 * value).rsqrt()).to_event(1))
         values = {model.global_site: value, "mu": mu}
-        model.local_guide(
-            batch, values, prior_precision=self.expected_precision(), prior_mean=self.m0
-        )
+        self.run_local(batch, values, prior_precision=self.expected_precision(), prior_mean=self.m0)
         return values
 
     def expected_covariance(self) -> torch.Tensor:
