@@ -27,6 +27,8 @@ class _UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from guides.local import LOCAL_KINDS
+
     parser = _Parser(prog="zoo", description="latent-zoo: Pyro latent-variable models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -39,6 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model into a run folder")
     train.add_argument("name")
     train.add_argument("--guide", default="default", help="guide kind (default: the model's)")
+    train.add_argument(
+        "--local-guide",
+        default="normal",
+        choices=LOCAL_KINDS,
+        metavar="LOCAL",
+        help=(
+            "family of the amortized guide of the local latents (models with local latents): "
+            f"{', '.join(LOCAL_KINDS)} (default: normal, the encoder's diagonal Gaussian; mvn: "
+            "full-covariance or low-rank Gaussian; flow: inverse autoregressive flow)"
+        ),
+    )
     train.add_argument(
         "--prior", action="append", default=[], metavar="SITE=Dist(args)", help="prior override"
     )
@@ -118,8 +131,16 @@ def _cmd_info(args) -> int:
     for key, field in model.data_spec().items():
         shape = ("N",) + tuple(field.shape)
         print(f"  {key}: shape {shape}, {field.dtype}, {field.support}  {field.doc}".rstrip())
-    print(f"local sites: {list(cls.local_sites)}")
-    print(f"guide kinds: {sorted(guides.KINDS)}")
+    print(f"local sites: {list(model.local_sites)}")
+    print(f"guide kinds (global sites, --guide): {sorted(guides.KINDS)}")
+    kinds = guides.local_kinds(model)
+    if not kinds:
+        local_line = "none (no local latents)"
+    elif model.fixed_local_guide:
+        local_line = f"{list(kinds)} only: {model.fixed_local_guide}"
+    else:
+        local_line = f"{list(kinds)} (default: normal)"
+    print(f"local guide kinds (local sites, --local-guide): {local_line}")
     engines = ["svi", "nuts"] if cls.supports_nuts else ["svi"]
     print(f"engines: {engines}")
     if getattr(cls, "holdout", 0):
@@ -134,6 +155,7 @@ def _cmd_train(args) -> int:
         args.name,
         out=args.out,
         guide=args.guide,
+        local_guide=args.local_guide,
         priors=args.prior,
         sets=args.set,
         steps=args.steps,
