@@ -513,6 +513,7 @@ def _train_lightning(run_dir, record, model, guide, train, test, resume, progres
         {
             "model": record["model"],
             "guide": record["guide"],
+            "local_guide": record["local_guide"],
             "elbo": record["elbo"],
             "seed": record["seed"],
             "step": int(trainer.global_step),
