@@ -9,8 +9,10 @@ does: the same seeded holdout split (85/15 of the 1797 digits), 300 epochs of ba
 held-out rows: the ELBO (10 particles) and the 100-sample IWAE bound, nats per image.
 Seeds 0, 1, 2 for every family (a seed fixes the split, the networks' initialisation and
 the minibatch order, so the families see the same data in the same order); mean and
-sample sd over seeds, and the paired difference to ``normal`` per seed. Wall time is the
-training loop's (one thread).
+sample sd over seeds, and the paired difference to ``normal`` per seed. The train ELBO is
+the training loss of the last 50 steps (single-particle estimates on the minibatches), per
+image: its gap to the held-out ELBO is the overfitting. Wall time is the training loop's
+(one thread, on a machine shared with other jobs: compare ratios, not seconds).
 
 Not in ``python -m benchmarks``' default list (about 10 minutes on one core). Run with
 ``python -m benchmarks.local_guides [--quick] [--out FILE]`` (writes
@@ -57,6 +59,7 @@ def train_and_score(local: str, seed: int, *, quick: bool = False) -> dict:
     metrics = model.evaluate(guide, test)
     heads = sum(p.numel() for name, p in guide.named_parameters() if name.startswith("local."))
     return {
+        "train_elbo": -result.final_loss / rows,
         "elbo": metrics["elbo_per_image"],
         "iwae": metrics["iwae100_per_image"],
         "train_s": result.seconds,
@@ -89,6 +92,7 @@ def run(quick: bool = False) -> dict:
         rows.append(
             {
                 "local guide": family,
+                "train ELBO": _mean_sd([r["train_elbo"] for r in runs]),
                 "held-out ELBO": _mean_sd(elbo),
                 "held-out IWAE-100": _mean_sd(iwae),
                 "ELBO - normal (paired)": "0" if family == "normal" else _mean_sd(d_elbo),
@@ -111,6 +115,7 @@ def run(quick: bool = False) -> dict:
             f"{first['test_rows']} held-out digits; mean ± sample sd over seeds "
             "(higher is better). "
             + ("QUICK SMOKE RUN: 20 steps, one seed, not a measurement. " if quick else "")
+            + "Train ELBO: the last 50 training steps' loss per image. "
             + f"torch {torch.__version__}, 1 thread."
         ),
         "rows": rows,
