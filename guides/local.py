@@ -16,7 +16,7 @@ with ``encoder=`` runs its own encoder without touching the model::
   replaces; outside a guide call this is what every model gets);
 - ``mvn``: a full-covariance Gaussian ``N(loc, S C S)`` with ``S = diag(scale)``: the
   encoder keeps the means and the marginal scales, and a linear head reads the
-  correlations ``C`` from the encoder's context, as the Cholesky factor ``L`` of ``C``: the
+  correlations ``C`` from the context, as the Cholesky factor ``L`` of ``C``: the
   rows of ``I + M``, ``M`` strictly lower triangular from the head, scaled to unit length
   (initialised at ``M = 0``, so training starts from the ``normal`` family; the marginal
   scales cannot blow up through the head). Above ``max_full`` dimensions, or when ``rank``
@@ -30,8 +30,15 @@ with ``encoder=`` runs its own encoder without touching the model::
 The heads are modules of the guide (:attr:`LocalDriver.local`), created on the guide's
 first call from the site's size, as an AutoGuide creates its parameters: training builds
 its optimizer after that call, checkpoints save them with the guide and ``.to(device)``
-moves them. The context is the encoder's last hidden layer when the encoder has an
-``encode`` method (:class:`~guides.encoders.NormalEncoder`), else ``(loc, log scale)``.
+moves them.
+
+The context a head reads (option ``context``) is ``"loc_scale"``, the encoder's output
+``(loc, log scale)``, or ``"hidden"``, the encoder's last hidden layer when the encoder has
+an ``encode`` method (:class:`~guides.encoders.NormalEncoder`; else ``loc_scale``). The
+defaults are what measured best on vae_digits (``benchmarks/local_guides.md``): ``mvn``
+reads ``loc_scale`` (a head on the 256 hidden features, whose gradients reach the
+encoder's trunk, trained to a worse ELBO than ``normal`` on train and held-out data), and
+``flow`` reads ``hidden``, as the IAF paper's flows do.
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ __all__ = [
 
 #: local guide families, ``normal`` first (the default)
 LOCAL_KINDS = ("normal", "mvn", "flow")
+#: what a family's heads read: the encoder's (loc, log scale) or its last hidden layer
+CONTEXTS = ("loc_scale", "hidden")
 
 
 def _error(message: str) -> Exception:
@@ -83,13 +92,26 @@ def _error(message: str) -> Exception:
 
 class LocalFamily(PyroModule):
     """A family of amortized guides for real-valued local sites; its per-site heads are
-    created on the first draw of each site (``heads[site]``)."""
+    created on the first draw of each site (``heads[site]``) and read the ``context``
+    (one of :data:`CONTEXTS`)."""
 
     kind = "normal"
 
-    def __init__(self):
+    def __init__(self, context: str = "loc_scale"):
         super().__init__()
+        if context not in CONTEXTS:
+            raise _error(
+                f"local guide '{self.kind}': context must be one of {list(CONTEXTS)}, "
+                f"got {context!r}"
+            )
+        self.context = context
         self.heads = nn.ModuleDict()
+
+    def context_of(self, loc, scale, hidden, event_dim: int) -> torch.Tensor:
+        """The heads' input: ``hidden`` (the encoder's features) or ``(loc, log scale)``."""
+        if self.context == "hidden" and hidden is not None:
+            return hidden
+        return torch.cat([_flat(loc, event_dim), _flat(scale, event_dim).log()], -1)
 
     def distribution(
         self,
@@ -109,6 +131,9 @@ class NormalFamily(LocalFamily):
     """The encoder's diagonal Normal (no heads)."""
 
     kind = "normal"
+
+    def __init__(self):
+        super().__init__()
 
 
 def _flat(value: torch.Tensor, event_dim: int) -> torch.Tensor:
@@ -157,8 +182,8 @@ class MVNFamily(LocalFamily):
 
     kind = "mvn"
 
-    def __init__(self, rank: int | None = None, max_full: int = 32):
-        super().__init__()
+    def __init__(self, rank: int | None = None, max_full: int = 32, context: str = "loc_scale"):
+        super().__init__(context)
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise _error(f"local guide 'mvn': rank must be a positive integer, got {rank!r}")
         if isinstance(max_full, bool) or not isinstance(max_full, int) or max_full < 1:
@@ -222,7 +247,7 @@ class MVNFamily(LocalFamily):
         return _reshaped(q, event_shape)
 
     def extra_repr(self) -> str:
-        return f"kind='mvn', rank={self.rank}, max_full={self.max_full}"
+        return f"kind='mvn', rank={self.rank}, max_full={self.max_full}, context={self.context!r}"
 
 
 class FlowFamily(LocalFamily):
@@ -231,8 +256,10 @@ class FlowFamily(LocalFamily):
 
     kind = "flow"
 
-    def __init__(self, num_transforms: int = 2, hidden_dim: int | None = None):
-        super().__init__()
+    def __init__(
+        self, num_transforms: int = 2, hidden_dim: int | None = None, context: str = "hidden"
+    ):
+        super().__init__(context)
         for key, value in (("num_transforms", num_transforms), ("hidden_dim", hidden_dim)):
             if value is None and key == "hidden_dim":
                 continue
@@ -268,7 +295,10 @@ class FlowFamily(LocalFamily):
         return _reshaped(q, event_shape)
 
     def extra_repr(self) -> str:
-        return f"kind='flow', num_transforms={self.num_transforms}, hidden_dim={self.hidden_dim}"
+        return (
+            f"kind='flow', num_transforms={self.num_transforms}, hidden_dim={self.hidden_dim}, "
+            f"context={self.context!r}"
+        )
 
 
 _FAMILIES: dict[str, type[LocalFamily]] = {
@@ -369,8 +399,9 @@ def sample(
 
     :param loc, scale: the encoder's diagonal Gaussian; the site's event is their last
         ``event_dim`` dimensions (flattened into one vector for ``mvn`` and ``flow``).
-    :param context: the encoder's features for the family's heads (default: ``loc`` and
-        ``log scale``).
+    :param context: the encoder's features (its last hidden layer), which a family's heads
+        read when their ``context`` option is ``"hidden"`` (else, or when ``None``, they
+        read ``loc`` and ``log scale``).
     :param normal: the ``normal`` family's distribution when it is not
         ``Normal(loc, scale).to_event(event_dim)`` (an equivalent form the model needs,
         e.g. an MVN with a diagonal ``scale_tril`` for an analytic KL).
@@ -382,8 +413,7 @@ def sample(
     else:
         if not torch.is_floating_point(loc):
             raise _error(f"local guide '{family.kind}' needs a real-valued site; '{site}' is not")
-        if context is None:
-            context = torch.cat([_flat(loc, event_dim), _flat(scale, event_dim).log()], -1)
+        context = family.context_of(loc, scale, context, event_dim)
         fn = family.distribution(site, loc, scale, context, event_dim)
     if run is not None:
         run.sampled.add(site)

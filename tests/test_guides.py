@@ -79,17 +79,21 @@ def test_mvn_learns_correlations_and_keeps_marginal_scales(datasets):
     guide = guides.build("normal", model, local="mvn")
     fit(model, guide, datasets["vae_digits"], steps=8, batch_size=64, lr=1e-2, progress=False)
     batch = full_batch({"x": datasets["vae_digits"]["x"][:5]})
-    with torch.no_grad():
-        loc, scale = model.encoder(batch["x"])
-        draws = poutine.trace(lambda: _vectorized(guide, batch, 4000)).get_trace()
-    z = draws.nodes["z"]["value"]  # (4000, 5, 3)
-    centred = z - z.mean(0)
-    cov = torch.einsum("sbi,sbj->bij", centred, centred) / len(z)
+    _, guide_trace = traces(model, guide, batch)
+    tril = guide_trace.nodes["z"]["fn"].transforms[0].scale_tril  # (5, 3, 3)
+    cov = tril @ tril.mT
     sd = cov.diagonal(dim1=-2, dim2=-1).sqrt()
     corr = cov / (sd[..., :, None] * sd[..., None, :])
     off = corr - torch.diag_embed(corr.diagonal(dim1=-2, dim2=-1))
-    assert off.abs().max() > 0.1  # a full covariance, not the diagonal Normal
-    assert torch.allclose(sd, scale, rtol=0.1)  # the encoder's marginal scales
+    assert off.abs().max() > 0.02  # a full covariance (the diagonal Normal has exactly 0)
+    with torch.no_grad():
+        _, scale = model.encoder(batch["x"])
+    assert torch.allclose(sd, scale, rtol=1e-5)  # the encoder's marginal scales, exactly
+    # the draws follow that covariance
+    with torch.no_grad():
+        draws = poutine.trace(lambda: _vectorized(guide, batch, 4000)).get_trace()
+    z = draws.nodes["z"]["value"]
+    assert torch.allclose(z.std(0), sd, rtol=0.1)
 
 
 def _vectorized(guide, batch, num):
@@ -338,7 +342,8 @@ def test_local_options_are_checked_against_the_family():
     with pytest.raises(guides.GuideError) as error:
         guides.build("normal", model, local="mvn", local_options={"num_transforms": 2})
     assert _one_line(error) == (
-        "local guide 'mvn' takes no option(s) ['num_transforms']; its options: ['max_full', 'rank']"
+        "local guide 'mvn' takes no option(s) ['num_transforms']; its options: "
+        "['context', 'max_full', 'rank']"
     )
     with pytest.raises(guides.GuideError, match="local guide 'normal' takes no option"):
         guides.build("normal", model, local_options={"rank": 2})
@@ -346,8 +351,11 @@ def test_local_options_are_checked_against_the_family():
         guides.build("normal", model, local="mvn", local_options={"rank": 0})
     with pytest.raises(guides.GuideError, match="num_transforms must be a positive integer"):
         guides.build("normal", model, local="flow", local_options={"num_transforms": 1.5})
+    with pytest.raises(guides.GuideError, match=r"must be one of \['loc_scale', 'hidden'\]"):
+        guides.build("normal", model, local="mvn", local_options={"context": "features"})
     guide = guides.build("normal", model, local="flow", local_options={"num_transforms": 1})
-    assert guide.local.num_transforms == 1
+    assert guide.local.num_transforms == 1 and guide.local.context == "hidden"
+    assert guides.build("normal", model, local="mvn").local.context == "loc_scale"
 
 
 # ----- the encoder swap ------------------------------------------------------------------------
