@@ -166,8 +166,9 @@ def build(
     :param local: one of :data:`LOCAL_KINDS`, the family of the amortized local sites
         (``normal``, the encoder's diagonal Gaussian, is the default); see
         :func:`local_kinds` for the kinds a model takes.
-    :param local_options: passed to the local family: ``rank``, ``max_full`` for ``mvn``;
-        ``num_transforms``, ``hidden_dim`` for ``flow``.
+    :param local_options: passed to the local family: ``rank``, ``max_full``, ``context``
+        for ``mvn``; ``num_transforms``, ``hidden_dim``, ``context`` for ``flow`` (see
+        :mod:`guides.local`).
     :param encoder: an encoder network the guide uses in place of the model's
         ``encoder`` (models with local latents); the guide owns and trains it, and the
         model is left as it was.
