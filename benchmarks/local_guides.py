@@ -13,8 +13,11 @@ Seeds 0, 1, 2 for every family (a seed fixes the split, the networks' initialisa
 the minibatch order, so the families see the same data in the same order); mean and
 sample sd over seeds, and the paired difference to ``normal`` per seed. The train ELBO is
 the training loss of the last 50 steps (single-particle estimates on the minibatches), per
-image: its gap to the held-out ELBO is the overfitting. Wall time is the training loop's
-(one thread, on a machine shared with other jobs: compare ratios, not seconds).
+image: its gap to the held-out ELBO is the overfitting. Cost: the whole training loop's
+wall time, and the median time of one training step (loss, gradients; the compiled loss
+``zoo train`` runs) on a batch of 128, measured round-robin over the families after
+training so that a slow spell of a shared machine hits them all alike, as a ratio to
+``normal``.
 
 Not in ``python -m benchmarks``' default list (about 10 minutes on one core). Run with
 ``python -m benchmarks.local_guides [--quick] [--out FILE]`` (writes
@@ -34,7 +37,8 @@ import torch
 
 import guides
 import zoo
-from benchmarks import format_table
+from benchmarks import format_table, median_ms
+from inference.data import Batch
 from inference.svi import fit
 from zoo.cli.runs import _split
 
@@ -66,7 +70,15 @@ def train_and_score(local: str, seed: int, *, options=None, quick: bool = False)
     start = time.perf_counter()
     metrics = model.evaluate(guide, test)
     heads = sum(p.numel() for name, p in guide.named_parameters() if name.startswith("local."))
+    index = torch.arange(c.batch_size)
+    batch = Batch({k: v[index] for k, v in train.items()}, index=index, size=rows)
+
+    def step():
+        result.loss_fn.zero_grad(set_to_none=True)
+        result.loss_fn.step_loss(batch)
+
     return {
+        "step": step,
         "train_elbo": -result.final_loss / rows,
         "elbo": metrics["elbo_per_image"],
         "iwae": metrics["iwae100_per_image"],
@@ -92,6 +104,11 @@ def run(quick: bool = False) -> dict:
         label: [train_and_score(kind, s, options=options, quick=quick) for s in seeds]
         for label, kind, options in FAMILIES
     }
+    step_ms = {label: [] for label in scores}
+    for _ in range(2 if quick else 7):  # round-robin: a slow spell hits every family
+        for label, runs in scores.items():
+            step_ms[label].append(median_ms(runs[0]["step"], 5 if quick else 25))
+    step_ms = {label: min(times) for label, times in step_ms.items()}
     base = scores["normal"]
     rows = []
     for family, _, _ in FAMILIES:
@@ -110,6 +127,8 @@ def run(quick: bool = False) -> dict:
                 "IWAE - normal (paired)": "0" if family == "normal" else _mean_sd(d_iwae),
                 "IWAE - ELBO": _mean_sd([i - e for i, e in zip(iwae, elbo, strict=True)]),
                 "train s": _mean_sd([r["train_s"] for r in runs], 1),
+                "ms/step": f"{step_ms[family]:.2f}",
+                "step / normal": f"{step_ms[family] / step_ms['normal']:.2f}",
                 "head params": runs[0]["head_params"],
                 "per seed ELBO / IWAE": "; ".join(
                     f"{s}: {r['elbo']:.2f} / {r['iwae']:.2f}"
@@ -130,7 +149,10 @@ def run(quick: bool = False) -> dict:
             + f"torch {torch.__version__}, 1 thread."
         ),
         "rows": rows,
-        "scores": scores,
+        "scores": {
+            k: [{n: v for n, v in r.items() if n != "step"} for r in runs]
+            for k, runs in scores.items()
+        },  # fmt: skip
     }
 
 
