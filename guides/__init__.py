@@ -1,32 +1,47 @@
-"""Guide families and the swap: ``guides.build(kind, model, **options)``.
+"""Guide families and the swap: ``guides.build(kind, model, local=..., **options)``.
 
 Global sites get the chosen family (an AutoGuide); local sites under the subsampled data
-plate keep the model's amortized encoder, since a non-amortized guide cannot follow a
-minibatch. The encoder network can be swapped too (``encoder=...``).
+plate keep an amortized encoder, since a non-amortized guide cannot follow a minibatch,
+whose family is chosen by ``local=`` (:mod:`guides.local`: ``normal``, ``mvn``, ``flow``).
+The encoder network can be swapped too (``encoder=...``): the guide owns it, and the model
+the caller holds is left as it was.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from pyro import poutine
 from pyro.infer import autoguide
-from pyro.nn import PyroModule
 
-from guides.encoders import NormalEncoder, as_pyro_module, mlp
+from guides.encoders import NormalEncoder, mlp
+from guides.local import LOCAL_KINDS, LocalDriver, check_local, local_kinds, make_family
 from inference.traces import latent_sites
 
-__all__ = ["KINDS", "build", "SwappedGuide", "GuideError", "NormalEncoder", "mlp"]
+__all__ = [
+    "KINDS",
+    "LOCAL_KINDS",
+    "build",
+    "kind_options",
+    "local_kinds",
+    "check_local",
+    "SwappedGuide",
+    "GuideError",
+    "NormalEncoder",
+    "mlp",
+]
 
 
 class GuideError(ValueError):
     """A guide request that cannot be met: the message names the kind or option."""
 
 
-def _normal(model: Callable, init_scale: float = 0.05, **kwargs) -> autoguide.AutoGuide:
-    return autoguide.AutoNormal(model, init_scale=init_scale, **kwargs)
+def _normal(model: Callable, init_scale: float = 0.05, init_loc_fn=None, *, create_plates=None):
+    extra = {} if init_loc_fn is None else {"init_loc_fn": init_loc_fn}
+    return autoguide.AutoNormal(model, init_scale=init_scale, create_plates=create_plates, **extra)
 
 
 def _lowrank(model: Callable, rank: int | None = None, init_scale: float = 0.05):
@@ -42,8 +57,9 @@ def _flow(model: Callable, num_transforms: int = 2, hidden_dim: int | None = Non
     return autoguide.AutoIAFNormal(model, hidden_dim=hidden, num_transforms=num_transforms)
 
 
-def _delta(model: Callable, **kwargs):
-    return autoguide.AutoDelta(model, **kwargs)
+def _delta(model: Callable, init_loc_fn=None, *, create_plates=None):
+    extra = {} if init_loc_fn is None else {"init_loc_fn": init_loc_fn}
+    return autoguide.AutoDelta(model, create_plates=create_plates, **extra)
 
 
 #: families with one parameter per row under the data plate, indexed by the batch's rows
@@ -61,16 +77,16 @@ KINDS: dict[str, Callable[..., autoguide.AutoGuide] | None] = {
 }
 
 
-class SwappedGuide(PyroModule):
-    """An AutoGuide family over a zoo model's global sites plus its amortized local guide.
+class SwappedGuide(LocalDriver):
+    """An AutoGuide family over a zoo model's global sites plus its amortized local guide
+    (whose family and encoder are this guide's, see :class:`~guides.local.LocalDriver`).
 
     The AutoGuide is created on the first call, once the model's sites are known; a model
     with no global latents (a plain VAE) is then guided by its encoder alone.
     """
 
     def __init__(self, model: Any, kind: str, factory: Callable, options: dict[str, Any]):
-        super().__init__()
-        object.__setattr__(self, "_zoo_model", model)  # not a child: its params stay its own
+        super().__init__(model)
         self.kind = kind
         self._factory = factory
         self._options = options
@@ -95,7 +111,7 @@ class SwappedGuide(PyroModule):
             if in_plate and self.kind in _FOLLOW_BATCH and hasattr(self._zoo_model, "data_plate"):
                 # the guide's data plate follows the batch's rows: without it an AutoGuide
                 # subsamples its per-row parameters at random, not at ``batch.index``
-                options.setdefault("create_plates", self._zoo_model.data_plate)
+                options["create_plates"] = self._zoo_model.data_plate
             self.global_guide = self._factory(global_model, **options)
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
@@ -105,7 +121,7 @@ class SwappedGuide(PyroModule):
         if self.global_guide is not None:
             values = self.global_guide(batch)
         if self._zoo_model.local_sites:
-            self._zoo_model.local_guide(batch, values)
+            self.run_local(batch, values)
         return values
 
     def median(self, batch: Any) -> dict[str, torch.Tensor]:
@@ -115,24 +131,72 @@ class SwappedGuide(PyroModule):
         return {} if self.global_guide is None else self.global_guide.median(batch)
 
 
-def build(kind: str, model: Any, *, encoder: torch.nn.Module | None = None, **options: Any):
+#: factory arguments the swap sets itself, not options a user passes
+_INTERNAL = ("model", "create_plates")
+
+
+def kind_options(kind: str) -> list[str]:
+    """The options guide kind ``kind`` takes (from its factory's signature)."""
+    factory = KINDS[kind]
+    if factory is None:
+        return []
+    params = inspect.signature(factory).parameters
+    return sorted(name for name in params if name not in _INTERNAL)
+
+
+def build(
+    kind: str,
+    model: Any,
+    *,
+    local: str = "normal",
+    local_options: dict[str, Any] | None = None,
+    encoder: torch.nn.Module | None = None,
+    **options: Any,
+):
     """A guide of family ``kind`` for the zoo model ``model``.
 
-    :param kind: one of :data:`KINDS`.
-    :param encoder: replaces the model's amortized encoder (models with local latents).
-    :param options: passed to the family, e.g. ``rank`` for ``lowrank``, ``num_transforms``
-        for ``flow``, ``init_scale`` for ``normal``/``lowrank``/``mvn``.
+    :param kind: one of :data:`KINDS`, the family of the global sites (``default``: the
+        model's own guide).
+    :param local: one of :data:`LOCAL_KINDS`, the family of the amortized local sites
+        (``normal``, the encoder's diagonal Gaussian, is the default); see
+        :func:`local_kinds` for the kinds a model takes.
+    :param local_options: passed to the local family: ``rank``, ``max_full``, ``context``
+        for ``mvn``; ``num_transforms``, ``hidden_dim``, ``context`` for ``flow`` (see
+        :mod:`guides.local`).
+    :param encoder: an encoder network the guide uses in place of the model's
+        ``encoder`` (models with local latents); the guide owns and trains it, and the
+        model is left as it was.
+    :param options: passed to the global family, e.g. ``rank`` for ``lowrank``,
+        ``num_transforms`` for ``flow``, ``init_scale`` for ``normal``/``lowrank``/``mvn``
+        (:func:`kind_options` lists them).
+    :raises GuideError: an unknown kind, a local kind the model does not take, an option
+        the family does not take, or an unusable encoder; before anything is built.
     """
     if kind not in KINDS:
-        raise GuideError(f"unknown guide kind '{kind}'; valid kinds: {sorted(KINDS)}")
+        raise GuideError(f"unknown guide kind {kind!r}; valid kinds: {sorted(KINDS)}")
+    check_local(model, local)
+    valid = kind_options(kind)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        takes = f"its options: {valid}" if valid else "it takes no options"
+        raise GuideError(f"guide kind '{kind}' takes no option(s) {unknown}; {takes}")
+    family = make_family(local, local_options)
     if encoder is not None:
         if not model.local_sites:
             raise GuideError(f"model '{model.name}' has no local latents, so no encoder to swap")
         if not isinstance(encoder, torch.nn.Module):
             raise GuideError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
-        model.encoder = as_pyro_module(encoder)
     if kind == "default":
-        if options:
-            raise GuideError(f"guide kind 'default' takes no options, got {sorted(options)}")
-        return model.default_guide()
-    return SwappedGuide(model, kind, KINDS[kind], options)
+        guide = model.default_guide()
+        if local == "normal" and encoder is None:
+            return guide
+        if not isinstance(guide, LocalDriver):
+            raise GuideError(
+                f"model '{model.name}' has its own default guide ({type(guide).__name__}), "
+                "which takes no local family or encoder; pick a guide kind from "
+                f"{sorted(k for k in KINDS if k != 'default')}"
+            )
+    else:
+        guide = SwappedGuide(model, kind, KINDS[kind], options)
+    guide.set_local(family, encoder)
+    return guide

@@ -9,7 +9,14 @@ from pyro.nn import PyroModule
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 
-__all__ = ["mlp", "NormalEncoder", "GaussianEncoder", "SCALE_MODES", "as_pyro_module"]
+__all__ = [
+    "mlp",
+    "NormalEncoder",
+    "GaussianEncoder",
+    "SCALE_MODES",
+    "as_pyro_module",
+    "split_last",
+]
 
 
 def as_pyro_module(module: nn.Module) -> nn.Module:
@@ -29,17 +36,35 @@ def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.Softplus) -> nn.S
     return as_pyro_module(nn.Sequential(*layers))
 
 
+def split_last(net: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(net(x), h)`` with ``h`` the input of ``net``'s last layer (its last hidden
+    features, or ``x`` itself for a single layer): the same computation as ``net(x)``."""
+    layers = list(net)
+    hidden = x
+    for layer in layers[:-1]:
+        hidden = layer(hidden)
+    return layers[-1](hidden), hidden
+
+
 class NormalEncoder(PyroModule):
-    """x -> (loc, scale) of a diagonal Normal over a ``latent_dim`` latent."""
+    """x -> (loc, scale) of a diagonal Normal over a ``latent_dim`` latent; ``encode(x)``
+    adds the last hidden features, the context of the local guide families
+    (:mod:`guides.local`)."""
 
     def __init__(self, input_dim: int, latent_dim: int, hidden: Sequence[int] = (256, 256)):
         super().__init__()
         self.latent_dim = latent_dim
         self.net = mlp([input_dim, *hidden, 2 * latent_dim])
 
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loc, scale, context)``."""
+        out, hidden = split_last(self.net, x)
+        loc, raw_scale = out.split(self.latent_dim, dim=-1)
+        return loc, nn.functional.softplus(raw_scale) + 1e-4, hidden
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, raw_scale = self.net(x).split(self.latent_dim, dim=-1)
-        return loc, nn.functional.softplus(raw_scale) + 1e-4
+        loc, scale, _ = self.encode(x)
+        return loc, scale
 
 
 #: how a :class:`GaussianEncoder` sets the scale of q(z | x)
@@ -82,9 +107,14 @@ class GaussianEncoder(PyroModule):
         else:
             self.register_buffer("log_scale", raw)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(x)
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loc, scale, context)``, the context being the last hidden features."""
+        out, hidden = split_last(self.net, x)
         if self.scale_mode == "amortized":
             loc, raw_scale = out.split(self.latent_dim, dim=-1)
-            return loc, nn.functional.softplus(raw_scale) + 1e-4
-        return out, self.log_scale.exp().expand(out.shape)
+            return loc, nn.functional.softplus(raw_scale) + 1e-4, hidden
+        return out, self.log_scale.exp().expand(out.shape), hidden
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, scale, _ = self.encode(x)
+        return loc, scale

@@ -156,6 +156,25 @@ def test_every_guide_kind_trains(name, kind, tiny_data):
     assert latent_sites(guide_trace) == latent_sites(model_trace)
 
 
+LOCAL_CASES = [
+    (name, kind)
+    for name in MODELS
+    for kind in guides.local_kinds(zoo.create(name, **zoo.get(name).tiny))
+    if kind != "normal"  # the default guide's family, run by every test above
+]
+
+
+@pytest.mark.parametrize("name, local", LOCAL_CASES)
+def test_every_local_guide_family_trains(name, local, tiny_data):
+    model = tiny(name)
+    data = tiny_data(name)
+    guide = guides.build("default", model, local=local)
+    result = fit(model, guide, data, steps=3, batch_size=32, lr=1e-3, progress=False)
+    assert all(math.isfinite(v) for v in result.losses)
+    heads = list(guide.local.parameters())
+    assert heads and all(id(p) in {id(q) for q in result.loss_fn.parameters()} for p in heads)
+
+
 # ----- priors ------------------------------------------------------------------------------
 
 

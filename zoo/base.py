@@ -108,6 +108,11 @@ class ZooModel(PyroModule):
     #: sites and shapes never depend on data values: the loss may be traced by the JIT
     #: (``elbo="auto"`` then takes the compiled path)
     static_structure: ClassVar[bool] = False
+    #: why the local guide is the model's own and takes no family of ``guides.local``
+    #: (a closed-form or point-mass guide; may be a property of the config); empty: its
+    #: ``local_guide`` draws every local site through ``guides.local.sample``, so
+    #: ``local=normal|mvn|flow`` all apply
+    fixed_local_guide: ClassVar[str] = ""
 
     #: config overrides that make the model small and fast enough for the contract tests
     #: (a few seconds of ``zoo train`` on 2 CPU cores); merged over the defaults
@@ -231,8 +236,10 @@ class ZooModel(PyroModule):
         return self.model(batch)
 
     def local_guide(self, batch: Batch, global_values: Mapping[str, Any] | None = None) -> None:
-        """Amortized guide for :attr:`local_sites` (models with local latents override);
-        ``global_values`` are the global sites' values the global guide just drew."""
+        """Amortized guide for :attr:`local_sites` (models with local latents override),
+        given the global guide's draws. Draw each real-valued site through
+        ``guides.local.sample`` (and read the encoder through ``guides.local.encode``) so
+        every local guide family and encoder swap applies."""
         if self.local_sites:
             raise NotImplementedError(f"{self.name} declares local sites but no local_guide")
 

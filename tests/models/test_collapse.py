@@ -83,7 +83,7 @@ def test_guide_and_encoder_swap(kind):
     data = {k: v[:256] for k, v in model.default_data().items()}
     encoder = GaussianEncoder(16, 6, (8,), scale="fixed", init_scale=0.7)
     guide = guides.build(kind, model, encoder=encoder)
-    assert model.encoder is encoder
+    assert guide.encoder is encoder and model.encoder is not encoder  # the guide owns it
     result = fit(model, guide, data, steps=5, batch_size=64, elbo="trace", progress=False)
     assert all(math.isfinite(v) for v in result.losses)
     _, guide_trace = traces(model, guide, full_batch({k: v[:4] for k, v in data.items()}))

@@ -74,7 +74,7 @@ def test_encoder_swap(digits):
     model = zoo.create("vae_digits", latent_dim=2, hidden=(16,))
     encoder = guides.NormalEncoder(64, 2, (8, 8))
     guide = guides.build("normal", model, encoder=encoder)
-    assert model.encoder is encoder
+    assert guide.encoder is encoder and model.encoder is not encoder  # the guide owns it
     result = fit(model, guide, {"x": digits["x"][:256]}, steps=5, batch_size=64, progress=False)
     assert all(math.isfinite(v) for v in result.losses)
     # the swapped encoder's parameters are the ones being trained

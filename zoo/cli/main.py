@@ -28,6 +28,7 @@ class _UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     import guides
+    from guides.local import LOCAL_KINDS
     from inference.config import TrainConfig
     from inference.elbos import ELBO_NAMES
     from inference.lightning import ACCELERATORS
@@ -60,7 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         choices=sorted(guides.KINDS),
         help="guide family for the global latents (svi engine): 'default' is the model's "
-        "own guide; local latents keep the model's amortized encoder (default: %(default)s)",
+        "own guide (default: %(default)s)",
+    )
+    train.add_argument(
+        "--local-guide",
+        default="normal",
+        choices=LOCAL_KINDS,
+        help="family of the amortized guide of the local latents (models with local "
+        "latents; `zoo info NAME` lists a model's): normal, the encoder's diagonal Gaussian; "
+        "mvn, a full-covariance (or low-rank) Gaussian; flow, an inverse autoregressive flow "
+        "(default: %(default)s)",
     )
     train.add_argument(
         "--prior",
@@ -269,8 +279,16 @@ def _cmd_info(args) -> int:
         print(
             f"  {key}: shape {shape}, {field.dtype}, {field.support}{image}  {field.doc}".rstrip()
         )
-    print(f"local sites: {list(cls.local_sites)}")
-    print(f"guide kinds: {sorted(guides.KINDS)}")
+    print(f"local sites: {list(model.local_sites)}")
+    print(f"guide kinds (global sites, --guide): {sorted(guides.KINDS)}")
+    kinds = guides.local_kinds(model)
+    if not kinds:
+        local_line = "none (no local latents)"
+    elif model.fixed_local_guide:
+        local_line = f"{list(kinds)} only: {model.fixed_local_guide}"
+    else:
+        local_line = f"{list(kinds)} (default: normal)"
+    print(f"local guide kinds (local sites, --local-guide): {local_line}")
     engines = ["svi", "nuts"] if cls.supports_nuts else ["svi"]
     print(f"engines: {engines}")
     if model.config.holdout:
@@ -285,6 +303,7 @@ def _cmd_train(args) -> int:
         args.name,
         out=args.out,
         guide=args.guide,
+        local_guide=args.local_guide,
         priors=args.prior,
         sets=args.set,
         steps=args.steps,

@@ -340,6 +340,7 @@ def _report_text(record: Mapping[str, Any], diag: Mapping[str, Any]) -> str:
     setup = [
         {"setting": "engine", "value": record.get("engine")},
         {"setting": "guide", "value": record.get("guide")},
+        {"setting": "local guide", "value": record.get("local_guide", "normal")},
         {"setting": "elbo", "value": record.get("elbo")},
         {"setting": "steps (NUTS: draws per chain)", "value": record.get("steps")},
         {"setting": "seed", "value": record.get("seed")},

@@ -2,7 +2,8 @@
 
 A run folder holds:
 
-- ``config.json``: model name and config, guide, priors (as ``Dist(args)`` strings), seed,
+- ``config.json``: model name and config, guide and local guide (``local_guide``, read as
+  ``normal`` from a run written before it existed), priors (as ``Dist(args)`` strings), seed,
   steps, engine, ELBO, training options and the data source: all a rebuild needs;
 - ``metrics.csv``: ``step,loss,lr`` per SVI step;
 - ``checkpoint.pt``: the SVI state (plain tensors and JSON, see :mod:`inference.checkpoint`),
@@ -134,6 +135,7 @@ _RESUME_KEYS = (
     "model",
     "config",
     "guide",
+    "local_guide",
     "priors",
     "seed",
     "steps",
@@ -143,6 +145,14 @@ _RESUME_KEYS = (
     "elbo",
     "data",
 )
+
+
+#: the value of a record key that a run folder written before the key existed implies
+_RECORD_DEFAULTS = {"local_guide": "normal"}
+
+
+def _recorded(record: Mapping[str, Any], key: str) -> Any:
+    return record.get(key, _RECORD_DEFAULTS.get(key))
 
 
 def _default_out(name: str) -> Path:
@@ -158,7 +168,9 @@ def _build(record: Mapping[str, Any], *, seed: int):
     config = dict(record.get("config", {}))  # lists come back as the config's tuples
     pyro.set_rng_seed(seed)  # networks are initialised when the model is built
     model = model_cls(config, priors=prior_dists)
-    guide = guides.build(record.get("guide", "default"), model)
+    guide = guides.build(
+        record.get("guide", "default"), model, local=_recorded(record, "local_guide")
+    )
     return model, guide
 
 
@@ -170,6 +182,7 @@ def train_run(
     *,
     out: str | os.PathLike | None = None,
     guide: str = "default",
+    local_guide: str = "normal",
     priors: Sequence[str] | Mapping[str, Any] | None = (),
     sets: Sequence[str] | Mapping[str, Any] | None = (),
     steps: int | None = None,
@@ -191,6 +204,9 @@ def train_run(
     """Train model ``name`` into the run folder ``out`` and write its diagnostics.
 
     :param guide: a kind of :data:`guides.KINDS` (SVI only).
+    :param local_guide: the family of the amortized local guide, one of
+        :data:`guides.LOCAL_KINDS` (``normal``, the default; ``mvn``, ``flow``), for models
+        with local latents (SVI only).
     :param priors: ``["tau=HalfNormal(2.0)", ...]`` or ``{"tau": "HalfNormal(2.0)"}``.
     :param sets: ``["key=value", ...]`` config overrides, typed after the model's Config.
     :param steps: SVI steps (NUTS: draws per chain, and as many warmup steps); default: the
@@ -227,6 +243,13 @@ def train_run(
         raise guides.GuideError(
             f"unknown guide kind '{guide}'; valid kinds: {sorted(guides.KINDS)}"
         )
+    if local_guide not in guides.LOCAL_KINDS:
+        raise guides.GuideError(
+            f"unknown local guide kind {local_guide!r} (--local-guide); valid local kinds: "
+            f"{list(guides.LOCAL_KINDS)}"
+        )
+    if engine == "nuts" and local_guide != "normal":
+        raise ValueError("--local-guide applies to the svi engine; nuts needs no guide")
     if elbo not in ELBO_NAMES:
         raise ValueError(f"unknown elbo '{elbo}'; valid: {list(ELBO_NAMES)}")
     steps = positive_int("steps", steps)
@@ -255,6 +278,7 @@ def train_run(
     prior_dists, prior_texts = parse_priors(priors)
     pyro.set_rng_seed(seed)  # networks are initialised when the model is built
     model = model_cls(None, priors=prior_dists, **overrides)
+    guides.check_local(model, local_guide)  # (the model's config may decide)
     if data_path is not None:
         data_path = Path(data_path).resolve()
         source = {"source": "file", "path": str(data_path)}
@@ -278,7 +302,7 @@ def train_run(
         total = steps if steps is not None else cfg.total_steps(num_rows(train))
     if checkpoint_every is None:
         checkpoint_every = max(1, min(500, total // 10))
-    model_guide = guides.build(guide, model) if engine == "svi" else None
+    model_guide = guides.build(guide, model, local=local_guide) if engine == "svi" else None
     if trainer == "lightning":
         from inference.lightning import check_splittable
 
@@ -293,6 +317,7 @@ def train_run(
         "model": name,
         "config": jsonable(model.config_dict()),
         "guide": guide,
+        "local_guide": local_guide,
         "priors": prior_texts,
         "seed": seed,
         "steps": total,
@@ -335,10 +360,10 @@ def train_run(
                 f"{old.get('trainer', 'plain')}, not {record.get('trainer', 'plain')}"
             )
         for key in _RESUME_KEYS:
-            if old.get(key) != record[key]:
+            if _recorded(old, key) != record[key]:
                 raise ValueError(
                     f"cannot resume '{run_dir}': it was trained with {key}="
-                    f"{json.dumps(old.get(key))}, not {json.dumps(record[key])}"
+                    f"{json.dumps(_recorded(old, key))}, not {json.dumps(record[key])}"
                 )
 
     # --- all checks passed: write and train ---
@@ -394,7 +419,7 @@ def train_run(
             checkpoint=run_dir / "checkpoint.pt",
             checkpoint_every=checkpoint_every,
             resume=resume,
-            meta={"model": name, "guide": guide},
+            meta={"model": name, "guide": guide, "local_guide": local_guide},
             seed=seed,
             device=device,
             progress=progress,
@@ -496,6 +521,7 @@ def _train_lightning(
         {
             "model": record["model"],
             "guide": record["guide"],
+            "local_guide": record["local_guide"],
             "elbo": record["elbo"],
             "seed": record["seed"],
             "step": int(trainer.global_step),

@@ -10,9 +10,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.nn import PyroModule
 from sklearn.datasets import load_digits
 
+from guides import local
 from guides.encoders import NormalEncoder, mlp
 from inference.data import Field
 from inference.diagnostics.collapse import latent_activity
@@ -40,13 +40,13 @@ def manifold_data(
     return x.astype("float32"), z.astype("float32")
 
 
-class ARDGuide(PyroModule):
+class ARDGuide(local.LocalDriver):
     """The ARD-VAE's default guide: the closed-form Gamma posterior of the axis precisions
-    given the running estimate ``model.s2``, then the amortized encoder for ``z``."""
+    given the running estimate ``model.s2``, then the amortized encoder for ``z`` (any
+    local family, see :mod:`guides.local`)."""
 
     def __init__(self, model: ARDVAE):
-        super().__init__()
-        object.__setattr__(self, "_zoo_model", model)  # not a child: its state stays its own
+        super().__init__(model)
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         model = self._zoo_model
@@ -55,7 +55,7 @@ class ARDGuide(PyroModule):
             training = torch.is_grad_enabled() and model.training
             rows = batch.size if training else max(int(model.rows), batch.size)
             values["alpha"] = pyro.sample("alpha", model.alpha_posterior(rows))
-        model.local_guide(batch, values)
+        self.run_local(batch, values)
         return values
 
 
@@ -178,12 +178,15 @@ class ARDVAE(ZooModel):
 
     def local_guide(self, batch, global_values=None) -> None:
         with self.data_plate(batch), poutine.scale(scale=float(self.config.kl_weight)):
-            loc, scale = self.encoder(batch["x"])
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            loc, scale, context = local.encode(self, batch["x"])
+            z = local.sample("z", loc, scale, context=context)
         if torch.is_grad_enabled() and self.training:
             # after this step's draw: the next step's q(alpha) uses rows encoded before it
             with torch.no_grad():
-                second = (loc.detach() ** 2 + scale.detach() ** 2).mean(0)
+                if local.running_kind() == "normal":
+                    second = (loc.detach() ** 2 + scale.detach() ** 2).mean(0)
+                else:  # E_q[z^2] has no closed form under mvn or flow: the draws' mean
+                    second = z.detach().pow(2).reshape(-1, z.shape[-1]).mean(0)
                 m = float(self.config.s2_momentum)
                 self.s2.mul_(1 - m).add_(m * second).clamp_(min=float(self.config.s2_floor))
                 self.rows.fill_(batch.size)
@@ -222,7 +225,7 @@ class ARDVAE(ZooModel):
         """The relevant axes on ``data``: per axis the encoded second moment ``s_l^2 =
         mean_n(mu_l^2 + sigma_l^2)`` (the paper's variance estimate), the variance of the
         encoder mean and active units (``Var_x mu_l > threshold``), sorted by ``s^2``."""
-        loc, scale = self.encoder(data["x"])
+        loc, scale = local.encoder(self)(data["x"])
         s2 = (loc**2 + scale**2).mean(0)
         activity = loc.var(0, unbiased=False)
         active = activity > threshold
@@ -237,7 +240,8 @@ class ARDVAE(ZooModel):
     def evaluate(self, guide, data) -> dict:
         """Relevant dimensions (active units), the prior variances ``s^2`` per axis, total
         KL and ELBO per row (nats)."""
-        rel = self.relevance(data)
+        with local.using(guide):  # the guide's encoder, when it was built with one
+            rel = self.relevance(data)
         act = latent_activity(self, guide, data)["z"]
         return {
             "relevant_dims": rel["relevant_dims"],

@@ -51,6 +51,7 @@ import torch
 from pyro import poutine
 from sklearn.datasets import load_digits
 
+from guides import local
 from guides.encoders import SCALE_MODES, GaussianEncoder, mlp
 from inference.data import Field
 from inference.diagnostics.collapse import latent_activity
@@ -336,8 +337,8 @@ class CollapseCVAE(ZooModel):
 
     def local_guide(self, batch, global_values=None) -> None:
         with self.data_plate(batch), poutine.scale(scale=float(self.config.beta)):
-            loc, scale = self.encoder(torch.cat([batch["x"], batch["y"]], -1))
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            loc, scale, context = local.encode(self, torch.cat([batch["x"], batch["y"]], -1))
+            local.sample("z", loc, scale, context=context)
 
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
         c = self.config
@@ -485,11 +486,11 @@ class CollapseHVAE(ZooModel):
         c = self.config
         with self.data_plate(batch):
             with poutine.scale(scale=float(c.beta1)):
-                loc, scale = self.encoder(batch["x"])
-                z1 = pyro.sample("z1", dist.Normal(loc, scale).to_event(1))
+                loc, scale, context = local.encode(self, batch["x"])
+                z1 = local.sample("z1", loc, scale, context=context)
             with poutine.scale(scale=float(c.beta2)):
-                loc2, scale2 = self.encoder2(z1)
-                pyro.sample("z2", dist.Normal(loc2, scale2).to_event(1))
+                loc2, scale2, context2 = local.encode(self, z1, name="encoder2")
+                local.sample("z2", loc2, scale2, context=context2)
 
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
         c = self.config

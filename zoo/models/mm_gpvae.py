@@ -76,6 +76,7 @@ from pyro.nn import PyroModule, PyroParam
 from torch import nn
 from torch.distributions import constraints
 
+from guides import local
 from guides.encoders import mlp
 from inference.data import DataError, Field, full_batch
 from inference.metrics import affine_r2
@@ -450,16 +451,16 @@ class MMGPVAE(ZooModel):
             )
 
     def local_guide(self, batch, global_values=None) -> None:
-        loc, scale = self.encoder(batch["spikes"].float(), batch["images"])
+        loc, scale, _ = local.encode(self, batch["spikes"].float(), batch["images"])
         locs, scales = self._split_groups(loc), self._split_groups(scale)
         with self.data_plate(batch):
             for g in locs:
+                # a group's latents (L_g, F or T) are one vector to the mvn and flow families
                 if self.config.parameterization == "fourier":
-                    q = dist.Normal(locs[g], scales[g]).to_event(2)
-                    pyro.sample(f"zeta_{g}", q)
-                else:
+                    local.sample(f"zeta_{g}", locs[g], scales[g], event_dim=2)
+                else:  # the normal family as a diagonal MVN: analytic KL to the GP prior
                     q = dist.MultivariateNormal(locs[g], scale_tril=torch.diag_embed(scales[g]))
-                    pyro.sample(f"z_{g}", q.to_event(1))
+                    local.sample(f"z_{g}", locs[g], scales[g], event_dim=2, normal=q.to_event(1))
 
     # ----- data ---------------------------------------------------------------------------
 

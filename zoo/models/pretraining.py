@@ -28,6 +28,7 @@ from pyro.infer import config_enumerate, infer_discrete
 from torch import nn
 from torch.distributions import constraints
 
+from guides import local
 from inference.data import Field, full_batch
 from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
@@ -308,8 +309,8 @@ class FactorPretraining(ZooModel):
 
     def local_guide(self, batch, global_values=None) -> None:
         with self.data_plate(batch):
-            loc, scale = self.encoder(batch["x"])
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            loc, scale, context = local.encode(self, batch["x"])
+            local.sample("z", loc, scale, context=context)
 
     def simulate(self, seed: int = 0) -> tuple[dict, dict]:
         """Globals from the prior, then ``num_unlabeled + num_labeled + num_test`` rows:

@@ -22,6 +22,7 @@ from pyro import poutine
 from torch import nn
 from torch.distributions import constraints
 
+from guides import local
 from guides.encoders import NormalEncoder, mlp
 from inference.data import Field, validate_data
 from zoo.base import ConfigError, TrainConfig, ZooModel
@@ -226,12 +227,21 @@ class QLAE(ZooModel):
                 likelihood = PenalizedLikelihood(likelihood, -penalty)
             pyro.sample("x", likelihood, obs=batch["x"])
 
+    @property
+    def fixed_local_guide(self) -> str:
+        if self.config.variant == "beta_vae":
+            return ""
+        return (
+            f"variant '{self.config.variant}' guides z by a point mass at the encoder's output; "
+            "local families apply to variant='beta_vae'"
+        )
+
     def local_guide(self, batch, global_values=None) -> None:
         with self.data_plate(batch):
-            loc, scale = self.encoder(batch["x"])
+            loc, scale, context = local.encode(self, batch["x"])
             if self.config.variant == "beta_vae":
                 with poutine.scale(scale=self.config.beta):
-                    pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+                    local.sample("z", loc, scale, context=context)
             else:
                 pyro.sample("z", dist.Delta(loc, event_dim=1))
 
@@ -240,7 +250,7 @@ class QLAE(ZooModel):
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """The representation: the quantized code (qlae) or the encoder mean (ae, beta_vae)."""
-        loc, _ = self.encoder(x.to(self.device))
+        loc, _ = local.encoder(self)(x.to(self.device))
         return self.quantize(loc) if self.config.variant == "qlae" else loc
 
     @torch.no_grad()
@@ -254,13 +264,14 @@ class QLAE(ZooModel):
         from inference.diagnostics.infomec import infomec
 
         x = data["x"].to(self.device)
-        with torch.no_grad():
-            logits = self.decoder(self.codes(x))
+        with torch.no_grad(), local.using(guide):  # the guide's encoder, if it has one
+            codes = self.codes(x)
+            logits = self.decoder(codes)
             bce = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
         out = {"reconstruction_bce_per_image": float(bce.sum(-1).mean())}
         if "factors" in data:
             result = infomec(
-                self.codes(x).cpu().numpy(),
+                codes.cpu().numpy(),
                 data["factors"].cpu().numpy(),
                 discrete_latents=self.config.variant == "qlae",
             )

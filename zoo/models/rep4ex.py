@@ -27,6 +27,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from guides import local
 from guides.encoders import NormalEncoder, mlp
 from inference.data import DataError, Field, full_batch, validate_data
 from inference.metrics import affine_r2
@@ -404,15 +405,17 @@ class Rep4Ex(ZooModel):
 
     def local_guide(self, batch, global_values=None) -> None:
         with self.data_plate(batch):
-            loc, scale = self.encoder(batch["x"])  # x only: the guide must not see A
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            # x only: the guide must not see A
+            loc, scale, context = local.encode(self, batch["x"])
+            local.sample("z", loc, scale, context=context)
 
     # ----- prediction and evaluation -------------------------------------------------------
 
     def representation(self, data) -> torch.Tensor:
-        """The encoder means ``phi(x)`` (the learned representation), shape ``(N, d)``."""
+        """The encoder means ``phi(x)`` (the learned representation), shape ``(N, d)``
+        (the running guide's encoder, see :func:`guides.local.using`)."""
         with torch.no_grad():
-            return self.encoder(data["x"])[0]
+            return local.encoder(self)(data["x"])[0]
 
     def _globals(self, guide, data) -> dict[str, torch.Tensor]:
         batch = full_batch({k: v[:2] for k, v in data.items()})
@@ -433,7 +436,8 @@ class Rep4Ex(ZooModel):
             raise DataError("a_star has NaN or infinite value(s)")
         values = self._globals(guide, data)
         w, b = values["W"], values["b"]
-        z = self.representation(data)
+        with local.using(guide):
+            z = self.representation(data)
         v = z - data["a"] @ w.T - b
         with torch.no_grad():
             return _average_effect(self.nu, self.psi, w, b, v, a_star)
@@ -451,7 +455,8 @@ class Rep4Ex(ZooModel):
         """
         z_true = None if truth is None else truth["z"]
         metrics: dict[str, float] = {}
-        z_hat = self.representation(data)
+        with local.using(guide):
+            z_hat = self.representation(data)
         if z_true is not None:
             metrics["affine_r2"] = affine_r2(z_hat, z_true)
         world = self.world()

@@ -20,6 +20,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from guides import local
 from guides.encoders import NormalEncoder, mlp
 from inference.data import Field
 from inference.evaluation import elbo_per_row, iwae_per_row
@@ -79,8 +80,8 @@ class VAEDigits(ZooModel):
 
     def local_guide(self, batch, global_values=None) -> None:
         with self.data_plate(batch):
-            loc, scale = self.encoder(batch["x"])
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            loc, scale, context = local.encode(self, batch["x"])
+            local.sample("z", loc, scale, context=context)
 
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
         return self.validate({"x": digit_images(self.config.likelihood)})

@@ -20,6 +20,7 @@ from pyro import poutine
 from torch import nn
 from torch.distributions import constraints
 
+from guides import local
 from inference.data import Field
 from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
@@ -202,9 +203,14 @@ class ConvEncoder(nn.Module):
         self.raw_scale = nn.Linear(flat, out_dim)
         self.out_dim = out_dim
 
-    def forward(self, x):
+    def encode(self, x):
+        """``(loc, scale, context)``, the context being the flattened conv features."""
         h = self.body(x)
-        return self.loc(h), nn.functional.softplus(self.raw_scale(h)) + 1e-4
+        return self.loc(h), nn.functional.softplus(self.raw_scale(h)) + 1e-4, h
+
+    def forward(self, x):
+        loc, scale, _ = self.encode(x)
+        return loc, scale
 
 
 class Mechanism(nn.Module):
@@ -518,8 +524,8 @@ class CausalDiffAE(ZooModel):
 
     def local_guide(self, batch, global_values=None) -> None:
         with self.data_plate(batch), poutine.scale(scale=self.gamma):
-            loc, scale = self.encoder(self._to_unit(batch["x"]))
-            pyro.sample("u", dist.Normal(loc, scale).to_event(1))
+            loc, scale, context = local.encode(self, self._to_unit(batch["x"]))
+            local.sample("u", loc, scale, context=context)
 
     def dims(self) -> dict[str, list[str]]:
         return {"u": ["image", "noise_dim"]}
@@ -552,7 +558,7 @@ class CausalDiffAE(ZooModel):
     @torch.no_grad()
     def abduct(self, x) -> torch.Tensor:
         """u = mu_phi(x_0), the posterior mean of the exogenous noise (N, n k)."""
-        return self.encoder(self._to_unit(self._check_images(x)))[0]
+        return local.encoder(self)(self._to_unit(self._check_images(x)))[0]
 
     def _interventions(self, do: Mapping[str, Any], rows: int) -> dict[str, torch.Tensor]:
         """``{factor: value}`` -> ``{"z_<factor>": tensor}``. A number in [0, 1] (label
@@ -772,7 +778,8 @@ class CausalDiffAE(ZooModel):
         """Per-block linear-probe R^2 of the code against its factor (the disentanglement
         half of the paper's check). Counterfactual MAE needs the generator's measurement
         functions: see ``counterfactual_mae`` in ``benchmarks/causal_diffae.py``."""
-        return self.probe_r2(data)
+        with local.using(guide):  # abduction by the guide's encoder, if it has one
+            return self.probe_r2(data)
 
 
 def _cond_rows(model: CausalDiffAE, raw: Mapping[str, np.ndarray], rows: slice):

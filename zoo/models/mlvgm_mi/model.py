@@ -24,6 +24,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from guides import local
 from guides.encoders import NormalEncoder, as_pyro_module
 from inference.data import Field
 from inference.diagnostics import latent_activity
@@ -207,11 +208,11 @@ class MLVGM(ZooModel):
 
     def local_guide(self, batch, global_values=None) -> None:
         with self.data_plate(batch):
-            loc, scale = self.encoder(batch["x"])
+            loc, scale, context = local.encode(self, batch["x"])
             d = self.config.latent_dim
             for i, site in enumerate(self.local_sites):
                 part = slice(i * d, (i + 1) * d)
-                pyro.sample(site, dist.Normal(loc[..., part], scale[..., part]).to_event(1))
+                local.sample(site, loc[..., part], scale[..., part], context=context)
 
     def generate(self, zs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Mean image (pixel probabilities) for the latent groups ``zs``: the generator g(z)

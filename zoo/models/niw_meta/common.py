@@ -12,9 +12,10 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule, PyroParam
+from pyro.nn import PyroParam
 from torch.distributions import constraints
 
+from guides import local
 from zoo.base import ZooModel
 from zoo.models.niw_meta.distributions import (
     PrecisionTrilNormal,
@@ -54,6 +55,18 @@ class NIWBase(ZooModel):
     @property
     def global_site(self) -> str:
         return "precision_chol" if self.config.covariance == "full" else "precision"
+
+    @property
+    def fixed_local_guide(self) -> str:
+        """Why ``local=`` families do not apply: theta's guide comes from the globals (the
+        closed-form step or the SGLD quadratic) unless ``local_step="amortized"``."""
+        step = self.config.local_step
+        if step == "amortized":
+            return ""
+        return (
+            f"local_step='{step}' builds theta's guide from the globals; "
+            "local families apply to local_step='amortized'"
+        )
 
     def default_priors(self) -> dict[str, dist.Distribution]:
         c, d = self.config, self.dim
@@ -118,14 +131,13 @@ class NIWBase(ZooModel):
         return NIWGuide(self)
 
 
-class NIWGuide(PyroModule):
+class NIWGuide(local.LocalDriver):
     """The paper's guide: a conjugate-shaped global ``q(phi)`` (Wishart(n0, W) times
     Normal(m0, (l0 Lambda)^-1); Gamma(a, b) times Normal for the diagonal) and the closed-form
     one-time-iterate local step built from its parameters (``E_q[Lambda]``, ``m0``)."""
 
     def __init__(self, model: NIWBase):
-        super().__init__()
-        object.__setattr__(self, "_zoo_model", model)  # not a child: its params stay its own
+        super().__init__(model)
         d, c = model.dim, model.config
         self.m0 = PyroParam(torch.zeros(d))
         self.l0 = PyroParam(torch.tensor(10.0), constraint=constraints.positive)
@@ -164,9 +176,7 @@ class NIWGuide(PyroModule):
             value = pyro.sample("precision", q_precision)
             mu = pyro.sample("mu", dist.Normal(self.m0, (self.l0 * value).rsqrt()).to_event(1))
         values = {model.global_site: value, "mu": mu}
-        model.local_guide(
-            batch, values, prior_precision=self.expected_precision(), prior_mean=self.m0
-        )
+        self.run_local(batch, values, prior_precision=self.expected_precision(), prior_mean=self.m0)
         return values
 
     def expected_covariance(self) -> torch.Tensor:

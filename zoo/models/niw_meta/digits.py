@@ -72,6 +72,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from guides import local
 from guides.encoders import NormalEncoder, as_pyro_module
 from inference.data import DataError, Field, full_batch
 from zoo.base import ConfigError, TrainConfig
@@ -449,8 +450,8 @@ class NIWMetaDigits(NIWBase):
                 feats = self.features(batch["x_support"])
                 onehot = nn.functional.one_hot(batch["y_support"], c.ways).to(feats.dtype)
                 means = onehot.mT @ feats / onehot.sum(-2).clamp_min(1).unsqueeze(-1)
-                loc, sd = self.encoder(means.flatten(-2))
-                pyro.sample("theta", dist.Normal(loc, sd).to_event(1))
+                loc, sd, context = local.encode(self, means.flatten(-2))
+                local.sample("theta", loc, sd, context=context)
                 return
             if prior_precision is None:
                 prior_precision = self.precision_matrix(global_values[self.global_site])

@@ -65,6 +65,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 
+from guides import local
 from guides.encoders import NormalEncoder
 from inference.data import DataError, Field, full_batch
 from zoo.base import ConfigError, TrainConfig
@@ -311,8 +312,9 @@ class NIWMeta(NIWBase):
             if self.config.local_step == "amortized":
                 diag = torch.diagonal(a, dim1=-2, dim2=-1)
                 scale = diag.mean(-1, keepdim=True).clamp_min(1e-6)
-                loc, sd = self.encoder(torch.cat([b / scale.sqrt(), (diag / scale).log1p()], -1))
-                pyro.sample("theta", dist.Normal(loc, sd).to_event(1))
+                features = torch.cat([b / scale.sqrt(), (diag / scale).log1p()], -1)
+                loc, sd, context = local.encode(self, features)
+                local.sample("theta", loc, sd, context=context)
                 return
             if prior_precision is None:
                 prior_precision = self.precision_matrix(global_values[self.global_site])
