@@ -470,7 +470,8 @@ def test_cli_bad_local_guide_is_one_line_before_any_work(tmp_path, capsys):
 def test_cli_help_and_info_name_the_local_kinds(capsys):
     assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "--local-guide LOCAL" in text and "normal, mvn, flow (default: normal" in text
+    assert "--local-guide LOCAL" in text and "(default: normal)" in text
+    assert all(f"{kind}, " in text for kind in ("normal", "mvn", "flow"))
     assert main(["info", "vae_digits"]) == 0
     out = capsys.readouterr().out
     assert "local guide kinds (local sites, --local-guide): ['normal', 'mvn', 'flow']" in out

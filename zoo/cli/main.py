@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--local-guide",
         default="normal",
         choices=LOCAL_KINDS,
+        metavar="LOCAL",
         help="family of the amortized guide of the local latents (models with local "
         "latents; `zoo info NAME` lists a model's): normal, the encoder's diagonal Gaussian; "
         "mvn, a full-covariance (or low-rank) Gaussian; flow, an inverse autoregressive flow "

@@ -63,8 +63,9 @@ class NIWBase(ZooModel):
         step = self.config.local_step
         if step == "amortized":
             return ""
+        how = "in closed form" if step == "closed_form" else "by the SGLD quadratic step"
         return (
-            f"local_step='{step}' builds theta's guide from the globals; "
+            f"local_step='{step}' gives theta's guide {how} from the globals; "
             "local families apply to local_step='amortized'"
         )
 
