@@ -190,3 +190,17 @@ def test_report_scores_against_the_simulation_truth_only_for_its_own_data(name, 
     assert main([*argv, "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "file")]) == 0
     unscored = json.loads((tmp_path / "file" / "diagnostics.json").read_text())["evaluate"]
     assert metric not in unscored
+
+
+def test_replicates_of_a_model_without_observed_sites_is_one_line(tmp_path, capsys):
+    """causal_diffae's data enter through pyro.factor: ``zoo sample --replicates`` has no
+    posterior predictive to write and says so in one line (new rows still work)."""
+    tiny = {k: v for k, v in zoo.get("causal_diffae").tiny.items() if k != "steps"}
+    out = train_run("causal_diffae", out=tmp_path / "run", sets=tiny, steps=2, progress=False)
+    capsys.readouterr()
+    argv = ["sample", str(out), "--num", "2", "--replicates", "--out", str(tmp_path / "r.npz")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "'causal_diffae' has no observed sample site" in err
+    assert not (tmp_path / "r.npz").exists()

@@ -619,6 +619,12 @@ def sample_run(
     run_dir = Path(run_dir)
     out_file = _sample_path(run_dir, out_file)
     record, model, guide, train, _, _ = _load_run(run_dir)
+    if replicates and not model.observed_sites:
+        raise ValueError(
+            f"--replicates: model '{record['model']}' has no observed sample site (its data "
+            "enter the joint through pyro.factor), so there is nothing to replicate; "
+            "leave out --replicates for new rows"
+        )
     seed = int(record.get("seed", 0)) if seed is None else seed
     rows = None
     if replicates:
