@@ -150,6 +150,7 @@ def _training_settings(config: TrainConfig | None, **given: Any) -> tuple:
 
 
 def _check_options(
+    *,
     steps,
     epochs,
     elbo,
@@ -262,16 +263,16 @@ def fit(
         clip_norm=clip_norm,
     )
     _check_options(
-        steps,
-        epochs,
-        elbo,
-        optimizer,
-        lr,
-        lr_schedule,
-        clip_norm,
-        patience,
-        checkpoint_every,
-        log_every,
+        steps=steps,
+        epochs=epochs,
+        elbo=elbo,
+        optimizer=optimizer,
+        lr=lr,
+        lr_schedule=lr_schedule,
+        clip_norm=clip_norm,
+        patience=patience,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
     )
     if validate is None:
         validate = _default_validate()

@@ -15,18 +15,12 @@ import pytest
 import torch
 
 from inference.checkpoint import load_checkpoint, save_checkpoint
+from tests.cli_helpers import error_line
 from zoo.cli import main
 from zoo.cli.runs import read_idata
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_FILES = ("config.json", "metrics.csv", "checkpoint.pt", "idata.nc", "report.md")
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("zoo: error: "), err
-    return err[0]
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +177,7 @@ BAD = [
 def test_bad_input_is_one_clear_line(argv, expected, tmp_path, capsys):
     out = tmp_path / "never"
     assert main([*argv, "--out", str(out)] if len(argv) > 1 else argv) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert expected in line
     assert not out.exists()
 
@@ -237,7 +231,7 @@ def test_bad_data_file_is_one_clear_line(kind, expected, tmp_path, capsys):
     out = tmp_path / "never"
     argv = ["train", "eight_schools", "--data", str(path), "--steps", "5", "--out", str(out)]
     assert main(argv) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert expected in line and path.name in line
     assert not out.exists()
 
@@ -263,7 +257,7 @@ def test_bad_invocation_leaves_existing_run_untouched(schools_run, tmp_path, cap
     ]
     for argv in attempts:
         assert main([*argv, "--no-progress"]) == 2, argv
-        _error_line(capsys)
+        error_line(capsys)
     assert _snapshot(schools_run) == before
 
 
@@ -350,7 +344,7 @@ def test_diagnose_refuses_checkpoint_that_would_run_code(schools_run, tmp_path, 
     payload = {"format": "latent-zoo/checkpoint", "version": 1, "x": _Harmless(str(marker))}
     torch.save(payload, run / "checkpoint.pt")
     assert main(["diagnose", str(run)]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "refused" in line and "checkpoint.pt" in line
     assert not marker.exists()
     assert not (run / "report.md").exists()

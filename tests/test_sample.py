@@ -14,19 +14,13 @@ import zoo
 from inference.checkpoint import load_checkpoint
 from inference.data import full_batch
 from inference.elbos import ELBO_NAMES
+from tests.cli_helpers import error_line
 from zoo.cli import main
 from zoo.cli.main import build_parser
 from zoo.cli.runs import ENGINES, TRAINERS
 from zoo.models.eight_schools import SIGMA
 
 TINY_VAE = ["--set", "latent_dim=2", "--set", "hidden=16", "--steps", "5", "--no-progress"]
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("zoo: error: "), err
-    return err[0]
 
 
 @pytest.fixture(scope="module")
@@ -143,13 +137,13 @@ def test_bad_sample_options_are_one_line(schools_run, tmp_path, capsys, argv, ex
     argv = [a.replace("FILE", str(tmp_path / "FILE")) for a in argv]
     before = sorted(p.name for p in schools_run.iterdir())
     assert main(["sample", str(schools_run), *argv]) == 2
-    assert expected in _error_line(capsys)
+    assert expected in error_line(capsys)
     assert sorted(p.name for p in schools_run.iterdir()) == before  # nothing written
 
 
 def test_sample_of_a_missing_run_is_one_line(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "nope")]) == 2
-    assert "does not exist" in _error_line(capsys)
+    assert "does not exist" in error_line(capsys)
 
 
 # ----- model figures -------------------------------------------------------------------------

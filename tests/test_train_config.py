@@ -8,6 +8,7 @@ import pytest
 import zoo
 from inference.config import TRAIN_FIELDS, TrainConfig
 from inference.svi import _training_settings, fit
+from tests.cli_helpers import error_line
 from zoo.base import ZooModel
 from zoo.cli import main
 from zoo.registry import register
@@ -26,8 +27,8 @@ def test_a_misspelt_training_field_is_refused_with_the_valid_names(tmp_path, cap
     out = tmp_path / "run"
     argv = ["train", "eight_schools", "--set", "learning_rate=0.1", "--out", str(out)]
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "learning_rate" in err[0] and "'lr'" in err[0]
+    line = error_line(capsys)
+    assert "learning_rate" in line and "'lr'" in line
     assert not out.exists()  # refused before anything was written
 
 
