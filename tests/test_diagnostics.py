@@ -1,7 +1,6 @@
 """Diagnostics: k-hat, SBC, latent activity (posterior collapse) and the plots."""
 
 import math
-import warnings
 
 import numpy as np
 import pyro
@@ -20,8 +19,8 @@ from inference.diagnostics import (
     sbc,
 )
 from inference.diagnostics.plots import plot_elbo, plot_ppc, plot_rank_histogram, plot_trace
-from inference.mcmc import nuts
 from inference.posterior import posterior
+from tests.mcmc_helpers import quiet_nuts
 
 # ----- k-hat --------------------------------------------------------------------------------
 
@@ -231,11 +230,9 @@ def test_plots_write_png_files(tmp_path, vae):
 
     schools = zoo.create("eight_schools")
     eight = schools.default_data()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mcmc = nuts(
-            schools, eight, chains=2, warmup=30, draws=30, jit_compile=False, progress=False
-        )
+    mcmc = quiet_nuts(
+        schools, eight, chains=2, warmup=30, draws=30, jit_compile=False, progress=False
+    )
     trace_idata = posterior(schools, eight, mcmc=mcmc)
     _check_png(plot_trace(trace_idata, tmp_path / "trace.png", var_names=["mu", "tau"]))
     _check_png(plot_trace(trace_idata, tmp_path / "trace_all.png"))

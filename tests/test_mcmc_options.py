@@ -7,6 +7,7 @@ import torch
 
 import zoo
 from inference.mcmc import nuts
+from tests.mcmc_helpers import quiet_nuts
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +37,17 @@ def test_chains_start_at_the_given_values(schools):
     model, data = schools
     start = {"mu": torch.tensor(17.0), "tau": torch.tensor(0.5)}
     # no warmup and one draw: NUTS's first draw stays near the start
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mcmc = nuts(
-            model,
-            data,
-            chains=1,
-            warmup=0,
-            draws=1,
-            seed=0,
-            progress=False,
-            init_values=start,
-            max_tree_depth=1,
-        )
+    mcmc = quiet_nuts(
+        model,
+        data,
+        chains=1,
+        warmup=0,
+        draws=1,
+        seed=0,
+        progress=False,
+        init_values=start,
+        max_tree_depth=1,
+    )
     assert abs(float(mcmc.get_samples()["mu"][0]) - 17.0) < 5.0
 
 

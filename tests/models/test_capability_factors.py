@@ -2,7 +2,6 @@
 the paper's check against pooled factor analysis), NUTS vs SVI, SBC."""
 
 import math
-import warnings
 
 import numpy as np
 import pyro.distributions as dist
@@ -14,9 +13,9 @@ import guides
 import zoo
 from inference.data import DataError, full_batch
 from inference.diagnostics import sbc, summary
-from inference.mcmc import nuts
 from inference.posterior import posterior
 from inference.svi import fit
+from tests.mcmc_helpers import quiet_nuts
 from tests.sites import latent_sites, traces
 from zoo.models.capability_factors import (
     best_order_r2,
@@ -198,19 +197,17 @@ def test_nuts_and_svi_agree_on_what_the_data_identify():
         num_domains=3, per_domain=30, num_benchmarks=4, num_factors=2, noise=0.3, seed=1
     )
     data = model.validate(data)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mcmc = nuts(
-            model,
-            data,
-            chains=1,
-            warmup=200,
-            draws=200,
-            seed=0,
-            max_tree_depth=7,
-            dense_mass=True,
-            progress=False,
-        )
+    mcmc = quiet_nuts(
+        model,
+        data,
+        chains=1,
+        warmup=200,
+        draws=200,
+        seed=0,
+        max_tree_depth=7,
+        dense_mass=True,
+        progress=False,
+    )
     idata = posterior(model, data, mcmc=mcmc)
     assert int(idata.sample_stats["diverging"].sum()) == 0
     table = summary(idata, var_names=list(IDENTIFIED))
@@ -250,18 +247,16 @@ def test_sbc_of_nuts_on_what_the_data_identify():
         return {**truth, "domain_var": variances}, data
 
     def fit_draws(data, seed):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mcmc = nuts(
-                model,
-                data,
-                chains=1,
-                warmup=60,
-                draws=60,
-                seed=seed,
-                max_tree_depth=6,
-                progress=False,
-            )
+        mcmc = quiet_nuts(
+            model,
+            data,
+            chains=1,
+            warmup=60,
+            draws=60,
+            seed=seed,
+            max_tree_depth=6,
+            progress=False,
+        )
         return with_moments({k: v[::6] for k, v in mcmc.get_samples().items()})
 
     params = ["sigma", "domain_mean", "domain_var"]  # 19 components

@@ -14,6 +14,7 @@ import zoo
 from inference.data import DataError, full_batch
 from inference.diagnostics import latent_mi
 from inference.svi import fit
+from tests.linear_decoder import simulate_images, true_log_likelihood
 from tests.sites import latent_sites, traces
 from zoo.models.mlvgm_mi.positive_views import (
     ViewSpec,
@@ -181,28 +182,6 @@ def test_mi_flags_an_artificially_dead_group(trained, digits):
 # ----- recovery: data from a known decoder that uses group 1 only ---------------------------
 
 
-def _simulate(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    weight = 1.5 * torch.randn(64, 2, generator=g)
-    bias = torch.randn(64, generator=g)
-    z = torch.randn(n, 2, generator=g)
-    x = torch.bernoulli(torch.sigmoid(z @ weight.T + bias), generator=g)
-    return weight, bias, x
-
-
-def _true_log_likelihood(weight, bias, x, half_width=6.0, points=301):
-    """log p(x_n) by quadrature over the one used 2-d group (grid spacing 0.04 against a
-    posterior sd of ~0.2: exact to well under 0.01 nats)."""
-    t = torch.linspace(-half_width, half_width, points, dtype=torch.float64)
-    z = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
-    log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
-    logits = z @ weight.double().T + bias.double()
-    x = x.double()
-    log_lik = x @ torch.nn.functional.logsigmoid(logits).T
-    log_lik = log_lik + (1 - x) @ torch.nn.functional.logsigmoid(-logits).T
-    return torch.logsumexp(log_lik + log_prior, dim=-1) + math.log(float((t[1] - t[0]) ** 2))
-
-
 # Measured (fit seeds 0 and 1, 500 steps): true held-out log p(x) -33.14 nats/image, fitted
 # ELBO -33.47 and -33.48 (gap 0.33); KL of the unused group 0.012 and 0.007 nats, of the used
 # one 2.7-2.8. Tolerances: 1 nat for the ELBO (an untrained model is > 5 nats off), 0.1 nat of
@@ -212,9 +191,9 @@ UNUSED_KL = 0.1
 
 
 def test_recovers_likelihood_and_the_unused_group():
-    weight, bias, x = _simulate(2000, seed=0)
+    weight, bias, x = simulate_images(2000, seed=0)
     train, test = {"x": x[:1700]}, {"x": x[1700:]}
-    truth = float(_true_log_likelihood(weight, bias, test["x"]).mean())
+    truth = float(true_log_likelihood(weight, bias, test["x"]).mean())
     model = zoo.create("mlvgm_mi", levels=2, latent_dim=2, encoder_hidden=(64,))
     pyro.set_rng_seed(0)
     untrained = model.evaluate(model.guide, test)

@@ -2,7 +2,6 @@
 paper's small check (invariant subset found; failure rate falls with k)."""
 
 import math
-import warnings
 
 import numpy as np
 import pyro.distributions as dist
@@ -13,9 +12,9 @@ import guides
 import zoo
 from inference.data import DataError, full_batch
 from inference.diagnostics import sbc, summary
-from inference.mcmc import nuts
 from inference.posterior import posterior
 from inference.svi import fit
+from tests.mcmc_helpers import quiet_nuts
 from tests.sites import latent_sites, traces
 from zoo.models.pac_invariance import failure_rate, sem_environments, simulate_sem
 
@@ -135,18 +134,16 @@ def test_recovers_known_coefficients_and_per_feature_spreads():
 
 def _nuts(features, data, draws=200, centered=False, max_tree_depth=10):
     model = zoo.create("pac_invariance", features=features, centered=centered)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mcmc = nuts(
-            model,
-            data,
-            chains=1,
-            warmup=draws,
-            draws=draws,
-            seed=0,
-            max_tree_depth=max_tree_depth,
-            progress=False,
-        )
+    mcmc = quiet_nuts(
+        model,
+        data,
+        chains=1,
+        warmup=draws,
+        draws=draws,
+        seed=0,
+        max_tree_depth=max_tree_depth,
+        progress=False,
+    )
     return model, posterior(model, data, mcmc=mcmc)
 
 
@@ -190,18 +187,16 @@ def test_sbc_of_nuts_is_uniform():
     model = zoo.create("pac_invariance", num_envs=3, rows_per_env=15, features=(0,))
 
     def fit_draws(data, seed):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mcmc = nuts(
-                model,
-                data,
-                chains=1,
-                warmup=80,
-                draws=80,
-                seed=seed,
-                max_tree_depth=6,
-                progress=False,
-            )
+        mcmc = quiet_nuts(
+            model,
+            data,
+            chains=1,
+            warmup=80,
+            draws=80,
+            seed=seed,
+            max_tree_depth=6,
+            progress=False,
+        )
         return {k: v[::8] for k, v in mcmc.get_samples().items()}  # ~10 nearly independent
 
     result = sbc(

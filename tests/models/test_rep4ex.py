@@ -3,7 +3,6 @@ swaps, the MMR factor, bad input, a recovery test (affine identifiability and th
 effect W up to the same affine map), the paper's small extrapolation check, and NUTS against
 SVI on the globals (networks frozen)."""
 
-import warnings
 from contextlib import contextmanager
 
 import pyro
@@ -16,10 +15,10 @@ import zoo
 from inference.data import DataError, full_batch
 from inference.diagnostics import divergences, summary
 from inference.evaluation import elbo_per_row, log_weights_per_row
-from inference.mcmc import nuts
 from inference.metrics import affine_r2
 from inference.posterior import posterior
 from inference.svi import fit
+from tests.mcmc_helpers import quiet_nuts
 from tests.sites import latent_sites, traces
 from zoo.models.rep4ex import (
     extrapolation_grid,
@@ -242,19 +241,17 @@ def _nuts_svi_agreement(model, data, seed: int) -> dict:
         start = {k: v.clone() for k, v in model.guide.median(full_batch(rows)).items()}
         start["z"] = model.representation(rows).clone()  # a copy: not a view of the encoder
     with _frozen(model):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mcmc = nuts(
-                model,
-                rows,
-                chains=1,
-                warmup=200,
-                draws=200,
-                seed=seed,
-                max_tree_depth=6,
-                init_values=start,
-                progress=False,
-            )
+        mcmc = quiet_nuts(
+            model,
+            rows,
+            chains=1,
+            warmup=200,
+            draws=200,
+            seed=seed,
+            max_tree_depth=6,
+            init_values=start,
+            progress=False,
+        )
         idata = posterior(model, rows, mcmc=mcmc)
         # non-amortized: a Normal for every global and every z_n, started where NUTS was
         full = autoguide.AutoNormal(

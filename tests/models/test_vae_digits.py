@@ -12,6 +12,7 @@ import zoo
 from inference.data import full_batch
 from inference.evaluation import elbo_per_row
 from inference.svi import fit
+from tests.linear_decoder import simulate_images, true_log_likelihood
 from tests.sites import traces
 
 
@@ -97,29 +98,6 @@ def test_heldout_elbo_floor(digits):
 # ----- recovery: data from a known linear decoder with a 2-d latent ---------------------------
 
 
-def _simulate(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    weight = 1.5 * torch.randn(64, 2, generator=g)
-    bias = torch.randn(64, generator=g)
-    z = torch.randn(n, 2, generator=g)
-    x = torch.bernoulli(torch.sigmoid(z @ weight.T + bias), generator=g)
-    return weight, bias, x
-
-
-def _true_log_likelihood(weight, bias, x, half_width=6.0, points=301):
-    """log p(x_n) under the true model by quadrature on a 2-d grid over z (the posterior
-    sd is ~0.2, the grid spacing 0.04, so the sum is exact to well under 0.01 nats)."""
-    t = torch.linspace(-half_width, half_width, points, dtype=torch.float64)
-    z = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
-    log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
-    logits = z @ weight.double().T + bias.double()
-    x = x.double()
-    log_lik = x @ torch.nn.functional.logsigmoid(logits).T
-    log_lik = log_lik + (1 - x) @ torch.nn.functional.logsigmoid(-logits).T  # (N, G)
-    cell = float((t[1] - t[0]) ** 2)
-    return torch.logsumexp(log_lik + log_prior, dim=-1) + math.log(cell)
-
-
 # Measured (fit seeds 0-2): true held-out log p(x) -33.14 nats/image; fitted ELBO -33.37..-33.42
 # (gap 0.23-0.28), fitted IWAE-100 -33.24..-33.25 (gap ~0.1). Tolerances: 1.0 nat for the ELBO,
 # 0.6 for IWAE; an untrained model is ~20 nats off.
@@ -128,9 +106,9 @@ IWAE_TOLERANCE = 0.6
 
 
 def test_recovers_known_decoder_likelihood():
-    weight, bias, x = _simulate(2000, seed=0)
+    weight, bias, x = simulate_images(2000, seed=0)
     train, test = {"x": x[:1700]}, {"x": x[1700:]}
-    truth = float(_true_log_likelihood(weight, bias, test["x"]).mean())
+    truth = float(true_log_likelihood(weight, bias, test["x"]).mean())
     model = zoo.create("vae_digits", latent_dim=2, hidden=())  # linear decoder: same family
     guide = guides.build("default", model, encoder=guides.NormalEncoder(64, 2, (64,)))
     pyro.set_rng_seed(0)

@@ -229,6 +229,22 @@ def _activity_metrics(model, guide, data, predicted: dict[str, int | None]) -> d
 # ----- conditional VAE ------------------------------------------------------------------------
 
 
+@dataclass
+class _CollapseConfig(TrainConfig):
+    """The fields both collapse models share: the data and the training defaults."""
+
+    dataset: str = "linear"
+    num_rows: int = 5000
+    hidden: tuple[int, ...] = ()
+    batch_size: int = 500
+    lr: float = 1e-2
+    epochs: float = 200.0
+
+
+#: the contract test's config for both collapse models
+_TINY = {"num_rows": 300, "batch_size": 100, "steps": 20}
+
+
 @register
 class CollapseCVAE(ZooModel):
     r"""Linear (or MLP, ``hidden``) conditional VAE whose posterior collapse is driven by the
@@ -256,13 +272,11 @@ class CollapseCVAE(ZooModel):
     local_sites = ("z",)
     static_structure = True
 
-    tiny = {"num_rows": 300, "batch_size": 100, "steps": 20}
+    tiny = _TINY
 
     @dataclass
-    class Config(TrainConfig):
-        dataset: str = "linear"
+    class Config(_CollapseConfig):
         rho: float = 0.6
-        num_rows: int = 5000
         x_dim: int = 8
         y_dim: int = 8
         latent_dim: int = 6
@@ -271,10 +285,6 @@ class CollapseCVAE(ZooModel):
         eta_dec: float = 0.5
         encoder_scale: str = "learnable"
         init_scale: float = 1.0
-        hidden: tuple[int, ...] = ()
-        batch_size: int = 500
-        lr: float = 1e-2
-        epochs: float = 200.0
 
     def __init__(self, config=None, *, priors=None, **overrides):
         super().__init__(config, priors=priors, **overrides)
@@ -418,12 +428,10 @@ class CollapseHVAE(ZooModel):
     local_sites = ("z1", "z2")
     static_structure = True
 
-    tiny = {"num_rows": 300, "batch_size": 100, "steps": 20}
+    tiny = _TINY
 
     @dataclass
-    class Config(TrainConfig):
-        dataset: str = "linear"
-        num_rows: int = 5000
+    class Config(_CollapseConfig):
         x_dim: int = 8
         z1_dim: int = 6
         z2_dim: int = 4
@@ -433,10 +441,6 @@ class CollapseHVAE(ZooModel):
         sigma1: str = "learnable"
         sigma2: str = "learnable"
         init_scale: float = 0.5
-        hidden: tuple[int, ...] = ()
-        batch_size: int = 500
-        lr: float = 1e-2
-        epochs: float = 200.0
 
     def __init__(self, config=None, *, priors=None, **overrides):
         super().__init__(config, priors=priors, **overrides)

@@ -185,8 +185,45 @@ class LinearEncoder(nn.Module):
         return self.linear(x), scale.expand(x.shape[:-1] + scale.shape)
 
 
+@dataclass
+class _PretrainingConfig(TrainConfig):
+    """The fields both pretraining models share: data sizes and the training defaults."""
+
+    noise_scale: float = 0.5  # tau of y | z (or c) in default_data
+    num_unlabeled: int = 5000
+    num_labeled: int = 20
+    num_test: int = 1000
+    batch_size: int = 500
+    lr: float = 0.02
+
+
+class _Pretraining(ZooModel):
+    """What both pretraining models share: the data fields (x, y and each row's role), the
+    observed site, the tiny config and new rows as unlabeled inputs."""
+
+    paper = 8
+    supports_nuts = True
+    static_structure = True
+    tiny = {"num_unlabeled": 200, "num_test": 100, "batch_size": 100, "steps": 20}
+
+    def data_spec(self) -> dict[str, Field]:
+        return _role_fields(self.config.input_dim)
+
+    @property
+    def observed_sites(self) -> tuple[str, ...]:
+        return ("x",)
+
+    def sample_new_rows(self, num, *, data, guide=None, draws=None, seed=0, mean=False):
+        """New inputs ``x`` from the fitted pretraining model (the default), as unlabeled
+        rows: the model does not generate the downstream target."""
+        rows = super().sample_new_rows(
+            num, data=data, guide=guide, draws=draws, seed=seed, mean=mean
+        )
+        return _unlabeled(rows)
+
+
 @register
-class FactorPretraining(ZooModel):
+class FactorPretraining(_Pretraining):
     """Factor model (probabilistic PCA) for unsupervised pretraining, paper 8: Ge, Tang, Fan
     & Jin, "On the Provable Advantage of Unsupervised Pretraining", ICLR 2024
     (arXiv:2303.01566). Generative story, d inputs, r factors::
@@ -205,23 +242,12 @@ class FactorPretraining(ZooModel):
 
     name = "pretraining_factor"
     summary = "Unsupervised pretraining with a factor model (PPCA), then Bayesian regression"
-    paper = 8
-    supports_nuts = True
-    static_structure = True
-
-    tiny = {"num_unlabeled": 200, "num_test": 100, "batch_size": 100, "steps": 20}
 
     @dataclass
-    class Config(TrainConfig):
+    class Config(_PretrainingConfig):
         input_dim: int = 50
         latent_dim: int = 3
         marginalize: bool = True
-        noise_scale: float = 0.5  # tau of y | z in default_data
-        num_unlabeled: int = 5000
-        num_labeled: int = 20
-        num_test: int = 1000
-        batch_size: int = 500
-        lr: float = 0.02
 
     def __init__(self, config=None, *, priors=None, **overrides):
         super().__init__(config, priors=priors, **overrides)
@@ -255,21 +281,6 @@ class FactorPretraining(ZooModel):
     def num_free(self) -> int:
         d, r = self.config.input_dim, self.config.latent_dim
         return d * r - r * (r + 1) // 2
-
-    def data_spec(self) -> dict[str, Field]:
-        return _role_fields(self.config.input_dim)
-
-    @property
-    def observed_sites(self) -> tuple[str, ...]:
-        return ("x",)
-
-    def sample_new_rows(self, num, *, data, guide=None, draws=None, seed=0, mean=False):
-        """New inputs ``x`` from the fitted pretraining model (the default), as unlabeled
-        rows: the model does not generate the downstream target."""
-        rows = super().sample_new_rows(
-            num, data=data, guide=guide, draws=draws, seed=seed, mean=mean
-        )
-        return _unlabeled(rows)
 
     def default_priors(self) -> dict[str, dist.Distribution]:
         return {
@@ -407,7 +418,7 @@ def mixture_features(x: np.ndarray, locs: np.ndarray, weights: np.ndarray) -> np
 
 
 @register
-class MixturePretraining(ZooModel):
+class MixturePretraining(_Pretraining):
     """Gaussian-mixture instance of unsupervised pretraining, paper 8: Ge, Tang, Fan & Jin,
     "On the Provable Advantage of Unsupervised Pretraining", ICLR 2024 (arXiv:2303.01566).
     Generative story, K components in d dimensions::
@@ -427,22 +438,11 @@ class MixturePretraining(ZooModel):
 
     name = "pretraining_mixture"
     summary = "Unsupervised pretraining with a Gaussian mixture, then Bayesian regression"
-    paper = 8
-    supports_nuts = True
-    static_structure = True
-
-    tiny = {"num_unlabeled": 200, "num_test": 100, "batch_size": 100, "steps": 20}
 
     @dataclass
-    class Config(TrainConfig):
+    class Config(_PretrainingConfig):
         input_dim: int = 20
         num_components: int = 4
-        noise_scale: float = 0.5
-        num_unlabeled: int = 5000
-        num_labeled: int = 20
-        num_test: int = 1000
-        batch_size: int = 500
-        lr: float = 0.02
 
     def check_config(self) -> None:
         c = self.config
@@ -454,21 +454,6 @@ class MixturePretraining(ZooModel):
             raise ConfigError(f"num_components must be >= 2, got {c.num_components}")
         if c.input_dim < 2:
             raise ConfigError(f"input_dim must be >= 2, got {c.input_dim}")
-
-    def data_spec(self) -> dict[str, Field]:
-        return _role_fields(self.config.input_dim)
-
-    @property
-    def observed_sites(self) -> tuple[str, ...]:
-        return ("x",)
-
-    def sample_new_rows(self, num, *, data, guide=None, draws=None, seed=0, mean=False):
-        """New inputs ``x`` from the fitted pretraining model (the default), as unlabeled
-        rows: the model does not generate the downstream target."""
-        rows = super().sample_new_rows(
-            num, data=data, guide=guide, draws=draws, seed=seed, mean=mean
-        )
-        return _unlabeled(rows)
 
     def default_priors(self) -> dict[str, dist.Distribution]:
         k = self.config.num_components

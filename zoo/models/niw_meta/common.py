@@ -16,7 +16,7 @@ from pyro.nn import PyroParam
 from torch.distributions import constraints
 
 from guides import local
-from zoo.base import ZooModel
+from zoo.base import ConfigError, ZooModel
 from zoo.models.niw_meta.distributions import (
     PrecisionTrilNormal,
     WishartLogCholesky,
@@ -55,6 +55,19 @@ class NIWBase(ZooModel):
     @property
     def global_site(self) -> str:
         return "precision_chol" if self.config.covariance == "full" else "precision"
+
+    def check_nu0(self, dim: int, dim_formula: str) -> None:
+        """The Wishart (full) or Gamma (diag) degrees of freedom must be proper for ``dim``."""
+        c = self.config
+        if c.covariance == "full" and not c.nu0 > dim - 1:
+            raise ConfigError(
+                f"nu0 must be > dim - 1 = {dim - 1} for the full NIW (dim = {dim_formula} = "
+                f"{dim}); valid range ({dim - 1}, inf), got {c.nu0}"
+            )
+        if c.covariance == "diag" and not c.nu0 > 0:
+            raise ConfigError(
+                f"nu0 must be > 0 for the diagonal NIG; valid range (0, inf), got {c.nu0}"
+            )
 
     @property
     def fixed_local_guide(self) -> str:

@@ -297,15 +297,7 @@ class NIWMetaDigits(NIWBase):
             raise ConfigError(f"sgld_target must be one of {SGLD_TARGETS}, got '{c.sgld_target}'")
         if not 2 <= c.ways <= len(NOVEL_CLASSES):
             raise ConfigError(f"ways must be in [2, {len(NOVEL_CLASSES)}], got {c.ways}")
-        if c.covariance == "full" and not c.nu0 > dim - 1:
-            raise ConfigError(
-                f"nu0 must be > dim - 1 = {dim - 1} for the full NIW (dim = ways * (feat_dim "
-                f"+ 1) = {dim}); valid range ({dim - 1}, inf), got {c.nu0}"
-            )
-        if c.covariance == "diag" and not c.nu0 > 0:
-            raise ConfigError(
-                f"nu0 must be > 0 for the diagonal NIG; valid range (0, inf), got {c.nu0}"
-            )
+        self.check_nu0(dim, "ways * (feat_dim + 1)")
         for key in ("kappa0", "psi0", "sgld_step_size", "a_max", "feature_scale"):
             value = getattr(c, key)
             if not value > 0:
@@ -324,30 +316,20 @@ class NIWMetaDigits(NIWBase):
     def data_spec(self) -> dict[str, Field]:
         c = self.config
         label = dist.constraints.integer_interval(0, c.ways - 1)
-        return {
-            "x_support": Field(
-                shape=(c.ways * c.shots, 64),
-                doc="support images, pixels / 16",
+        fields = {}
+        for part, rows, what in (("support", c.shots, "support"), ("query", c.queries, "query")):
+            fields[f"x_{part}"] = Field(
+                shape=(c.ways * rows, 64),
+                doc=f"{what} images, pixels / 16",
                 support=dist.constraints.unit_interval,
-            ),  # fmt: skip
-            "y_support": Field(
-                shape=(c.ways * c.shots,),
+            )
+            fields[f"y_{part}"] = Field(
+                shape=(c.ways * rows,),
                 dtype="int",
                 support=label,
-                doc="episode-local support labels",
-            ),  # fmt: skip
-            "x_query": Field(
-                shape=(c.ways * c.queries, 64),
-                doc="query images",
-                support=dist.constraints.unit_interval,
-            ),  # fmt: skip
-            "y_query": Field(
-                shape=(c.ways * c.queries,),
-                dtype="int",
-                support=label,
-                doc="episode-local query labels",
-            ),  # fmt: skip
-        }
+                doc=f"episode-local {what} labels",
+            )
+        return fields
 
     @property
     def observed_sites(self) -> tuple[str, ...]:

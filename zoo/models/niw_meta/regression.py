@@ -156,15 +156,7 @@ class NIWMeta(NIWBase):
             raise ConfigError(f"local_step must be one of {LOCAL_STEPS}, got '{c.local_step}'")
         if c.num_rbf < 0:
             raise ConfigError(f"num_rbf must be >= 0, got {c.num_rbf}")
-        if c.covariance == "full" and not c.nu0 > dim - 1:
-            raise ConfigError(
-                f"nu0 must be > dim - 1 = {dim - 1} for the full NIW (dim = num_rbf + 2 = "
-                f"{dim}); valid range ({dim - 1}, inf), got {c.nu0}"
-            )
-        if c.covariance == "diag" and not c.nu0 > 0:
-            raise ConfigError(
-                f"nu0 must be > 0 for the diagonal NIG; valid range (0, inf), got {c.nu0}"
-            )
+        self.check_nu0(dim, "num_rbf + 2")
         for key in ("kappa0", "psi0", "noise", "rbf_width"):
             value = getattr(c, key)
             if not value > 0:
