@@ -150,6 +150,9 @@ def test_bad_kernels_and_config():
         zoo.create("mm_gpvae", parameterization="wavelet")
     with pytest.raises(zoo.ConfigError, match="shared_combine"):
         zoo.create("mm_gpvae", shared_combine="max")
+    # the default data's 8x8 digit must fit in the frame: refused before any data is built
+    with pytest.raises(zoo.ConfigError, match=r"image_side must be >= 8 \(the digit is 8x8\)"):
+        zoo.create("mm_gpvae", image_side=7)
 
 
 def test_bad_data_gets_clear_errors(small_data):

@@ -312,6 +312,8 @@ class MMGPVAE(ZooModel):
                 raise ConfigError(f"{key} must be >= 1, got {getattr(c, key)}")
         if c.time_bins < 4:
             raise ConfigError(f"time_bins must be >= 4, got {c.time_bins}")
+        if c.image_side < 8:  # the default data's digit (8x8 pixels) must fit in the frame
+            raise ConfigError(f"image_side must be >= 8 (the digit is 8x8), got {c.image_side}")
         for key in ("fourier_pad", "min_lengthscale", "jitter", "true_lengthscale"):
             if not getattr(c, key) > 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(c, key)}")
