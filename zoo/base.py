@@ -108,6 +108,10 @@ class ZooModel(PyroModule):
     #: sites and shapes never depend on data values: the loss may be traced by the JIT
     #: (``elbo="auto"`` then takes the compiled path)
     static_structure: ClassVar[bool] = False
+    #: the data enter through a Monte Carlo estimate of their log-likelihood (a diffusion
+    #: decoder's denoising loss at a random timestep), not an exact density: importance
+    #: weights p(x, z) / q(z | x) are then undefined, and run reports skip the guide's k-hat
+    likelihood_is_estimate: ClassVar[bool] = False
     #: why the local guide is the model's own and takes no family of ``guides.local``
     #: (a closed-form or point-mass guide; may be a property of the config); empty: its
     #: ``local_guide`` draws every local site through ``guides.local.sample``, so

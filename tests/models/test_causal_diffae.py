@@ -331,3 +331,17 @@ def test_vectorized_draws_do_not_depend_on_the_eps_chunk(morpho_data, monkeypatc
     chunked = ddpm_term()
     assert whole.shape == (7, 5)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-3)
+
+
+def test_report_skips_the_guide_khat_of_a_monte_carlo_likelihood(tmp_path):
+    """The ddpm factor is the loss at a random timestep, not log p(x | z): p/q weights are
+    undefined, so the run report says so instead of spending minutes on them."""
+    import json
+
+    from tests.test_contract import tiny_sets
+    from zoo.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "causal_diffae", *tiny_sets("causal_diffae"), "--out", str(run)]) == 0
+    assert json.loads((run / "diagnostics.json").read_text())["khat"] is None
+    assert "guide k-hat: not computed" in (run / "report.md").read_text()

@@ -222,7 +222,13 @@ def write_report(
         notes.append("PSIS-LOO: not computed for a model with local latents")
     else:
         diagnostics["loo"] = _try("PSIS-LOO", lambda: loo(idata), notes)
-    if guide is not None and model.local_sites:
+    if guide is not None and model.likelihood_is_estimate:
+        diagnostics["khat"] = None
+        notes.append(
+            "guide k-hat: not computed, the model's likelihood is a Monte Carlo estimate "
+            "(its weights p/q are not defined)"
+        )
+    elif guide is not None and model.local_sites:
         # a joint k-hat over every row's latents grows with N and says nothing per row:
         # amortized guides are judged per data point
         def khat():

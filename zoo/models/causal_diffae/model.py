@@ -268,6 +268,7 @@ class CausalDiffAE(ZooModel):
     summary = "Diffusion autoencoder whose semantic code is a structural causal model"
     paper = 28
     local_sites = ("u",)
+    likelihood_is_estimate = True  # the ddpm factor is the loss at a random timestep
 
     tiny = {
         "n_data": 64,
