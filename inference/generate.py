@@ -14,11 +14,10 @@ from collections.abc import Callable, Collection, Mapping
 
 import torch
 from pyro import poutine
-from pyro.distributions import Unit
 from pyro.poutine.uncondition_messenger import UnconditionMessenger
 
 from inference.data import Batch
-from inference.traces import local_sites, sample_sites
+from inference.traces import is_sample_site, local_sites, sample_sites
 
 __all__ = ["global_sites", "guide_globals", "draw_globals", "draws_from_idata", "forward_trace"]
 
@@ -85,12 +84,7 @@ class _Unobserve(UnconditionMessenger):
         self.names = None if names is None else set(names)
 
     def _pyro_sample(self, msg) -> None:
-        infer = msg["infer"] or {}
-        if infer.get("_deterministic") or infer.get("is_auxiliary"):
-            return
-        if isinstance(msg["fn"], Unit) or (
-            self.names is not None and msg["name"] not in self.names
-        ):
+        if not is_sample_site(msg) or (self.names is not None and msg["name"] not in self.names):
             return
         super()._pyro_sample(msg)
 

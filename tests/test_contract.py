@@ -179,50 +179,42 @@ def test_every_local_guide_family_trains(name, local, tiny_data):
 # ----- priors ------------------------------------------------------------------------------
 
 
-def _elementwise(support, shape):
-    """A distribution of ``shape`` with elementwise ``support``, unlike any default."""
-    if support is constraints.real:
-        return dist.Normal(0.3, 1.7).expand(shape)
-    if isinstance(support, constraints.greater_than) or support is constraints.positive:
-        return dist.Gamma(1.5, 0.8).expand(shape)
-    if isinstance(support, constraints.greater_than_eq) or support is constraints.nonnegative:
-        return dist.Gamma(1.5, 0.8).expand(shape)
-    raise NotImplementedError(f"no replacement for support {support}")
+def _elementwise_support(support):
+    """The support of one element: ``support`` without its ``independent`` wrappers."""
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support
+
+
+def _with_event(base, event: tuple):
+    return base.to_event(len(event)) if event else base
 
 
 def replacement(prior):
     """A prior with the same support and shape as ``prior`` but other parameters."""
     batch, event = tuple(prior.batch_shape), tuple(prior.event_shape)
-    support = prior.support
-    if support is constraints.simplex:
+    if prior.support is constraints.simplex:
         return dist.Dirichlet(torch.full(event, 1.3)).expand(batch)
-    if support is constraints.ordered_vector:
+    if prior.support is constraints.ordered_vector:
         base = dist.Normal(0.3, 1.7).expand(batch + event).to_event(1)
         return dist.TransformedDistribution(base, dist.transforms.OrderedTransform())
-    ndims = 0
-    while isinstance(support, constraints.independent):
-        ndims += support.reinterpreted_batch_ndims
-        support = support.base_constraint
-    new = _elementwise(support, batch + event)
-    return new.to_event(len(event)) if event else new
+    support = _elementwise_support(prior.support)
+    if support is constraints.real:
+        new = dist.Normal(0.3, 1.7)
+    elif isinstance(support, constraints.greater_than | constraints.greater_than_eq):
+        new = dist.Gamma(1.5, 0.8)
+    else:
+        raise NotImplementedError(f"no replacement for support {support}")
+    return _with_event(new.expand(batch + event), event)
 
 
 def wrong_support(prior):
     """A prior of the same shape whose support differs from ``prior``'s."""
-    shape = tuple(prior.batch_shape) + tuple(prior.event_shape)
-    event = len(prior.event_shape)
-    real = dist.Normal(0.0, 1.0).expand(shape)
-    positive = dist.Gamma(2.0, 1.0).expand(shape)
-    base = (
-        positive
-        if prior.support in (constraints.real,)
-        or (
-            isinstance(prior.support, constraints.independent)
-            and prior.support.base_constraint is constraints.real
-        )
-        else real
-    )
-    return base.to_event(event) if event else base
+    event = tuple(prior.event_shape)
+    shape = tuple(prior.batch_shape) + event
+    real = _elementwise_support(prior.support) is constraints.real
+    base = dist.Gamma(2.0, 1.0) if real else dist.Normal(0.0, 1.0)
+    return _with_event(base.expand(shape), event)
 
 
 @pytest.mark.parametrize("name", MODELS)
