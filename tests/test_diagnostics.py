@@ -19,6 +19,7 @@ from inference.diagnostics import (
     sbc,
 )
 from inference.diagnostics.plots import plot_elbo, plot_ppc, plot_rank_histogram, plot_trace
+from inference.diagnostics.sbc import ALTERNATIVES, SBCPowerWarning, sbc_power, uniformity_pvalue
 from inference.posterior import posterior
 from tests.mcmc_helpers import quiet_nuts
 
@@ -124,6 +125,26 @@ def test_sbc_passes_exact_posterior_draws():
     assert all(len(r) == 200 and r.min() >= 0 and r.max() <= 49 for r in result.ranks.values())
     assert min(result.pvalues.values()) > 0.01, result.pvalues
     assert result.passed()
+    # 200 replicates: the test would catch each stated miscalibration almost surely
+    assert result.min_power >= 0.99 and not result.underpowered, result.describe()
+    print(result.describe())
+
+
+def test_sbc_power_grows_with_replicates_and_the_null_keeps_its_level():
+    few, enough = sbc_power(20, 49), sbc_power(100, 49)
+    assert set(few) == set(ALTERNATIVES)
+    assert max(few.values()) < 0.5 and min(enough.values()) > 0.85, (few, enough)
+    # under uniform ranks the combined test rejects at about its level, not more
+    rng = np.random.default_rng(0)
+    ranks = rng.integers(0, 50, size=(4000, 100))
+    rejected = np.mean([uniformity_pvalue(r, 49, 20) < 0.01 for r in ranks])
+    assert rejected < 0.02, rejected
+
+
+def test_sbc_warns_when_underpowered():
+    with pytest.warns(SBCPowerWarning, match="underpowered"):
+        result = sbc(_simulate, _exact_draws(), num_replicates=10, params=["mu"], seed=0)
+    assert result.underpowered and "underpowered" in result.describe()
 
 
 @pytest.mark.parametrize(
@@ -222,7 +243,8 @@ def test_plots_write_png_files(tmp_path, vae):
     )
     _check_png(path)
 
-    result = sbc(_simulate, _exact_draws(), num_replicates=40, params=["mu", "theta"])
+    with pytest.warns(SBCPowerWarning):  # 40 replicates: enough for a picture, not a test
+        result = sbc(_simulate, _exact_draws(), num_replicates=40, params=["mu", "theta"])
     _check_png(plot_rank_histogram(result, tmp_path / "ranks.png"))
 
     idata = posterior(model, data, guide=model.guide, num_draws=100)  # 64 pixels per row

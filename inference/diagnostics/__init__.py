@@ -4,12 +4,13 @@ from inference.diagnostics.collapse import collapse_table, latent_activity
 from inference.diagnostics.infomec import InfoMEC, infomec
 from inference.diagnostics.khat import guide_khat, khat_verdict, pointwise_khat
 from inference.diagnostics.latent_mi import LatentMI, latent_mi
-from inference.diagnostics.sbc import SBCResult, sbc
+from inference.diagnostics.sbc import SBCPowerWarning, SBCResult, sbc, sbc_power
 from inference.diagnostics.summary import divergences, loo, summary
 
 __all__ = [
     "InfoMEC",
     "LatentMI",
+    "SBCPowerWarning",
     "SBCResult",
     "collapse_table",
     "divergences",
@@ -21,5 +22,6 @@ __all__ = [
     "loo",
     "pointwise_khat",
     "sbc",
+    "sbc_power",
     "summary",
 ]
