@@ -1,5 +1,5 @@
 """The ``zoo`` command: ``list``, ``info NAME``, ``train NAME``, ``diagnose RUN``,
-``sample RUN``.
+``sample RUN``, ``reproduce NAME``, ``readme``.
 
 Anticipated user errors print one line, ``zoo: error: <message>``, to stderr and exit with
 status 2 (1 when training diverged); never a traceback.
@@ -230,6 +230,44 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seed of the draw (default: the run's seed)",
     )
+
+    reproduce = command(
+        "reproduce",
+        "run a model's headline experiment (its paper check and baselines) over seeds into "
+        "results/NAME.json and results/NAME.md",
+    )
+    reproduce.add_argument("name", metavar="NAME", help="a registered model (see `zoo list`)")
+    reproduce.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run seeds 0..N-1; at least 3 for a headline (default: the recipe's, 3 or more)",
+    )
+    reproduce.add_argument(
+        "--quick",
+        action="store_true",
+        help="the same code path at tiny size, a smoke run that is not evidence "
+        "(default: off; writes to results/quick/ unless --out)",
+    )
+    reproduce.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="folder for NAME.json, NAME.md and NAME/ (default: results, or results/quick)",
+    )
+
+    readme = command(
+        "readme", "regenerate the README's model table from results/*.json (or --check it)"
+    )
+    readme.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 and list the rows that disagree with results/ "
+        "(default: rewrite the table)",
+    )
+    readme.add_argument("--readme", default="README.md", help="(default: %(default)s)")
+    readme.add_argument("--results", default="results", help="(default: %(default)s)")
     return parser
 
 
@@ -349,12 +387,35 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def _cmd_reproduce(args) -> int:
+    from zoo.evidence.runner import reproduce
+
+    json_path, md_path = reproduce(args.name, seeds=args.seeds, quick=args.quick, out=args.out)
+    print(f"results written to {json_path} and {md_path}")
+    return 0
+
+
+def _cmd_readme(args) -> int:
+    from zoo.evidence.readme import stale_rows, update_readme
+
+    if args.check:
+        stale = stale_rows(args.readme, args.results)
+        for line in stale:
+            print(f"stale or missing row: {line}")
+        return 1 if stale else 0
+    changed = update_readme(args.readme, args.results)
+    print(f"{args.readme}: model table {'rewritten' if changed else 'already current'}")
+    return 0
+
+
 _COMMANDS = {
     "list": _cmd_list,
     "info": _cmd_info,
     "train": _cmd_train,
     "diagnose": _cmd_diagnose,
     "sample": _cmd_sample,
+    "reproduce": _cmd_reproduce,
+    "readme": _cmd_readme,
 }
 
 
