@@ -1,5 +1,5 @@
 """Latent label shift (paper 25): data pipeline, exact enumeration, per-point posteriors,
-NUTS against SVI, a small SBC, recovery, the paper's check against k-means, bad input."""
+NUTS against SVI, SBC with its power, recovery, the paper's check against k-means, bad input."""
 
 import math
 import warnings
@@ -15,11 +15,11 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 import guides
 import zoo
 from inference.data import DataError, full_batch
-from inference.diagnostics import sbc
 from inference.mcmc import nuts
 from inference.posterior import draw_latents
 from inference.svi import fit
 from tests.sites import latent_sites, traces
+from zoo.evidence.calibration import sbc_figures
 from zoo.models.latent_label_shift import (
     hungarian_accuracy,
     kmeans_baseline,
@@ -201,19 +201,24 @@ def prior_resampling_draws(model, data, num_prior, num_draws=40, seed=0):
     return {k: trace.nodes[k]["value"].squeeze(1)[pick] for k in ("pi", "phi")}
 
 
-def test_small_sbc():
-    """SBC (40 replicates, 40 draws, 8 bins) on 12 rows of a 2-class model, draws by prior
+def test_sbc_with_power():
+    """SBC (100 replicates, 40 draws) on 12 rows of a 2-class model, draws by prior
     importance resampling: simulate() and model() tell the same story (every scalar of pi
-    and phi: uniformity p > 0.001). Label switching does not matter for an exact sampler.
-    The tutorial runs SBC with NUTS."""
+    and phi: uniformity p > 0.01), with >= 80% power against a posterior 1.5x too narrow,
+    1.5x too wide or shifted by half an sd; the same draws made 1.5x too narrow fail.
+    Label switching does not matter for an exact sampler. The tutorial runs SBC with NUTS."""
     model = zoo.create("latent_label_shift", per_domain=4, **TINY)
-    result = sbc(
+    figures, result = sbc_figures(
         model.simulate,
         lambda data, seed: prior_resampling_draws(model, data, 20_000, seed=seed),
-        num_replicates=40,
+        num_replicates=100,
         params=["pi", "phi"],
+        seed=0,
     )
-    assert result.passed(alpha=0.001), result.pvalues
+    print(result.describe())
+    assert not result.underpowered, result.describe()
+    assert result.passed(), result.pvalues
+    assert figures["sbc/narrowed_rejected"] == 1.0, figures
 
 
 @pytest.mark.parametrize(
