@@ -1,7 +1,7 @@
 """Unsupervised pretraining (paper 8): factor-model and mixture instances.
 
 Exact marginals against explicit latents, enumeration against summation, NUTS against SVI,
-a small SBC, recovery of known truth, the paper's pretraining-vs-supervised check, bad
+a powered SBC, recovery of known truth, the paper's pretraining-vs-supervised check, bad
 input.
 """
 
@@ -19,11 +19,12 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 import guides
 import zoo
 from inference.data import DataError, full_batch
-from inference.diagnostics import sbc, summary
+from inference.diagnostics import summary
 from inference.mcmc import nuts
 from inference.posterior import draw_latents, posterior
 from inference.svi import fit
 from tests.sites import latent_sites, traces
+from zoo.evidence.calibration import sbc_figures
 from zoo.models.pretraining import (
     BayesianRegression,
     factor_features,
@@ -260,27 +261,34 @@ def prior_resampling_draws(model, data, num_prior, num_draws=40, seed=0):
 
 
 def test_small_sbc_of_the_factor_model():
-    """SBC (40 replicates, 40 draws each, 8 rank bins) of the factor model on 17 rows, with
-    draws by prior importance resampling: checks that simulate() and model() tell the same
-    generative story (uniformity p > 0.001 for every scalar global). The tutorial runs SBC
-    with NUTS, for the mixture too (whose posterior is too narrow for prior draws)."""
+    """SBC (100 replicates, 40 draws each) of the factor model on 10 rows, with draws by
+    prior importance resampling: checks that simulate() and model() tell the same
+    generative story. 100 replicates give the test >= 80% power against a posterior 1.5x
+    too narrow, 1.5x too wide or shifted by half an sd (80 would leave 'too wide' at 79%),
+    and the same draws narrowed 1.5x about their mean are rejected on the same replicates.
+    The tutorial runs SBC with NUTS, for the mixture too (whose posterior is too narrow for
+    prior draws)."""
     model = zoo.create(
         "pretraining_factor",
         input_dim=3,
         latent_dim=1,
-        num_unlabeled=15,
+        num_unlabeled=8,
         num_labeled=1,
         num_test=1,
     )
 
-    result = sbc(
+    figures, result = sbc_figures(
         model.simulate,
         lambda data, seed: prior_resampling_draws(model, data, num_prior=20_000, seed=seed),
-        num_replicates=40,
+        num_replicates=100,
         params=sorted(set(model.default_priors())),
+        seed=0,
     )
-    assert result.num_replicates == 40 and result.num_draws == 40
-    assert result.passed(alpha=0.001), result.pvalues
+    print(result.describe())
+    assert result.num_replicates == 100 and result.num_draws == 40
+    assert not result.underpowered, result.describe()
+    assert result.passed(), result.pvalues
+    assert figures["sbc/narrowed_rejected"] == 1.0, "a 1.5x too narrow posterior passed"
 
 
 def test_downstream_bayesian_regression_by_nuts():
