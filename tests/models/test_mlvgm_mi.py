@@ -227,7 +227,13 @@ def test_generated_views_follow_the_spec(trained):
 
 def test_positive_view_experiment_runs_and_probes(trained):
     result = positive_view_experiment(trained, steps=30, batch_size=128, seeds=(0,))
-    assert set(result) == {"generated", "augmented", "random_init", "raw_pixels"}
+    assert set(result) == {
+        "generated",
+        "independent_pairs",
+        "augmented",
+        "random_init",
+        "raw_pixels",
+    }
     for name, accuracies in result.items():
         assert len(accuracies) == 1
         assert 0.5 < accuracies[0] <= 1.0, (name, accuracies)  # chance is 0.1
