@@ -144,15 +144,24 @@ def test_view_spec_errors():
 
 
 # ----- the paper's checks on the MI diagnostic ----------------------------------------------
+# The fixture trains with level_dropout (the zoo's coarse-to-fine training, not the paper's),
+# which builds a z_1-first ranking in: these tests check the diagnostic, not that ranking.
+# `zoo reproduce mlvgm_mi` reports the ranking with and without level_dropout over seeds.
 # Measured (1200 steps, the options below; seeds 0 / 1 of the fit): drop at sigma = 2 of
-# z_1 2.8 / 3.2 nats, far above the other groups (0.9 and 0.02 / 0.2 and 0.4); which lower
+# z_1 2.7-3.2 nats, far above the other groups (0.9 and 0.02 / 0.2 and 0.4); which lower
 # group keeps the leftover information varies with the seed, and the MI order then follows the
-# KL order. A zeroed group's drop is < 0.05 nats (its views equal the anchors).
+# KL order.
 MI_OPTIONS = dict(sigmas=(0.5, 2.0), batch_size=128, steps=100, eval_batches=4)
+DEAD_TOL = 0.1  # nats of drop at the largest sigma: latent_mi's default dead_tol
 
 
-def test_mi_ranks_top_group_first_and_agrees_with_kl(trained, digits):
-    result = latent_mi(trained, trained.guide, digits, **MI_OPTIONS)
+@pytest.fixture(scope="module")
+def trained_mi(trained, digits):
+    return latent_mi(trained, trained.guide, digits, dead_tol=DEAD_TOL, **MI_OPTIONS)
+
+
+def test_mi_ranks_top_group_first_and_agrees_with_kl(trained, trained_mi, digits):
+    result = trained_mi
     assert result.reference > 0.7 * math.log(128)  # identical pairs: near the ceiling log B
     # (b) the top group's curve falls fastest
     assert result.ranking[0] == "z_1", result.score
@@ -162,21 +171,42 @@ def test_mi_ranks_top_group_first_and_agrees_with_kl(trained, digits):
     # the MI ranking orders the groups as the KL of their posteriors does
     kl = trained.evaluate(trained.guide, digits)
     assert result.ranking == sorted(result.sites, key=lambda s: -kl[f"kl_{s}"]), (result, kl)
-    assert "z_1" not in result.dead and "z_1" not in result.underused
     assert trained.training, "the diagnostic restores the model's training mode"
 
 
-def test_mi_flags_an_artificially_dead_group(trained, digits):
-    """(c) zero group 1's input weights of the trained model: its I_hat stays at the ceiling."""
-    dead = zoo.create("mlvgm_mi", dead_levels=(1,))
-    dead.load_state_dict({k: v for k, v in trained.state_dict().items() if k != "decoder.mask"},
-                         strict=False)  # fmt: skip
-    result = latent_mi(dead, trained.guide, digits, sites=["z_1", "z_2"], **MI_OPTIONS)
+def _with_group_1_scaled(trained, factor: float):
+    """A copy of the trained model whose group-1 input weights are multiplied by factor."""
+    copy = zoo.create("mlvgm_mi")
+    copy.load_state_dict(trained.state_dict())
+    with torch.no_grad():
+        copy.decoder.first.weight.mul_(factor)
+    return copy
+
+
+# Measured (seed 0 fit): z_1's drop at sigma 2 is 2.7 nats as trained; scaled after training
+# by 0.1 / 0.03 / 0.01 it is 0.50 / 0.34 / -0.03 nats (output change 0.30 / 0.09 / 0.03 against
+# 2.0 as trained): the detector flags a group once its effect is ~1% of a live one's.
+def test_mi_dead_flag_separates_a_live_group_from_one_killed_after_training(
+    trained, trained_mi, digits
+):
+    """(c) The same detector (drop at the largest sigma < DEAD_TOL) must not flag z_1 as
+    trained, and must flag it once its input weights are zeroed or shrunk to 1% after
+    training. The shrunk copy still changes the image, so its estimate is not the reference
+    by construction: the critic has to find that the views carry (almost) all of the anchor."""
+    assert "z_1" not in trained_mi.dead and "z_1" not in trained_mi.underused
+    assert trained_mi.drop["z_1"][-1] > 10 * DEAD_TOL, trained_mi.drop
+
+    shrunk = _with_group_1_scaled(trained, 0.01)
+    result = latent_mi(shrunk, trained.guide, digits, sites=["z_1"], dead_tol=DEAD_TOL,
+                       **MI_OPTIONS)  # fmt: skip
+    assert result.output_change["z_1"][-1] > 0.01, result.output_change
     assert "z_1" in result.dead, result.drop
+
+    zeroed = _with_group_1_scaled(trained, 0.0)
+    result = latent_mi(zeroed, trained.guide, digits, sites=["z_1"], dead_tol=DEAD_TOL,
+                       **MI_OPTIONS)  # fmt: skip
     assert result.output_change["z_1"] == [0.0, 0.0]
-    # same anchors as the reference and views equal to them: the estimate is the reference
-    assert max(abs(d) for d in result.drop["z_1"]) < 1e-6, result.drop
-    assert "z_2" not in result.dead
+    assert "z_1" in result.dead, result.drop
 
 
 # ----- recovery: data from a known decoder that uses group 1 only ---------------------------
@@ -225,12 +255,32 @@ def test_generated_views_follow_the_spec(trained):
     assert trained.training, "views are drawn in eval mode and the mode is restored"
 
 
-def test_positive_view_experiment_runs_and_probes(trained):
-    result = positive_view_experiment(trained, steps=30, batch_size=128, seeds=(0,))
-    assert set(result) == {"generated", "augmented", "random_init", "raw_pixels"}
-    for name, accuracies in result.items():
-        assert len(accuracies) == 1
-        assert 0.5 < accuracies[0] <= 1.0, (name, accuracies)  # chance is 0.1
+# Measured (the fixture; 150 SimCLR steps of 128; split and SimCLR seeds 0 / 1 / 2): probe
+# accuracy generated 0.937 / 0.917 / 0.930, untrained 0.930 / 0.906 / 0.920 (gain 0.007 /
+# 0.011 / 0.010), augmented 0.950 / 0.963 / 0.948, independent generated pairs 0.935 / 0.948 /
+# 0.922. The negative control gains as much as the generated views: training on generated
+# digits alone moves the probe, so the first check shows the pipeline learns from generated
+# digits, not that the views' pairing helps (zoo reproduce mlvgm_mi reports both). The
+# second check shows the probe can tell real positive views from unrelated ones.
+VIEW_SEEDS = (0, 1, 2)
+GAIN_FLOOR = 0.005
+
+
+@pytest.fixture(scope="module")
+def views(trained):
+    return positive_view_experiment(trained, steps=150, batch_size=128, seeds=VIEW_SEEDS)
+
+
+def test_generated_views_beat_an_untrained_encoder(views):
+    assert set(views) == {"generated", "independent_pairs", "augmented", "random_init",
+                          "raw_pixels"}  # fmt: skip
+    gain = np.subtract(views["generated"], views["random_init"])
+    assert (gain > 0).all() and gain.mean() > GAIN_FLOOR, views
+
+
+def test_real_positive_views_beat_unrelated_pairs(views):
+    margin = np.subtract(views["augmented"], views["independent_pairs"])
+    assert (margin > GAIN_FLOOR).all(), views
 
 
 def test_mi_from_prior_anchors_on_an_untrained_model(digits):

@@ -9,7 +9,9 @@ a few hundred steps on 8x8 digits, with the zoo's multi-latent VAE
 (:class:`zoo.models.mlvgm_mi.model.MLVGM`) standing in for StyleGAN/NVAE. Three encoders are
 compared by a logistic-regression probe on real digits: trained on generated views (no real
 image seen), trained on random augmentations of real digits (shifts, noise, pixel dropout),
-and untrained (random init).
+and untrained (random init). A negative control trains the same SimCLR on generated pairs
+drawn independently (every group resampled): it sees the same generated digits, but its
+"positives" share nothing, so only what it lacks is credit to the views themselves.
 """
 
 from __future__ import annotations
@@ -185,10 +187,11 @@ def positive_view_experiment(
     test_size: float = 0.3,
 ) -> dict[str, list[float]]:
     """Linear-probe accuracy on real digits (grey, pixels/16) of encoders trained on
-    generated views, on augmented real digits, and untrained; plus raw pixels.
+    generated views, on independent generated pairs (the negative control), on augmented
+    real digits, and untrained; plus raw pixels.
 
-    :returns: ``{"generated": [...], "augmented": [...], "random_init": [...],
-        "raw_pixels": [...]}``, one accuracy per seed.
+    :returns: ``{"generated": [...], "independent_pairs": [...], "augmented": [...],
+        "random_init": [...], "raw_pixels": [...]}``, one accuracy per seed.
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -197,8 +200,13 @@ def positive_view_experiment(
     digits = load_digits()
     x = torch.as_tensor(digits.data / 16.0, dtype=torch.float32)
     out: dict[str, list[float]] = {
-        k: [] for k in ("generated", "augmented", "random_init", "raw_pixels")
+        k: [] for k in ("generated", "independent_pairs", "augmented", "random_init", "raw_pixels")
     }
+    independent = ViewSpec(  # the negative control: every group of the view drawn afresh
+        sigmas=(0.0,) * model.config.levels,
+        resample=tuple(range(1, model.config.levels + 1)),
+        truncation=spec.truncation,
+    )
     for seed in seeds:
         idx_train, idx_test = train_test_split(
             np.arange(len(x)), test_size=test_size, random_state=seed, stratify=digits.target
@@ -206,10 +214,12 @@ def positive_view_experiment(
         split = (x[idx_train], digits.target[idx_train], x[idx_test], digits.target[idx_test])
         options = dict(steps=steps, batch_size=batch_size, seed=seed)
         generated, _ = train_simclr(generated_views(model, spec), **options)
+        control, _ = train_simclr(generated_views(model, independent), **options)
         augmented, _ = train_simclr(augmented_views(split[0]), **options)
         torch.manual_seed(seed)
         untrained = SimCLREncoder()
         out["generated"].append(linear_probe(generated, *split))
+        out["independent_pairs"].append(linear_probe(control, *split))
         out["augmented"].append(linear_probe(augmented, *split))
         out["random_init"].append(linear_probe(untrained, *split))
         out["raw_pixels"].append(linear_probe(None, *split))
