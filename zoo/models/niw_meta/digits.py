@@ -592,6 +592,18 @@ def calibration_scores(label: str, probs: torch.Tensor, y: torch.Tensor, bins: i
     }
 
 
+class EpisodePredictor:
+    """A trained baseline: ``predictor(episodes, **options)`` gives query probabilities
+    ``(N, Q, ways)``; ``predictor.logits(episodes, **options)`` the logits behind them, for
+    temperature scaling on validation episodes (probabilities of a sharp softmax underflow)."""
+
+    def __init__(self, logits):
+        self.logits = logits
+
+    def __call__(self, episodes, **options) -> torch.Tensor:
+        return self.logits(episodes, **options).softmax(-1)
+
+
 def _episode_batches(data, batch_size: int, steps: int, seed: int):
     generator = torch.Generator().manual_seed(seed)
     n = len(data["y_support"])
@@ -604,7 +616,8 @@ def train_protonet(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 
                    lr: float = 1e-3, seed: int = 0):  # fmt: skip
     """Prototype network (Snell et al. 2017) with the same feature network: class prototypes
     are support-feature means, logits are negative squared distances, trained by episodic
-    query cross-entropy. Returns ``episodes -> query probabilities``."""
+    query cross-entropy. Returns an :class:`EpisodePredictor` (``episodes -> query
+    probabilities``; its ``logits`` are the negative squared distances, temperature 1)."""
     torch.manual_seed(seed)
     c = model.config
     net = initial_features(c)
@@ -622,11 +635,11 @@ def train_protonet(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 
         loss.backward()
         opt.step()
 
-    def predict(episodes):
+    def query_logits(episodes):
         with torch.no_grad():
-            return logits(episodes).softmax(-1)
+            return logits(episodes)
 
-    return predict
+    return EpisodePredictor(query_logits)
 
 
 def train_maml(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 16,
@@ -635,8 +648,10 @@ def train_maml(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 16,
     """Second-order MAML (Finn et al. 2017) with the same feature network plus a linear
     ``ways``-way head, all of it adapted per episode by ``inner_steps`` gradient steps on the
     support cross-entropy (the inner learning rate is meta-learned), differentiated through
-    the inner loop. Episodes of a batch are adapted at once with batched weights. Returns
-    ``episodes -> query probabilities``."""
+    the inner loop. Episodes of a batch are adapted at once with batched weights. Returns an
+    :class:`EpisodePredictor` whose ``logits(episodes, inner_lr=None)`` adapts with the
+    meta-learned step size (``predictor.inner_lr``) or a given one, so the step size can be
+    tuned on validation episodes after training."""
     torch.manual_seed(seed)
     c = model.config
     inner_steps = c.maml_inner_steps if inner_steps is None else inner_steps
@@ -657,7 +672,8 @@ def train_maml(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 16,
                 h = features.scale * nn.functional.normalize(h, dim=-1)
         return h
 
-    def adapted_query_logits(episodes, create_graph):
+    def adapted_query_logits(episodes, create_graph, step_size=None):
+        step = log_lr.exp() if step_size is None else torch.as_tensor(step_size)
         n = len(episodes["y_support"])
         params = [t.expand((n,) + t.shape) for t in init]
         if not create_graph:
@@ -667,7 +683,7 @@ def train_maml(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 16,
             loss = nn.functional.cross_entropy(logits.mT, episodes["y_support"],
                                                reduction="none").mean(-1).sum()  # fmt: skip
             grads = torch.autograd.grad(loss, params, create_graph=create_graph)
-            params = [p - log_lr.exp() * g for p, g in zip(params, grads, strict=True)]
+            params = [p - step * g for p, g in zip(params, grads, strict=True)]
         return forward(params, episodes["x_query"])
 
     for batch in _episode_batches(data, batch_size, steps, seed):
@@ -677,14 +693,17 @@ def train_maml(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 16,
         loss.backward()
         opt.step()
 
-    def predict(episodes):
+    def query_logits(episodes, inner_lr=None):
         with torch.enable_grad():
-            return adapted_query_logits(episodes, create_graph=False).detach().softmax(-1)
+            return adapted_query_logits(episodes, False, inner_lr).detach()
 
-    return predict
+    predictor = EpisodePredictor(query_logits)
+    predictor.inner_lr = float(log_lr.detach().exp())
+    return predictor
 
 
 __all__ = [
+    "EpisodePredictor",
     "NIWMetaDigits",
     "calibration_scores",
     "digit_episodes",
