@@ -99,14 +99,17 @@ def _digits_by_class() -> dict[int, np.ndarray]:
 
 
 def digit_episodes(
-    classes, num: int, ways: int, shots: int, queries: int, seed: int = 0
-) -> dict[str, np.ndarray]:
+    classes, num: int, ways: int, shots: int, queries: int, seed: int = 0,
+    images: slice = slice(None),
+) -> dict[str, np.ndarray]:  # fmt: skip
     """``num`` ``ways``-way episodes from ``classes`` of ``load_digits`` (pixels / 16):
     ``shots`` support and ``queries`` query images per class, labels ``0..ways-1`` in a
-    random class order; support and query images of an episode are distinct."""
+    random class order; support and query images of an episode are distinct. ``images``
+    picks part of each class's images (``slice(0, None, 2)`` and ``slice(1, None, 2)`` are
+    disjoint halves: validation and test episodes of the same classes)."""
     if ways > len(classes):
         raise ConfigError(f"ways={ways} needs at least {ways} classes, got {list(classes)}")
-    pools = _digits_by_class()
+    pools = {k: v[images] for k, v in _digits_by_class().items()}
     rng = np.random.default_rng(seed)
     xs = np.empty((num, ways * shots, 64), np.float32)
     xq = np.empty((num, ways * queries, 64), np.float32)
@@ -347,11 +350,14 @@ class NIWMetaDigits(NIWBase):
         episodes = digit_episodes(BASE_CLASSES, c.num_episodes, c.ways, c.shots, c.queries, seed)
         return self.validate(episodes)
 
-    def novel_episodes(self, num: int | None = None, seed: int = 12345) -> dict:
-        """Meta-test episodes from the novel classes 6-9 (never seen in meta-training)."""
+    def novel_episodes(
+        self, num: int | None = None, seed: int = 12345, images: slice = slice(None)
+    ) -> dict:
+        """Meta-test episodes from the novel classes 6-9 (never seen in meta-training), from
+        the part ``images`` of each class's images (see :func:`digit_episodes`)."""
         c = self.config
         num = c.test_episodes if num is None else num
-        episodes = digit_episodes(NOVEL_CLASSES, num, c.ways, c.shots, c.queries, seed)
+        episodes = digit_episodes(NOVEL_CLASSES, num, c.ways, c.shots, c.queries, seed, images)
         return self.validate(episodes)
 
     # ----- generative model ---------------------------------------------------------------
