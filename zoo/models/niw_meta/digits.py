@@ -99,14 +99,17 @@ def _digits_by_class() -> dict[int, np.ndarray]:
 
 
 def digit_episodes(
-    classes, num: int, ways: int, shots: int, queries: int, seed: int = 0
-) -> dict[str, np.ndarray]:
+    classes, num: int, ways: int, shots: int, queries: int, seed: int = 0,
+    images: slice = slice(None),
+) -> dict[str, np.ndarray]:  # fmt: skip
     """``num`` ``ways``-way episodes from ``classes`` of ``load_digits`` (pixels / 16):
     ``shots`` support and ``queries`` query images per class, labels ``0..ways-1`` in a
-    random class order; support and query images of an episode are distinct."""
+    random class order; support and query images of an episode are distinct. ``images``
+    picks part of each class's images (``slice(0, None, 2)`` and ``slice(1, None, 2)`` are
+    disjoint halves: validation and test episodes of the same classes)."""
     if ways > len(classes):
         raise ConfigError(f"ways={ways} needs at least {ways} classes, got {list(classes)}")
-    pools = _digits_by_class()
+    pools = {k: v[images] for k, v in _digits_by_class().items()}
     rng = np.random.default_rng(seed)
     xs = np.empty((num, ways * shots, 64), np.float32)
     xq = np.empty((num, ways * queries, 64), np.float32)
@@ -347,11 +350,14 @@ class NIWMetaDigits(NIWBase):
         episodes = digit_episodes(BASE_CLASSES, c.num_episodes, c.ways, c.shots, c.queries, seed)
         return self.validate(episodes)
 
-    def novel_episodes(self, num: int | None = None, seed: int = 12345) -> dict:
-        """Meta-test episodes from the novel classes 6-9 (never seen in meta-training)."""
+    def novel_episodes(
+        self, num: int | None = None, seed: int = 12345, images: slice = slice(None)
+    ) -> dict:
+        """Meta-test episodes from the novel classes 6-9 (never seen in meta-training), from
+        the part ``images`` of each class's images (see :func:`digit_episodes`)."""
         c = self.config
         num = c.test_episodes if num is None else num
-        episodes = digit_episodes(NOVEL_CLASSES, num, c.ways, c.shots, c.queries, seed)
+        episodes = digit_episodes(NOVEL_CLASSES, num, c.ways, c.shots, c.queries, seed, images)
         return self.validate(episodes)
 
     # ----- generative model ---------------------------------------------------------------
@@ -592,6 +598,18 @@ def calibration_scores(label: str, probs: torch.Tensor, y: torch.Tensor, bins: i
     }
 
 
+class EpisodePredictor:
+    """A trained baseline: ``predictor(episodes, **options)`` gives query probabilities
+    ``(N, Q, ways)``; ``predictor.logits(episodes, **options)`` the logits behind them, for
+    temperature scaling on validation episodes (probabilities of a sharp softmax underflow)."""
+
+    def __init__(self, logits):
+        self.logits = logits
+
+    def __call__(self, episodes, **options) -> torch.Tensor:
+        return self.logits(episodes, **options).softmax(-1)
+
+
 def _episode_batches(data, batch_size: int, steps: int, seed: int):
     generator = torch.Generator().manual_seed(seed)
     n = len(data["y_support"])
@@ -604,7 +622,8 @@ def train_protonet(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 
                    lr: float = 1e-3, seed: int = 0):  # fmt: skip
     """Prototype network (Snell et al. 2017) with the same feature network: class prototypes
     are support-feature means, logits are negative squared distances, trained by episodic
-    query cross-entropy. Returns ``episodes -> query probabilities``."""
+    query cross-entropy. Returns an :class:`EpisodePredictor` (``episodes -> query
+    probabilities``; its ``logits`` are the negative squared distances, temperature 1)."""
     torch.manual_seed(seed)
     c = model.config
     net = initial_features(c)
@@ -622,11 +641,11 @@ def train_protonet(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 
         loss.backward()
         opt.step()
 
-    def predict(episodes):
+    def query_logits(episodes):
         with torch.no_grad():
-            return logits(episodes).softmax(-1)
+            return logits(episodes)
 
-    return predict
+    return EpisodePredictor(query_logits)
 
 
 def train_maml(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 16,
@@ -635,8 +654,10 @@ def train_maml(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 16,
     """Second-order MAML (Finn et al. 2017) with the same feature network plus a linear
     ``ways``-way head, all of it adapted per episode by ``inner_steps`` gradient steps on the
     support cross-entropy (the inner learning rate is meta-learned), differentiated through
-    the inner loop. Episodes of a batch are adapted at once with batched weights. Returns
-    ``episodes -> query probabilities``."""
+    the inner loop. Episodes of a batch are adapted at once with batched weights. Returns an
+    :class:`EpisodePredictor` whose ``logits(episodes, inner_lr=None)`` adapts with the
+    meta-learned step size (``predictor.inner_lr``) or a given one, so the step size can be
+    tuned on validation episodes after training."""
     torch.manual_seed(seed)
     c = model.config
     inner_steps = c.maml_inner_steps if inner_steps is None else inner_steps
@@ -657,7 +678,8 @@ def train_maml(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 16,
                 h = features.scale * nn.functional.normalize(h, dim=-1)
         return h
 
-    def adapted_query_logits(episodes, create_graph):
+    def adapted_query_logits(episodes, create_graph, step_size=None):
+        step = log_lr.exp() if step_size is None else torch.as_tensor(step_size)
         n = len(episodes["y_support"])
         params = [t.expand((n,) + t.shape) for t in init]
         if not create_graph:
@@ -667,7 +689,7 @@ def train_maml(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 16,
             loss = nn.functional.cross_entropy(logits.mT, episodes["y_support"],
                                                reduction="none").mean(-1).sum()  # fmt: skip
             grads = torch.autograd.grad(loss, params, create_graph=create_graph)
-            params = [p - log_lr.exp() * g for p, g in zip(params, grads, strict=True)]
+            params = [p - step * g for p, g in zip(params, grads, strict=True)]
         return forward(params, episodes["x_query"])
 
     for batch in _episode_batches(data, batch_size, steps, seed):
@@ -677,14 +699,17 @@ def train_maml(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 16,
         loss.backward()
         opt.step()
 
-    def predict(episodes):
+    def query_logits(episodes, inner_lr=None):
         with torch.enable_grad():
-            return adapted_query_logits(episodes, create_graph=False).detach().softmax(-1)
+            return adapted_query_logits(episodes, False, inner_lr).detach()
 
-    return predict
+    predictor = EpisodePredictor(query_logits)
+    predictor.inner_lr = float(log_lr.detach().exp())
+    return predictor
 
 
 __all__ = [
+    "EpisodePredictor",
     "NIWMetaDigits",
     "calibration_scores",
     "digit_episodes",
