@@ -19,6 +19,7 @@ from pyro.infer import autoguide
 
 from guides.encoders import NormalEncoder, mlp
 from guides.local import LOCAL_KINDS, LocalDriver, check_local, local_kinds, make_family
+from inference.data import DATA_PLATE
 from inference.traces import latent_sites
 
 __all__ = [
@@ -103,9 +104,12 @@ class SwappedGuide(LocalDriver):
             trace = poutine.trace(global_model).get_trace(batch)
         latent = [trace.nodes[name] for name in latent_sites(trace)]
         self._has_globals = bool(latent)
-        # only globals inside a plate need the guide's data plate; creating it for globals
-        # outside all plates would clash with the plate of the model's local guide
-        in_plate = any(site["cond_indep_stack"] for site in latent)
+        # only globals inside the data plate need the guide's data plate; creating it for
+        # others (outside all plates, or in a plate of their own such as one per domain)
+        # would clash with the plate of the model's local guide
+        in_plate = any(
+            frame.name == DATA_PLATE for site in latent for frame in site["cond_indep_stack"]
+        )
         if self._has_globals:
             options = dict(self._options)
             if in_plate and self.kind in _FOLLOW_BATCH and hasattr(self._zoo_model, "data_plate"):

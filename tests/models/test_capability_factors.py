@@ -1,5 +1,6 @@
 """LM capability factors (paper 14): sites, bad input, swaps, recovery (hierarchical R^2,
-the paper's check against pooled factor analysis), NUTS vs SVI, SBC."""
+the paper's check against pooled factor analysis over seeds), the Gaussian variant's ridge,
+NUTS vs SVI. SBC runs in the recipe (zoo/experiments/capability_factors.py, 80 replicates)."""
 
 import math
 
@@ -12,7 +13,7 @@ from pyro import poutine
 import guides
 import zoo
 from inference.data import DataError, full_batch
-from inference.diagnostics import sbc, summary
+from inference.diagnostics import summary
 from inference.posterior import posterior
 from inference.svi import fit
 from tests.mcmc_helpers import quiet_nuts
@@ -45,6 +46,7 @@ def test_shapes_sites_and_finite_log_density(spec_data, marginal):
     batch = full_batch(model.validate(spec_data[1]))
     model_trace, guide_trace = traces(model, model.guide, batch)
     expected = set(SITES) | (set() if marginal else {"eps"})
+    assert model.local_sites == (() if marginal else ("eps",))
     assert latent_sites(model_trace) == latent_sites(guide_trace) == expected
     assert model_trace.nodes["loading"]["value"].shape == (6, 3)
     assert model_trace.nodes["edge"]["value"].shape == (4, 3)
@@ -77,13 +79,20 @@ def test_bad_input_is_refused_before_training(spec_data):
         zoo.create("capability_factors", priors={"sigma": dist.Normal(0.0, 1.0)})
 
 
-@pytest.fixture(scope="module")
-def svi_fit(spec_data):
+PAPER_STEPS = 1500
+
+
+def _fit_default(data, steps=PAPER_STEPS):
+    """The identifiable default (Laplace noise as per-row latents) by SVI."""
     model = zoo.create("capability_factors")
     guide = guides.build("normal", model)
-    options = dict(SVI, lr=0.02, lr_final_factor=0.1)
-    result = fit(model, guide, spec_data[1], steps=3000, seed=0, **options)
-    return model, guide, result
+    fit(model, guide, data, steps=steps, seed=0, **SVI)
+    return model, guide
+
+
+@pytest.fixture(scope="module")
+def svi_fit(spec_data):
+    return _fit_default(spec_data[1])
 
 
 def test_recovers_each_domains_moments(spec_data, svi_fit):
@@ -91,7 +100,7 @@ def test_recovers_each_domains_moments(spec_data, svi_fit):
     against the simulation's true ones, within 5 sampling sds of a 150-row estimate (Gaussian
     formula, widened by sqrt(5/2) for the Laplace noise's fourth moment)."""
     truth, data = spec_data
-    model, guide, _ = svi_fit
+    model, guide = svi_fit
     post = posterior(model, data, guide=guide, num_draws=500).posterior
     mixing = np.linalg.inv(np.eye(3) - truth["B"])  # (K, d0, d0)
     g_mix = truth["loading"] @ mixing
@@ -107,24 +116,29 @@ def test_recovers_each_domains_moments(spec_data, svi_fit):
     assert (np.abs(est_cov - cov) < 5 * cov_sd).all(), np.abs(est_cov - cov) / cov_sd
 
 
-def test_papers_check_on_the_spec_leaderboard(spec_data, svi_fit):
-    """The paper's check on the spec's seed-0 leaderboard: hierarchical R^2 (true z_j on
-    estimated z_1..z_j) above 0.9 for every capability; the pooled factor analysis misses
-    z1 even in its best order. The fast variant is not identified (see above), so this is
-    a property of this data set and prior, not a guarantee: measured over seeds 0-5, the
-    model's z1 R^2 is 0.94 / 0.98 / 0.43 / 0.09 / 0.70 / 0.04 (tutorial)."""
-    truth, data = spec_data
-    model, guide, _ = svi_fit
-    idata = posterior(model, data, guide=guide, num_draws=500)
-    r2 = hierarchical_r2(truth["z"], model.factor_scores(_means(idata), data))
-    assert (r2 > 0.9).all(), r2
-    pooled = best_order_r2(truth["z"], pooled_fa_factors(data["x"].numpy(), 3))
-    assert pooled[0] < 0.85, pooled
-    # the first chain edge z1 -> z2 (true weights 0.8-1.7) keeps its sign in every
-    # domain; z2 -> z3 is recovered less well by this guide (3 of 4 signs, measured;
-    # reported in the tutorial, not asserted)
-    edge = _means(idata)["edge"]
-    assert (edge[:, 0] > 0).all(), edge
+PAPER_SEEDS = (0, 1, 2)
+
+
+def test_papers_check_holds_over_seeds(spec_data, svi_fit):
+    """The paper's check on three simulated leaderboards (seeds 0-2): the identifiable
+    default recovers every capability (hierarchical R^2, true z_j on estimated z_1..z_j)
+    with a median over seeds above 0.9 for z2 and z3 and above 0.6 for z1, and beats
+    pooled factor analysis (in its best factor order) on z1 in the median. The
+    identification is weak at this size (the Laplace noise separates the capabilities by
+    a few nats per leaderboard), so single seeds can miss on z1: the recipe reports every
+    seed (results/capability_factors.md). A model that does not separate the capabilities
+    (the pooled fit; a Gaussian fit lands at a prior-chosen point of its ridge) misses the
+    z1 bound on most seeds."""
+    model_r2, pooled_r2 = [], []
+    for seed in PAPER_SEEDS:
+        truth, data = spec_data if seed == 0 else simulate_capabilities(seed=seed)
+        model, guide = svi_fit if seed == 0 else _fit_default(data)
+        median = guide.median(full_batch(model.validate(data)))
+        model_r2.append(hierarchical_r2(truth["z"], model.factor_scores(median, data)))
+        pooled_r2.append(best_order_r2(truth["z"], pooled_fa_factors(data["x"].numpy(), 3)))
+    model_r2, pooled_r2 = np.median(model_r2, 0), np.median(pooled_r2, 0)
+    assert model_r2[0] > 0.6 and (model_r2[1:] > 0.9).all(), model_r2
+    assert model_r2[0] > pooled_r2[0], (model_r2, pooled_r2)
 
 
 def test_guide_swap_and_prior_swap(spec_data):
@@ -141,8 +155,10 @@ def test_guide_swap_and_prior_swap(spec_data):
     assert np.abs(mus["normal"].mean((0, 1)) - 5.0).max() < 0.2, mus["normal"].mean((0, 1))
 
 
-def test_native_laplace_variant_trains(spec_data):
-    model = zoo.create("capability_factors", marginal=False)
+def test_default_trains_on_minibatches(spec_data):
+    """The default's guide for eps is a function of the globals (no per-row parameters),
+    so it follows any subsample of rows."""
+    model = zoo.create("capability_factors")
     result = fit(model, model.guide, spec_data[1], steps=150, batch_size=100, seed=0, **SVI)
     assert all(math.isfinite(v) for v in result.losses)
     assert np.mean(result.losses[-20:]) < np.mean(result.losses[:20])
@@ -153,9 +169,9 @@ SMALL = dict(num_domains=3, num_benchmarks=4, num_factors=2)
 
 def test_gaussian_marginal_is_identified_only_up_to_descendant_mixing(spec_data):
     """z' = N z with N unit upper triangular (z_j mixed with its descendants) gives other
-    parameters with exactly the same likelihood: the fast variant's posterior has a ridge
-    of d0 (d0 - 1) / 2 directions that only the prior shapes."""
-    model = zoo.create("capability_factors")
+    parameters with exactly the same likelihood: the Gaussian variant's posterior has a
+    ridge of d0 (d0 - 1) / 2 directions that only the prior shapes."""
+    model = zoo.create("capability_factors", marginal=True)
     truth, data = spec_data
     data = {k: v.double() if v.is_floating_point() else v for k, v in data.items()}
     generator = torch.Generator().manual_seed(0)
@@ -187,12 +203,13 @@ IDENTIFIED = ("domain_mean", "domain_cov", "sigma")
 
 
 def test_nuts_and_svi_agree_on_what_the_data_identify():
-    """A small design (3 domains x 30 LMs, 4 benchmarks, 2 capabilities, noise 0.3). The
+    """The Gaussian variant (the one NUTS can sample: no per-row latents). A small design
+    (3 domains x 30 LMs, 4 benchmarks, 2 capabilities, noise 0.3). The
     raw parameters lie on the prior-shaped ridge above (NUTS mixes slowly along it), so
     the comparison is on the identified functionals: each domain's mean and covariance of
     the scores, and sigma. Measured: NUTS bulk ESS 112-200 of 200 draws, SVI means within
     0.1 NUTS sd, SVI sds 0.96-1.13 of NUTS's."""
-    model = zoo.create("capability_factors", **SMALL)
+    model = zoo.create("capability_factors", marginal=True, **SMALL)
     _, data = simulate_capabilities(
         num_domains=3, per_domain=30, num_benchmarks=4, num_factors=2, noise=0.3, seed=1
     )
@@ -225,41 +242,3 @@ def test_nuts_and_svi_agree_on_what_the_data_identify():
         assert close[varies].all(), (name, vi.mean(0), mc.mean(0))
         ratio = vi.std(0)[varies] / mc.std(0)[varies]
         assert 0.7 < np.median(ratio) < 1.4, (name, ratio)
-
-
-def test_sbc_of_nuts_on_what_the_data_identify():
-    """SBC of NUTS on a tiny design (3 domains x 8 LMs, 3 benchmarks, 2 capabilities), on
-    sigma and each domain's moments of the scores: what short chains mix on. (On the raw
-    parameters, the tutorial's 20 replicates put the smallest p-values on the ridge: an
-    edge 0.0043, G's ridge entry 0.0095; neither significant at 0.01 / 19.)"""
-    model = zoo.create(
-        "capability_factors", num_domains=3, num_benchmarks=3, num_factors=2, per_domain=8
-    )
-
-    def with_moments(values):
-        moments = model.domain_moments(values)
-        variances = moments["domain_cov"].diagonal(dim1=-2, dim2=-1)
-        return {**values, "domain_mean": moments["domain_mean"], "domain_var": variances}
-
-    def simulate(seed):
-        truth, data = model.simulate(seed)
-        variances = truth["domain_cov"].diagonal(dim1=-2, dim2=-1)
-        return {**truth, "domain_var": variances}, data
-
-    def fit_draws(data, seed):
-        mcmc = quiet_nuts(
-            model,
-            data,
-            chains=1,
-            warmup=60,
-            draws=60,
-            seed=seed,
-            max_tree_depth=6,
-            progress=False,
-        )
-        return with_moments({k: v[::6] for k, v in mcmc.get_samples().items()})
-
-    params = ["sigma", "domain_mean", "domain_var"]  # 19 components
-    result = sbc(simulate, fit_draws, num_replicates=6, params=params, seed=0)
-    # one test per component: alpha 0.01 / 19 keeps the family-wise level near 1%
-    assert result.passed(0.01 / 19), result.pvalues
