@@ -1,7 +1,7 @@
 """ard_vae (paper 4): shapes, site match, finite ELBO, the closed-form q(alpha) and its
 running variance estimate, guide and prior swaps, recovery of the number of relevant
-dimensions of a 3-dimensional manifold at two latent sizes (the paper's check), and bad
-input."""
+dimensions of a 3-dimensional manifold at two latent sizes (the paper's check), the s^2
+separation that a standard N(0, I) VAE on the same fit does not show, and bad input."""
 
 import math
 
@@ -95,14 +95,17 @@ def test_prior_swap_and_the_standard_vae():
         zoo.create("ard_vae", priors={"alpha": dist.Normal(0.0, 1.0).expand([10]).to_event(1)})
 
 
-@pytest.mark.parametrize("latent_dim", [8, 24])
-def test_recovers_the_number_of_relevant_dimensions(latent_dim):
-    """The paper's check: on a 3-dimensional curved manifold in R^20, the ARD-VAE leaves
-    exactly 3 active units (Var_x mu_l > 0.01) at two latent sizes, their prior variances
-    s^2 exceed every switched-off axis' by 5x or more, and the active axes linearly encode
-    the true coordinates (ridge R^2 >= 0.85)."""
+def _fit_on_manifold(latent_dim: int, prior: str = "ard"):
+    """The paper's check's fit: 1000 full steps on 2000 rows of the 3-d manifold; returns
+    the model (in eval mode), its data and ``relevance`` on them."""
     model = zoo.create(
-        "ard_vae", latent_dim=latent_dim, num_rows=2000, hidden=(32, 32), batch_size=500, lr=1e-2
+        "ard_vae",
+        prior=prior,
+        latent_dim=latent_dim,
+        num_rows=2000,
+        hidden=(32, 32),
+        batch_size=500,
+        lr=1e-2,
     )
     data = model.default_data(seed=0)
     pyro.set_rng_seed(0)
@@ -117,16 +120,43 @@ def test_recovers_the_number_of_relevant_dimensions(latent_dim):
         validate=False,
     )
     model.eval()
-    rel = model.relevance(data)
+    return model, data, model.relevance(data)
+
+
+def _s2_separation(rel: dict) -> float:
+    """Smallest active axis' s^2 over the largest inactive one's."""
+    s2, active = np.array(rel["s2"]), np.array(rel["active"])
+    return float(s2[active].min() / s2[~active].max())
+
+
+@pytest.mark.parametrize("latent_dim", [8, 24])
+def test_recovers_the_number_of_relevant_dimensions(latent_dim):
+    """The paper's check: on a 3-dimensional curved manifold in R^20, the ARD-VAE leaves
+    exactly 3 active units (Var_x mu_l > 0.01) at two latent sizes, their prior variances
+    s^2 exceed every switched-off axis' by 5x or more, and the active axes linearly encode
+    the true coordinates (ridge R^2 >= 0.85)."""
+    model, data, rel = _fit_on_manifold(latent_dim)
     assert rel["relevant_dims"] == 3, rel["mean_variance"]
-    s2 = np.array(rel["s2"])
-    active = np.array(rel["active"])
-    assert s2[active].min() > 5 * s2[~active].max()
+    assert _s2_separation(rel) > 5, rel["s2"]
     with torch.no_grad():
         loc, _ = model.encoder(data["x"])
-    codes = loc[:, torch.as_tensor(active)].numpy()
+    codes = loc[:, torch.as_tensor(rel["active"])].numpy()
     truth = model.true_latents(seed=0).numpy()
     assert RidgeCV().fit(codes, truth).score(codes, truth) >= 0.85
+
+
+def test_the_s2_separation_is_the_ard_priors_doing():
+    """The same fit with the N(0, I) prior (``prior="standard"``, everything else equal):
+    a standard VAE also switches axes off on this manifold, so the active-unit count alone
+    does not show the ARD prior at work (zoo reproduce ard_vae compares them at latent sizes
+    8/32/64). What the ARD prior adds is the learned prior variance: the standard VAE's s^2
+    stays near 1 on every axis (measured: 1.09x separation, against the ARD-VAE's 13x at
+    this size), so the 5x separation asserted above fails for a VAE whose prior does not
+    adapt."""
+    _, _, rel = _fit_on_manifold(8, prior="standard")
+    s2 = np.array(rel["s2"])
+    assert _s2_separation(rel) < 2, rel["s2"]
+    assert np.all(np.abs(s2 - 1) < 0.3), s2  # the N(0, I) prior holds every axis near 1
 
 
 def test_manifold_data_is_seeded_and_low_dimensional():

@@ -1,5 +1,6 @@
-"""vae_digits: shapes, site match, guide and prior swaps, a held-out ELBO floor and a
-recovery test against a known decoder whose exact log-likelihood is computed by quadrature."""
+"""vae_digits: shapes, site match, guide and prior swaps, a held-out ELBO above the
+independent-pixel log-likelihood and a recovery test
+against a known decoder whose exact log-likelihood is computed by quadrature."""
 
 import math
 
@@ -14,6 +15,7 @@ from inference.evaluation import elbo_per_row
 from inference.svi import fit
 from tests.linear_decoder import simulate_images, true_log_likelihood
 from tests.sites import traces
+from zoo.experiments.vae_digits import independent_pixels_loglik
 
 
 def _split(data, seed=0, holdout=0.15):
@@ -73,24 +75,28 @@ def test_bad_encoder_swaps_are_refused():
         guides.build("nonsense", model)
 
 
-# Measured (2025, CPU, seeds 0-2 of fit, this split, 1000 steps of batch 128, lr 1e-3): held-out
-# elbo_per_image -23.2 / -23.9 / -24.0; the untrained model gives -49.3. The floor leaves ~2 nats
-# of margin for platform and seed noise and sits far above the untrained value.
-HELDOUT_ELBO_FLOOR = -26.0
+# Measured (CPU, this split, 1000 steps of batch 128, lr 1e-3): held-out elbo_per_image -22.05
+# (fit seed 0) and -23.49 (seed 1); the untrained model gives -49.3. The floor is data-derived:
+# independent pixels at their training frequencies score -24.79 nats per image on this split, and
+# a VAE that ignores z scores about the same, so the ELBO must beat it by a margin (measured 2.7 and
+# 1.3 nats). zoo reproduce vae_digits sets the trained VAE beside independent pixels and a
+# Bernoulli mixture over seeds.
+MARGIN_OVER_PIXELS = 0.5
 
 
-def test_heldout_elbo_floor(digits):
+def test_heldout_elbo_beats_independent_pixels(digits):
     train, test = _split(digits, seed=0)
     assert len(test["x"]) == 270
+    pixels = independent_pixels_loglik(train["x"].double().numpy(), test["x"].double().numpy())
     model = zoo.create("vae_digits")
     guide = model.guide
     pyro.set_rng_seed(0)
     untrained = float(elbo_per_row(model, guide, test, num_particles=10).mean())
-    assert untrained < HELDOUT_ELBO_FLOOR - 10, "the floor must fail for an untrained model"
+    assert untrained < pixels - 10, "the floor must fail for an untrained model"
     fit(model, guide, train, steps=1000, batch_size=128, lr=1e-3, progress=False, log_every=50)
     pyro.set_rng_seed(0)
     metrics = model.evaluate(guide, test)
-    assert metrics["elbo_per_image"] > HELDOUT_ELBO_FLOOR, metrics
+    assert metrics["elbo_per_image"] > pixels + MARGIN_OVER_PIXELS, (metrics, pixels)
     # the 100-sample IWAE bound is (up to Monte Carlo noise) at least the ELBO
     assert metrics["iwae100_per_image"] > metrics["elbo_per_image"] - 0.5
 
