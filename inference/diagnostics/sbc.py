@@ -16,6 +16,7 @@ posterior 1.5x too narrow, 1.5x too wide, or shifted by half a posterior sd. Bel
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ ALTERNATIVES: dict[str, tuple[float, float]] = {
 #: below this power against any alternative a result is reported as underpowered
 MIN_POWER = 0.8
 _POWER_SIMULATIONS = 2000
+
+
+#: every finished run logs its one-line description here (the test suite prints them)
+log = logging.getLogger(__name__)
 
 
 class SBCPowerWarning(UserWarning):
@@ -235,6 +240,7 @@ def sbc(
     result = SBCResult(
         ranks=arrays, num_draws=num_draws, pvalues=pvalues, bins=bins, alpha=alpha, power=power
     )
+    log.info(result.describe())
     if result.underpowered:
         warnings.warn(
             f"{result.describe()}: below {MIN_POWER:.0%}, more replicates needed for the test "
