@@ -73,6 +73,7 @@ def reproduce(
 
     found, seed_list, folder = check_request(name, seeds, quick, out)
     settings = found.settings_for(quick)
+    origin = provenance()  # the code that runs is the code at the start
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}.artifacts-"))
     try:
         context = RunContext(quick=quick, settings=dict(settings), artifacts=staging)
@@ -109,7 +110,7 @@ def reproduce(
             "figures": {k: summarise([fig.get(k) for fig in per_seed]) for k in keys},
             "wall_time_s": round(wall, 1),
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
-            **provenance(),
+            **origin,
         }
         paths = write_results(results, folder)
         _publish_artifacts(staging, folder / name)
