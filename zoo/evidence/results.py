@@ -75,6 +75,7 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(handle, "w") as f:
             f.write(text)
+        os.chmod(temp, 0o644)  # mkstemp's 0600 would hide results from other users
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
