@@ -48,15 +48,15 @@ FOLDER = "reference"
 
 _FULL = {
     "chains": 4,
-    "warmup": 1000,
-    "draws": 2000,
+    "warmup": 700,
+    "draws": 1500,
     "target_accept": 0.9,
     "max_tree_depth": 10,
-    "svi_steps": 3000,
+    "svi_steps": 1500,
     "svi_lr": 0.01,
-    "svi_particles": 8,
+    "svi_particles": 4,
     "guide_draws": 4000,
-    "khat_particles": 1000,
+    "khat_particles": 500,
     "jit": True,
     "use_nuts_init": True,
 }
@@ -114,7 +114,7 @@ DESIGNS: dict[str, Design] = {
     "eight_schools": Design(
         config={"centered": False},
         why="the default data; the non-centered form (the centered one is a funnel)",
-        settings={"svi_lr": 0.03, "svi_particles": 16},
+        settings={"svi_lr": 0.03, "svi_particles": 8},
     ),
     "pac_invariance": Design(
         why="the default data (8 environments x 400 rows, S = {X1})",
