@@ -251,6 +251,7 @@ def reference(
 
     import zoo
     from inference.reference import certify, mcmc_draws, save_draws, thin_to_fit
+    from inference.svi import TrainingDiverged
     from zoo.evidence.results import (
         FORMAT_VERSION,
         _atomic_write,
@@ -273,11 +274,17 @@ def reference(
     certificate = certify(draws, divergences)
     print(f"{name}: reference in {nuts_time:.0f} s, certified {certificate['certified']}", file=log)
     grades: dict[str, dict[str, Any]] = {}
+    skipped = dict(SKIPPED_KINDS)
     for kind in KIND_ORDER:
         per_seed = []
-        for seed in seed_list:
-            pyro.set_rng_seed(seed)
-            per_seed.append(_grade_kind(model, data, kind, seed, s, draws, design.align))
+        try:
+            for seed in seed_list:
+                pyro.set_rng_seed(seed)
+                per_seed.append(_grade_kind(model, data, kind, seed, s, draws, design.align))
+        except TrainingDiverged as error:  # a kind that cannot be trained here is a finding
+            skipped[kind] = f"SVI diverged on seed {seed} at lr {s['svi_lr']}: {error}"
+            print(f"{name}: {kind} diverged", file=log)
+            continue
         keys = list(per_seed[0])
         grades[kind] = {k: summarise([p[k] for p in per_seed]) for k in keys}
         print(f"{name}: {kind} graded", file=log)
@@ -300,7 +307,7 @@ def reference(
         "certificate": certificate,
         "svi_seeds": seed_list,
         "grades": grades,
-        "skipped_kinds": dict(SKIPPED_KINDS),
+        "skipped_kinds": skipped,
         "draws_file": f"{name}.npz",
         "draws_thinned_by": step,
         "wall_time_s": round(time.perf_counter() - started, 1),
