@@ -121,10 +121,11 @@ DESIGNS: dict[str, Design] = {
         quick_config={"rows_per_env": 20},
     ),
     "capability_factors": Design(
-        config={"num_factors": 1, "per_domain": 50},
-        why="one capability (d0 = 1) and 50 LMs per domain: at the spec's d0 = 3 the "
-        "posterior has d0 (d0 - 1) / 2 prior-shaped ridge directions (see the model's "
-        "docstring) and NUTS chains do not agree",
+        config={"num_factors": 2, "per_domain": 50},
+        why="two capabilities (d0 = 2) and 50 LMs per domain: at the spec's d0 = 3 the "
+        "posterior has d0 (d0 - 1) / 2 = 3 prior-shaped ridge directions (see the model's "
+        "docstring) and NUTS chains do not agree; d0 = 2 leaves one (d0 = 1 has no edge "
+        "site at all, a zero-size site the posterior tools cannot reshape)",
         quick_config={"per_domain": 10},
     ),
     "latent_label_shift": Design(
