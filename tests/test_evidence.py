@@ -321,3 +321,26 @@ def test_the_guide_table_and_its_check(tmp_path, capsys):
     readme.write_text(readme.read_text().replace("mean err 0.50", "mean err 0.05"))
     assert main(["readme", "--check", "--readme", str(readme), "--results", str(tmp_path)]) == 1
     assert "eight_schools" in capsys.readouterr().out
+
+
+def test_a_guide_kind_that_diverges_is_recorded_not_fatal(tmp_path, monkeypatch):
+    import inference.reference
+    from inference.svi import TrainingDiverged
+    from zoo.evidence import reference as part
+
+    draws = {"mu": _chains([0, 0, 0, 0])["theta"][..., 0]}
+    monkeypatch.setattr(part, "_reference_draws", lambda *a: (None, {}, False))
+    monkeypatch.setattr(inference.reference, "mcmc_draws", lambda mcmc: (draws, 0))
+
+    def grade_kind(model, data, kind, *args):
+        if kind == "flow":
+            raise TrainingDiverged("loss became nan at step 2")
+        return {"khat": 0.3, "mean_error_max": 0.1, "mean_error_median": 0.05,
+                "sd_ratio_worst_deviation": 0.1}  # fmt: skip
+
+    monkeypatch.setattr(part, "_grade_kind", grade_kind)
+    part.reference("eight_schools", quick=True, seeds=1, out=tmp_path)
+    results = json.loads((tmp_path / "reference" / "eight_schools.json").read_text())
+    assert set(results["grades"]) == {"normal", "lowrank", "mvn"}
+    assert "SVI diverged" in results["skipped_kinds"]["flow"]
+    assert results["certificate"]["certified"] and results["recommendation"]["kind"] == "normal"
