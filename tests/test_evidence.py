@@ -4,17 +4,29 @@ good file lost to a failed run, and a README that agrees with results/."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import zoo
 from tests.cli_helpers import error_line
 from zoo.cli.main import main
 from zoo.evidence import Figure, Recipe, find_recipe, recipes
-from zoo.evidence.readme import BEGIN, END, render_table, stale_rows, update_readme
+from zoo.evidence import reference as reference_part
+from zoo.evidence.readme import (
+    BEGIN,
+    END,
+    GUIDES_BEGIN,
+    GUIDES_END,
+    render_guide_table,
+    render_table,
+    stale_rows,
+    update_readme,
+)
 from zoo.evidence.results import summarise
 
 REPO = Path(__file__).resolve().parents[1]
 CALLS = []
+REF_CALLS = []
 
 
 def _fake(seed, ctx):
@@ -40,7 +52,10 @@ def fake(monkeypatch):
     )
     recipes.list_recipes()
     monkeypatch.setitem(recipes._RECIPES, "eight_schools", stand_in)
+    # the reference part (NUTS) is tested on its own below; here it only records the call
+    monkeypatch.setattr(reference_part, "reference", lambda *a, **k: REF_CALLS.append(a) or ())
     CALLS.clear()
+    REF_CALLS.clear()
     return stand_in
 
 
@@ -122,7 +137,7 @@ def test_readme_generation_and_its_check(tmp_path, fake, capsys):
     results = tmp_path / "results"
     assert main(["reproduce", "eight_schools", "--out", str(results)]) == 0
     readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\n{BEGIN}\n{END}\n\ntail\n")
+    readme.write_text(f"# title\n\n{BEGIN}\n{END}\n\n{GUIDES_BEGIN}\n{GUIDES_END}\n\ntail\n")
     assert stale_rows(readme, results)  # empty table: stale
     assert update_readme(readme, results) and not update_readme(readme, results)
     text = readme.read_text()
@@ -149,3 +164,183 @@ def test_every_model_reproduces_at_quick_size(name, tmp_path, capsys):
     for figure in results["headline"]:
         assert figure["key"] in results["figures"], figure
     assert render_table(tmp_path)  # the row renders
+
+
+# ----- the reference part: certified NUTS draws and guides graded against them --------------
+
+
+def _chains(offsets, draws=1000, seed=0):
+    """Independent normal draws, one chain per offset: (chain, draw, 2)."""
+    rng = np.random.default_rng(seed)
+    return {"theta": rng.normal(size=(len(offsets), draws, 2)) + np.array(offsets)[:, None, None]}
+
+
+def test_certification_passes_mixed_chains_and_fails_disagreeing_ones():
+    from inference.reference import certify
+
+    good = certify(_chains([0, 0, 0, 0]), divergences=0)
+    assert good["certified"] and good["failures"] == [], good
+    assert good["rhat_max"] < 1.01 and good["ess_bulk_min"] > 2000
+    # one chain stuck half an sd away: R-hat reads it and the reference is refused
+    bad = certify(_chains([0, 0, 0, 0.5]), divergences=0)
+    assert not bad["certified"] and bad["rhat_max"] > 1.01
+    assert any("R-hat" in reason for reason in bad["failures"]), bad
+    assert not certify(_chains([0, 0, 0, 0]), divergences=3)["certified"]
+    too_few = certify(_chains([0, 0], draws=300), divergences=0)
+    assert not too_few["certified"] and len(too_few["failures"]) == 2  # chains and ESS
+
+
+def test_grades_are_in_reference_sds():
+    from inference.reference import grade
+
+    reference = _chains([0, 0, 0, 0], draws=2000)
+    shifted = {"theta": reference["theta"] + 0.5}
+    assert grade(reference, shifted)["mean_error_max"] == pytest.approx(0.5, abs=0.01)
+    assert grade(reference, shifted)["sd_ratio_worst_deviation"] < 0.01
+    wide = {"theta": 2.0 * reference["theta"]}
+    assert grade(reference, wide)["sd_ratio_worst_deviation"] == pytest.approx(1.0, abs=0.01)
+    point = {"theta": np.zeros((1, 10, 2))}
+    assert grade(reference, point)["sd_ratio_worst_deviation"] == pytest.approx(1.0)
+
+
+def test_reference_part_at_quick_size(tmp_path, capsys):
+    from inference.reference import load_draws
+
+    argv = ["reproduce", "eight_schools", "--only", "reference", "--quick", "--seeds", "1"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    folder = tmp_path / "reference"
+    results = json.loads((folder / "eight_schools.json").read_text())
+    assert results["quick"] and not results["certificate"]["certified"]  # 2 short chains
+    assert "2 chains < 4" in results["certificate"]["failures"]
+    assert set(results["grades"]) == {"normal", "lowrank", "mvn", "flow"}
+    assert set(results["skipped_kinds"]) == {"default", "delta"}
+    for grades in results["grades"].values():
+        assert grades["mean_error_max"]["n"] == 1
+    draws = load_draws(folder / "eight_schools.npz")
+    assert draws["mu"].shape[0] == 2 and draws["eta"].shape[-1] == 8
+    assert "NOT certified" in (folder / "eight_schools.md").read_text()
+    assert not (tmp_path / "eight_schools.json").exists()  # the headline part did not run
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_reference_refusals_come_before_any_work(tmp_path, fake, capsys):
+    no_nuts = next(name for name in zoo.list_models() if not zoo.get(name).supports_nuts)
+    argv = ["reproduce", no_nuts, "--only", "reference", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "not small enough for NUTS" in error_line(capsys)
+    argv = ["reproduce", "eight_schools", "--only", "reference", "--seeds", "2"]
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert "at least 3 SVI seeds" in error_line(capsys)
+    # both parts: the headline runs, then the reference part
+    assert main(["reproduce", "eight_schools", "--out", str(tmp_path)]) == 0
+    assert CALLS == [0, 1, 2] and len(REF_CALLS) == 1
+    assert main(["reproduce", "eight_schools", "--only", "headline", "--out", str(tmp_path)]) == 0
+    assert len(REF_CALLS) == 1
+
+
+def test_a_failed_reference_run_keeps_the_older_files(tmp_path, monkeypatch):
+    from zoo.evidence import reference as part
+
+    folder = tmp_path / "reference"
+    folder.mkdir()
+    older = {f"eight_schools.{ext}": f"older {ext}" for ext in ("json", "md", "npz")}
+    for name, text in older.items():
+        (folder / name).write_text(text)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("NUTS broke")
+
+    monkeypatch.setattr(part, "_reference_draws", broken)
+    with pytest.raises(RuntimeError, match="NUTS broke"):
+        part.reference("eight_schools", quick=True, seeds=1, out=tmp_path)
+    assert {p.name: p.read_text() for p in folder.iterdir()} == older
+
+
+def _entry(mean: float) -> dict:
+    return {"mean": mean, "sd": 0.01, "values": [mean] * 3, "n": 3}
+
+
+def _reference_results(certified: bool, normal_error: float) -> dict:
+    results = {
+        "format": 1,
+        "model": "eight_schools",
+        "command": "zoo reproduce eight_schools --only reference --seeds 3",
+        "quick": False,
+        "certificate": {
+            "chains": 4,
+            "draws_per_chain": 2000,
+            "rhat_max": 1.002 if certified else 1.2,
+            "ess_bulk_min": 3000.0,
+            "divergences": 0,
+            "certified": certified,
+            "failures": [] if certified else ["worst R-hat 1.200 not < 1.01"],
+        },
+        "grades": {
+            kind: {
+                "khat": _entry(0.4),
+                "mean_error_max": _entry(error),
+                "mean_error_median": _entry(error / 2),
+                "sd_ratio_worst_deviation": _entry(0.1),
+            }
+            for kind, error in (("normal", normal_error), ("mvn", 0.05))
+        },
+    }
+    return results
+
+
+def test_recommendation_is_the_cheapest_guide_that_meets_the_bar():
+    from zoo.evidence.reference import recommend
+
+    assert recommend(_reference_results(True, 0.1))["kind"] == "normal"
+    assert recommend(_reference_results(True, 0.5))["kind"] == "mvn"
+    provisional = recommend(_reference_results(False, 0.5))
+    assert provisional["kind"] == "mvn" and "not certified" in provisional["note"]
+    none_good = _reference_results(True, 0.5)
+    none_good["grades"]["mvn"]["khat"]["mean"] = 0.9
+    assert not recommend(none_good)["good"] and "prefer NUTS" in recommend(none_good)["note"]
+
+
+def test_the_guide_table_and_its_check(tmp_path, capsys):
+    from zoo.evidence.reference import recommend
+
+    results = _reference_results(False, 0.5)
+    results["recommendation"] = recommend(results)
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "reference" / "eight_schools.json").write_text(json.dumps(results))
+    table = render_guide_table(tmp_path)
+    row = next(line for line in table.splitlines() if line.startswith("| `eight_schools`"))
+    assert "**no**: worst R-hat 1.200" in row and "closest" not in row and "`mvn`" in row
+    assert "`normal` k̂ 0.40 ± 0.01, mean err 0.50 ± 0.01" in row
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{BEGIN}\n{END}\n")  # the guide table's markers missing
+    with pytest.raises(ValueError, match="no generated guide table"):
+        update_readme(readme, tmp_path)
+    assert readme.read_text() == f"{BEGIN}\n{END}\n"  # left as it was
+    readme.write_text(f"{BEGIN}\n{END}\n{GUIDES_BEGIN}\n{GUIDES_END}\n")
+    assert update_readme(readme, tmp_path) and stale_rows(readme, tmp_path) == []
+    readme.write_text(readme.read_text().replace("mean err 0.50", "mean err 0.05"))
+    assert main(["readme", "--check", "--readme", str(readme), "--results", str(tmp_path)]) == 1
+    assert "eight_schools" in capsys.readouterr().out
+
+
+def test_a_guide_kind_that_diverges_is_recorded_not_fatal(tmp_path, monkeypatch):
+    import inference.reference
+    from inference.svi import TrainingDiverged
+    from zoo.evidence import reference as part
+
+    draws = {"mu": _chains([0, 0, 0, 0])["theta"][..., 0]}
+    monkeypatch.setattr(part, "_reference_draws", lambda *a: (None, {}, False))
+    monkeypatch.setattr(inference.reference, "mcmc_draws", lambda mcmc: (draws, 0))
+
+    def grade_kind(model, data, kind, *args):
+        if kind == "flow":
+            raise TrainingDiverged("loss became nan at step 2")
+        return {"khat": 0.3, "mean_error_max": 0.1, "mean_error_median": 0.05,
+                "sd_ratio_worst_deviation": 0.1}  # fmt: skip
+
+    monkeypatch.setattr(part, "_grade_kind", grade_kind)
+    part.reference("eight_schools", quick=True, seeds=1, out=tmp_path)
+    results = json.loads((tmp_path / "reference" / "eight_schools.json").read_text())
+    assert set(results["grades"]) == {"normal", "lowrank", "mvn"}
+    assert "SVI diverged" in results["skipped_kinds"]["flow"]
+    assert results["certificate"]["certified"] and results["recommendation"]["kind"] == "normal"

@@ -256,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="folder for NAME.json, NAME.md and NAME/ (default: results, or results/quick)",
     )
+    reproduce.add_argument(
+        "--only",
+        choices=["headline", "reference"],
+        default=None,
+        help="run one part: the headline recipe, or (NUTS-capable models) the reference "
+        "posterior and guide grades into DIR/reference/ (default: both that apply)",
+    )
 
     readme = command(
         "readme", "regenerate the README's model table from results/*.json (or --check it)"
@@ -388,10 +395,25 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
-    from zoo.evidence.runner import reproduce
+    import zoo
+    from zoo.evidence.reference import check_reference_request, reference
+    from zoo.evidence.runner import check_request, reproduce
 
-    json_path, md_path = reproduce(args.name, seeds=args.seeds, quick=args.quick, out=args.out)
-    print(f"results written to {json_path} and {md_path}")
+    request = (args.name, args.seeds, args.quick, args.out)
+    parts = [args.only] if args.only else ["headline"]
+    if args.only is None and zoo.get(args.name).supports_nuts:
+        parts.append("reference")
+    # every refusal before any work
+    if "headline" in parts:
+        check_request(*request)
+    if "reference" in parts:
+        check_reference_request(*request)
+    if "headline" in parts:
+        json_path, md_path = reproduce(args.name, seeds=args.seeds, quick=args.quick, out=args.out)
+        print(f"results written to {json_path} and {md_path}")
+    if "reference" in parts:
+        paths = reference(args.name, seeds=args.seeds, quick=args.quick, out=args.out)
+        print(f"reference written to {', '.join(map(str, paths))}")
     return 0
 
 

@@ -1,0 +1,406 @@
+"""The reference part of ``zoo reproduce NAME``: for a model small enough for NUTS, reference
+draws certified as posteriordb certifies its own (4 chains, R-hat < 1.01, bulk ESS in the
+thousands, no divergences), and every applicable guide kind graded against them over SVI
+seeds: PSIS k-hat, the error of its posterior means and the ratio of its sds, in units of
+the reference's sds. Files: ``results/reference/NAME.json|md`` and the draws ``NAME.npz``.
+
+A model's default data can make NUTS too slow or non-convergent; its :class:`Design` then
+names a smaller one, and the files record it. The criteria are never loosened: a reference
+that misses them is written with ``certified: false`` and the reasons.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DESIGNS",
+    "Design",
+    "KIND_ORDER",
+    "check_reference_request",
+    "recommend",
+    "reference",
+    "render_reference_markdown",
+]
+
+#: guide kinds graded, cheapest first (the order a recommendation prefers)
+KIND_ORDER = ("normal", "lowrank", "mvn", "flow")
+#: kinds of :data:`guides.KINDS` not graded, and why
+SKIPPED_KINDS = {
+    "default": "the model's own guide is guides.build('normal'): graded as 'normal'",
+    "delta": "a point mass: no sd to compare and no density for importance weights (k-hat)",
+}
+#: a kind is recommended when its mean over seeds meets all three
+GOOD_KHAT, GOOD_MEAN_ERROR, GOOD_SD_DEVIATION = 0.7, 0.2, 0.2
+#: the draws file is thinned to stay under this many bytes
+MAX_DRAWS_BYTES = 5_000_000
+#: the file name a results folder keeps the reference part in
+FOLDER = "reference"
+
+_FULL = {
+    "chains": 4,
+    "warmup": 700,
+    "draws": 1500,
+    "target_accept": 0.9,
+    "max_tree_depth": 10,
+    "svi_steps": 1500,
+    "svi_lr": 0.01,
+    "svi_particles": 4,
+    "guide_draws": 4000,
+    "khat_particles": 500,
+    "jit": True,
+    "use_nuts_init": True,
+}
+_QUICK = {
+    "chains": 2,
+    "warmup": 15,
+    "draws": 15,
+    "max_tree_depth": 4,
+    "svi_steps": 10,
+    "svi_particles": 1,
+    "guide_draws": 100,
+    "khat_particles": 20,
+    "jit": False,
+    "use_nuts_init": False,
+}
+
+
+def _align_classes(reference: Mapping[str, np.ndarray], approx: dict) -> dict:
+    """latent_label_shift: relabel the guide's classes to the reference's (its classes are
+    exchangeable, so an SVI fit may find any of the K! labellings): the permutation of
+    ``phi``'s rows that best matches the reference's mean ``phi``, applied to ``pi`` too."""
+    from scipy.optimize import linear_sum_assignment
+
+    ref_phi = reference["phi"].reshape((-1,) + reference["phi"].shape[2:]).mean(0)
+    q_phi = approx["phi"].reshape((-1,) + approx["phi"].shape[2:]).mean(0)
+    cost = ((q_phi[:, None, :] - ref_phi[None, :, :]) ** 2).sum(-1)
+    rows, cols = linear_sum_assignment(cost)
+    order = rows[np.argsort(cols)]  # the guide's class matched to reference class j
+    out = dict(approx)
+    out["phi"] = approx["phi"][..., order, :]
+    out["pi"] = approx["pi"][..., order]
+    return out
+
+
+@dataclass(frozen=True)
+class Design:
+    """How a model's reference is made: the model's config (the data design; empty for the
+    default data), why it departs from the default, and settings over :data:`_FULL`."""
+
+    config: Mapping[str, Any] = field(default_factory=dict)
+    why: str = "the model's default data"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    quick_config: Mapping[str, Any] = field(default_factory=dict)
+    align: Callable | None = None
+
+    def settings_for(self, quick: bool) -> dict[str, Any]:
+        merged = _FULL | dict(self.settings)
+        return merged | _QUICK if quick else merged
+
+    def config_for(self, quick: bool) -> dict[str, Any]:
+        return dict(self.config) | (dict(self.quick_config) if quick else {})
+
+
+DESIGNS: dict[str, Design] = {
+    "eight_schools": Design(
+        config={"centered": False},
+        why="the default data; the non-centered form (the centered one is a funnel)",
+        settings={"svi_lr": 0.03, "svi_particles": 8},
+    ),
+    "pac_invariance": Design(
+        why="the default data (8 environments x 400 rows, S = {X1})",
+        quick_config={"rows_per_env": 20},
+    ),
+    "capability_factors": Design(
+        config={"num_factors": 2, "per_domain": 50},
+        why="two capabilities (d0 = 2) and 50 LMs per domain: at the spec's d0 = 3 the "
+        "posterior has d0 (d0 - 1) / 2 = 3 prior-shaped ridge directions (see the model's "
+        "docstring) and NUTS chains do not agree; d0 = 2 leaves one (d0 = 1 has no edge "
+        "site at all, a zero-size site the posterior tools cannot reshape)",
+        quick_config={"per_domain": 10},
+    ),
+    "latent_label_shift": Design(
+        why="the default data (15 domains x 80 rows, 30 codes); chains start at the "
+        "model's nuts_init (one SVI point: one labelling of the classes); guides are "
+        "relabelled to the reference by matching phi",
+        settings={"svi_lr": 0.05},
+        quick_config={"per_domain": 10},
+        align=_align_classes,
+    ),
+    "pretraining_factor": Design(
+        config={"input_dim": 10, "latent_dim": 2, "num_unlabeled": 1000, "num_test": 100},
+        why="d = 10 inputs, r = 2 factors, 1,000 unlabeled rows (the default d = 50 needs "
+        "hours of dense-mass NUTS for a certified reference); the model's own dense mass "
+        "and nuts_init",
+        quick_config={"num_unlabeled": 100, "num_test": 20},
+    ),
+    "pretraining_mixture": Design(
+        config={"input_dim": 5, "num_components": 3, "num_unlabeled": 1000, "num_test": 100},
+        why="d = 5 inputs, K = 3 components, 1,000 unlabeled rows (the default d = 20, "
+        "K = 4 on 6,000 rows is slow for 4 x 3,000 NUTS steps)",
+        quick_config={"num_unlabeled": 100, "num_test": 20},
+    ),
+}
+
+
+def check_reference_request(
+    name: str, seeds: int | None, quick: bool, out: str | Path | None
+) -> tuple[Design, list[int], Path]:
+    """The design, SVI seeds and folder of a reference request; one clear error otherwise
+    (an unknown model, one not small enough for NUTS, too few seeds, an unwritable folder)."""
+    import zoo
+    from zoo.evidence.runner import DEFAULT_RESULTS, QUICK_RESULTS, _check_writable
+
+    cls = zoo.get(name)
+    if not cls.supports_nuts:
+        raise ValueError(
+            f"model '{name}' is not small enough for NUTS, so it has no reference posterior "
+            "(run `zoo reproduce NAME --only headline`)"
+        )
+    if name not in DESIGNS:
+        raise ValueError(f"model '{name}' has no reference design in zoo/evidence/reference.py")
+    count = 3 if seeds is None else seeds
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
+    if not quick and count < 3:
+        raise ValueError(
+            f"--seeds {count}: a guide's grade is a mean over at least 3 SVI seeds "
+            "(--quick runs accept fewer)"
+        )
+    base = Path(out) if out is not None else (QUICK_RESULTS if quick else DEFAULT_RESULTS)
+    folder = base / FOLDER
+    _check_writable(folder)
+    return DESIGNS[name], list(range(count)), folder
+
+
+def _reference_draws(model, data, s: Mapping[str, Any]):
+    from inference.mcmc import nuts
+
+    options = {"dense_mass": False} | dict(model.nuts_options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fewer cores than chains: chains run in turn
+        init = model.nuts_init(data) if s["use_nuts_init"] else None
+        mcmc = nuts(
+            model,
+            data,
+            chains=s["chains"],
+            warmup=s["warmup"],
+            draws=s["draws"],
+            seed=0,
+            target_accept=s["target_accept"],
+            max_tree_depth=s["max_tree_depth"],
+            init_values=init,
+            jit_compile=s["jit"],
+            progress=False,
+            **options,
+        )
+    return mcmc, options, init is not None
+
+
+def _grade_kind(model, data, kind: str, seed: int, s, draws, align) -> dict[str, float]:
+    import guides
+    from inference.diagnostics import guide_khat
+    from inference.posterior import draw_latents
+    from inference.reference import grade
+    from inference.svi import fit
+
+    guide = guides.build(kind, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(
+            model,
+            guide,
+            data,
+            steps=s["svi_steps"],
+            lr=s["svi_lr"],
+            num_particles=s["svi_particles"],
+            seed=seed,
+            progress=False,
+        )
+    q = draw_latents(model, guide, data, s["guide_draws"])
+    q = {k: v.detach().cpu().numpy()[None] for k, v in q.items()}
+    if align is not None:
+        q = align(draws, q)
+    figures = grade(draws, q)
+    figures["khat"] = guide_khat(model, guide, data, num_particles=s["khat_particles"], seed=seed)[
+        "khat"
+    ]
+    return figures
+
+
+def reference(
+    name: str,
+    *,
+    seeds: int | None = None,
+    quick: bool = False,
+    out: str | Path | None = None,
+    log=None,
+) -> tuple[Path, Path, Path]:
+    """Make model ``name``'s reference draws, certify them and grade each guide kind over
+    SVI seeds ``0..seeds-1``; write ``reference/NAME.json``, ``.md`` and ``.npz`` under
+    ``out`` only once everything has finished (a failed run keeps the older files)."""
+    import pyro
+
+    import zoo
+    from inference.reference import certify, mcmc_draws, save_draws, thin_to_fit
+    from inference.svi import TrainingDiverged
+    from zoo.evidence.results import (
+        FORMAT_VERSION,
+        _atomic_write,
+        provenance,
+        summarise,
+    )
+    from zoo.evidence.runner import _jsonable
+
+    design, seed_list, folder = check_reference_request(name, seeds, quick, out)
+    s = design.settings_for(quick)
+    config = design.config_for(quick)
+    log = log or sys.stderr
+    started = time.perf_counter()
+    pyro.set_rng_seed(0)
+    model = zoo.create(name, **config)
+    data = model.default_data()
+    mcmc, options, started_at_init = _reference_draws(model, data, s)
+    draws, divergences = mcmc_draws(mcmc)
+    nuts_time = time.perf_counter() - started
+    certificate = certify(draws, divergences)
+    print(f"{name}: reference in {nuts_time:.0f} s, certified {certificate['certified']}", file=log)
+    grades: dict[str, dict[str, Any]] = {}
+    skipped = dict(SKIPPED_KINDS)
+    for kind in KIND_ORDER:
+        per_seed = []
+        try:
+            for seed in seed_list:
+                pyro.set_rng_seed(seed)
+                per_seed.append(_grade_kind(model, data, kind, seed, s, draws, design.align))
+        except TrainingDiverged as error:  # a kind that cannot be trained here is a finding
+            skipped[kind] = f"SVI diverged on seed {seed} at lr {s['svi_lr']}: {error}"
+            print(f"{name}: {kind} diverged", file=log)
+            continue
+        keys = list(per_seed[0])
+        grades[kind] = {k: summarise([p[k] for p in per_seed]) for k in keys}
+        print(f"{name}: {kind} graded", file=log)
+    thinned, step = thin_to_fit(draws, MAX_DRAWS_BYTES)
+    command = f"zoo reproduce {name} --only reference --seeds {len(seed_list)}" + (
+        " --quick" if quick else ""
+    )
+    results: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "model": name,
+        "command": command,
+        "quick": quick,
+        "design": {k: _jsonable(v) for k, v in config.items()},
+        "design_why": design.why,
+        "num_rows": int(len(next(iter(data.values())))),
+        "settings": {k: _jsonable(v) for k, v in s.items()},
+        "nuts_options": {k: _jsonable(v) for k, v in options.items()},
+        "nuts_init": "the model's nuts_init" if started_at_init else "prior median",
+        "nuts_time_s": round(nuts_time, 1),
+        "certificate": certificate,
+        "svi_seeds": seed_list,
+        "grades": grades,
+        "skipped_kinds": skipped,
+        "draws_file": f"{name}.npz",
+        "draws_thinned_by": step,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+        **provenance(),
+    }
+    results["recommendation"] = recommend(results)
+    import json
+
+    paths = (folder / f"{name}.npz", folder / f"{name}.json", folder / f"{name}.md")
+    save_draws(paths[0], thinned)
+    _atomic_write(paths[1], json.dumps(results, indent=1) + "\n")
+    _atomic_write(paths[2], render_reference_markdown(results))
+    return paths
+
+
+def _mean(entry: Mapping[str, Any]) -> float:
+    value = entry.get("mean")
+    return float("inf") if value is None else float(value)
+
+
+def recommend(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The guide to use, from the grades: the cheapest kind (:data:`KIND_ORDER`) whose means
+    over seeds have k-hat < 0.7, mean error < 0.2 and sd-ratio deviation < 0.2 reference sds;
+    when none does, the kind with the smallest mean error, marked as not good enough."""
+    grades = results["grades"]
+    kinds = [k for k in KIND_ORDER if k in grades]
+    if not kinds:
+        return {"kind": None, "good": False, "note": "no guide graded"}
+
+    def good(kind: str) -> bool:
+        g = grades[kind]
+        return (
+            _mean(g["khat"]) < GOOD_KHAT
+            and _mean(g["mean_error_max"]) < GOOD_MEAN_ERROR
+            and _mean(g["sd_ratio_worst_deviation"]) < GOOD_SD_DEVIATION
+        )
+
+    passing = [k for k in kinds if good(k)]
+    certified = results["certificate"]["certified"]
+    caveat = "" if certified else " (the reference is not certified: provisional)"
+    if passing:
+        return {"kind": passing[0], "good": True, "note": f"`{passing[0]}`{caveat}"}
+    best = min(kinds, key=lambda k: _mean(grades[k]["mean_error_max"]))
+    return {
+        "kind": best,
+        "good": False,
+        "note": f"none meets the bar; closest `{best}`: prefer NUTS{caveat}",
+    }
+
+
+def _fmt(entry: Mapping[str, Any], digits: int = 2) -> str:
+    from zoo.evidence.results import format_figure
+
+    return format_figure(entry, digits)
+
+
+def render_reference_markdown(results: Mapping[str, Any]) -> str:
+    """The reference file in words: the design, the certificate and the grades table."""
+    c = results["certificate"]
+    verdict = "certified" if c["certified"] else "NOT certified: " + "; ".join(c["failures"])
+    lines = [
+        f"# `{results['model']}`: reference posterior and guide grades",
+        "",
+        f"Made by `{results['command']}`"
+        + (" (quick size: a smoke run, not evidence)" if results["quick"] else "")
+        + f" on {results['date']}, {results['wall_time_s']:.0f} s in all (NUTS "
+        f"{results['nuts_time_s']:.0f} s); commit `{results['commit'][:12]}`"
+        + (" with uncommitted changes" if results.get("uncommitted_changes") else "")
+        + ".",
+        "",
+        f"Design: {results['design_why']}; config `{results['design']}`, "
+        f"{results['num_rows']} rows. NUTS options `{results['nuts_options']}`, chains "
+        f"start at {results['nuts_init']}.",
+        "",
+        f"Reference: {c['chains']} chains x {c['draws_per_chain']} draws, worst R-hat "
+        f"{c['rhat_max']:.4f}, smallest bulk ESS {c['ess_bulk_min']:.0f}, "
+        f"{c['divergences']} divergences: **{verdict}** (criteria {c['criteria']}). "
+        f"Draws: `{results['draws_file']}` (thinned by {results['draws_thinned_by']}).",
+        "",
+        f"Guides over SVI seeds {results['svi_seeds']} (mean ± sd); errors in reference sds:",
+        "",
+        "| guide | k-hat | max mean error | median mean error | worst sd ratio - 1 |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, g in results["grades"].items():
+        lines.append(
+            f"| `{kind}` | {_fmt(g['khat'])} | {_fmt(g['mean_error_max'])} | "
+            f"{_fmt(g['mean_error_median'])} | {_fmt(g['sd_ratio_worst_deviation'])} |"
+        )
+    lines += ["", f"Recommended guide: {results['recommendation']['note']}.", ""]
+    lines += [f"Not graded: `{k}`: {why}." for k, why in results["skipped_kinds"].items()]
+    lines += ["", "Settings:", ""]
+    lines += [f"- `{k}` = `{v!r}`" for k, v in results["settings"].items()]
+    return "\n".join(lines) + "\n"
