@@ -70,7 +70,7 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w") as f:
@@ -86,8 +86,8 @@ def write_results(results: Mapping[str, Any], folder: Path) -> tuple[Path, Path]
     """Write ``NAME.json`` and ``NAME.md`` into ``folder``, each replaced in one step."""
     name = results["model"]
     json_path, md_path = folder / f"{name}.json", folder / f"{name}.md"
-    _atomic_write(json_path, json.dumps(results, indent=1, sort_keys=False) + "\n")
-    _atomic_write(md_path, render_markdown(results))
+    atomic_write(json_path, json.dumps(results, indent=1, sort_keys=False) + "\n")
+    atomic_write(md_path, render_markdown(results))
     return json_path, md_path
 
 
