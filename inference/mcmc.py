@@ -14,7 +14,7 @@ from torch import nn
 from inference.data import full_batch
 from inference.traces import sample_sites
 
-__all__ = ["nuts"]
+__all__ = ["nuts", "quiet_nuts"]
 
 
 def nuts(
@@ -85,3 +85,14 @@ def nuts(
     )
     mcmc.run(full_batch(data))
     return mcmc
+
+
+def quiet_nuts(model: nn.Module, data: Mapping[str, torch.Tensor], **options) -> MCMC:
+    """:func:`nuts` with Pyro's warnings silenced: chains drawn one after another on fewer
+    cores than chains, and step-size adaptation notes. For the many short runs of SBC,
+    reference posteriors and tests, where the result's own diagnostics say what matters."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return nuts(model, data, **options)

@@ -230,7 +230,7 @@ def test_reference_refusals_come_before_any_work(tmp_path, fake, capsys):
     assert "not small enough for NUTS" in error_line(capsys)
     argv = ["reproduce", "eight_schools", "--only", "reference", "--seeds", "2"]
     assert main([*argv, "--out", str(tmp_path)]) == 2
-    assert "at least 3 SVI seeds" in error_line(capsys)
+    assert "a guide's grade is a mean over at least 3 seeds" in error_line(capsys)
     # both parts: the headline runs, then the reference part
     assert main(["reproduce", "eight_schools", "--out", str(tmp_path)]) == 0
     assert CALLS == [0, 1, 2] and len(REF_CALLS) == 1

@@ -161,7 +161,7 @@ def check_reference_request(
     """The design, SVI seeds and folder of a reference request; one clear error otherwise
     (an unknown model, one not small enough for NUTS, too few seeds, an unwritable folder)."""
     import zoo
-    from zoo.evidence.runner import DEFAULT_RESULTS, QUICK_RESULTS, _check_writable
+    from zoo.evidence.runner import check_seeds, results_folder
 
     cls = zoo.get(name)
     if not cls.supports_nuts:
@@ -171,41 +171,31 @@ def check_reference_request(
         )
     if name not in DESIGNS:
         raise ValueError(f"model '{name}' has no reference design in zoo/evidence/reference.py")
-    count = 3 if seeds is None else seeds
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
-    if not quick and count < 3:
-        raise ValueError(
-            f"--seeds {count}: a guide's grade is a mean over at least 3 SVI seeds "
-            "(--quick runs accept fewer)"
-        )
-    base = Path(out) if out is not None else (QUICK_RESULTS if quick else DEFAULT_RESULTS)
-    folder = base / FOLDER
-    _check_writable(folder)
-    return DESIGNS[name], list(range(count)), folder
+    seed_list = check_seeds(seeds, 3, quick, "a guide's grade")
+    return DESIGNS[name], seed_list, results_folder(out, quick, FOLDER)
 
 
 def _reference_draws(model, data, s: Mapping[str, Any]):
-    from inference.mcmc import nuts
+    from inference.mcmc import quiet_nuts
 
     options = {"dense_mass": False} | dict(model.nuts_options)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fewer cores than chains: chains run in turn
+        warnings.simplefilter("ignore")  # nuts_init's own SVI fit
         init = model.nuts_init(data) if s["use_nuts_init"] else None
-        mcmc = nuts(
-            model,
-            data,
-            chains=s["chains"],
-            warmup=s["warmup"],
-            draws=s["draws"],
-            seed=0,
-            target_accept=s["target_accept"],
-            max_tree_depth=s["max_tree_depth"],
-            init_values=init,
-            jit_compile=s["jit"],
-            progress=False,
-            **options,
-        )
+    mcmc = quiet_nuts(
+        model,
+        data,
+        chains=s["chains"],
+        warmup=s["warmup"],
+        draws=s["draws"],
+        seed=0,
+        target_accept=s["target_accept"],
+        max_tree_depth=s["max_tree_depth"],
+        init_values=init,
+        jit_compile=s["jit"],
+        progress=False,
+        **options,
+    )
     return mcmc, options, init is not None
 
 

@@ -29,22 +29,33 @@ def _check_writable(folder: Path) -> None:
         raise ValueError(f"cannot write results to '{folder}': {error.strerror or error}") from None
 
 
+def check_seeds(seeds: int | None, default: int, quick: bool, what: str) -> list[int]:
+    """Seeds ``0..N-1``; N at least 3 outside --quick, since ``what`` is a mean over them."""
+    count = default if seeds is None else seeds
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
+    if not quick and count < 3:
+        raise ValueError(
+            f"--seeds {count}: {what} is a mean over at least 3 seeds (--quick runs accept fewer)"
+        )
+    return list(range(count))
+
+
+def results_folder(out: str | Path | None, quick: bool, sub: str = "") -> Path:
+    """The folder a run writes to, checked to be writable before any work."""
+    base = Path(out) if out is not None else (QUICK_RESULTS if quick else DEFAULT_RESULTS)
+    folder = base / sub if sub else base
+    _check_writable(folder)
+    return folder
+
+
 def check_request(name: str, seeds: int | None, quick: bool, out: str | Path | None):
     """The recipe, seed list and results folder of a request; one clear error otherwise."""
     from zoo.evidence.recipes import get_recipe
 
     found = get_recipe(name)
-    count = found.seeds if seeds is None else seeds
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
-    if not quick and count < 3:
-        raise ValueError(
-            f"--seeds {count}: a headline figure is a mean over at least 3 seeds "
-            "(--quick runs accept fewer)"
-        )
-    folder = Path(out) if out is not None else (QUICK_RESULTS if quick else DEFAULT_RESULTS)
-    _check_writable(folder)
-    return found, list(range(count)), folder
+    seed_list = check_seeds(seeds, found.seeds, quick, "a headline figure")
+    return found, seed_list, results_folder(out, quick)
 
 
 def _as_float(key: str, value: Any) -> float | None:

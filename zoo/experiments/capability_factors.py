@@ -6,14 +6,12 @@ Gaussian variant's identified functionals, with its power."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 import guides
 import zoo
 from inference.data import full_batch
-from inference.mcmc import nuts
+from inference.mcmc import quiet_nuts
 from inference.svi import fit
 from zoo.evidence import Figure, RunContext, recipe
 from zoo.evidence.calibration import sbc_figures
@@ -78,18 +76,16 @@ def _sbc(s) -> dict[str, float]:
         return {**truth, "domain_var": truth["domain_cov"].diagonal(dim1=-2, dim2=-1)}, data
 
     def fit_draws(data, replicate_seed):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mcmc = nuts(
-                model,
-                data,
-                chains=1,
-                warmup=s["sbc_warmup"],
-                draws=s["sbc_draws"],
-                seed=replicate_seed,
-                max_tree_depth=s["sbc_tree_depth"],
-                progress=False,
-            )
+        mcmc = quiet_nuts(
+            model,
+            data,
+            chains=1,
+            warmup=s["sbc_warmup"],
+            draws=s["sbc_draws"],
+            seed=replicate_seed,
+            max_tree_depth=s["sbc_tree_depth"],
+            progress=False,
+        )
         return with_moments({k: v[:: s["sbc_thin"]] for k, v in mcmc.get_samples().items()})
 
     figures, _ = sbc_figures(

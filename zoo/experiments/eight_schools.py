@@ -3,14 +3,12 @@ Gaussian guide graded against it, and SBC of NUTS with its power."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 import guides
 import zoo
 from inference.diagnostics import loo, summary
-from inference.mcmc import nuts
+from inference.mcmc import quiet_nuts
 from inference.posterior import posterior
 from inference.svi import fit
 from zoo.evidence import Figure, RunContext, recipe
@@ -18,11 +16,9 @@ from zoo.evidence.calibration import sbc_figures
 
 
 def _nuts(model, data, *, chains: int, warmup: int, draws: int, seed: int):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fewer cores than chains: chains run in turn
-        return nuts(
-            model, data, chains=chains, warmup=warmup, draws=draws, seed=seed, progress=False
-        )
+    return quiet_nuts(
+        model, data, chains=chains, warmup=warmup, draws=draws, seed=seed, progress=False
+    )
 
 
 @recipe(

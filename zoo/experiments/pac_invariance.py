@@ -14,15 +14,13 @@ coefficients, invariant when p > 0.05. The truth: S is invariant iff S lies insi
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 from scipy import stats
 
 import guides
 import zoo
-from inference.mcmc import nuts
+from inference.mcmc import quiet_nuts
 from inference.posterior import posterior
 from inference.svi import fit
 from zoo.evidence import Figure, RunContext, recipe
@@ -93,18 +91,16 @@ def _svi_tau_max(subset, data, *, steps: int, seed: int) -> tuple[dict, float]:
 
 def _nuts_tau_max(subset, data, *, draws: int, seed: int) -> dict:
     model = zoo.create("pac_invariance", features=subset)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # step-size adaptation notes
-        mcmc = nuts(
-            model,
-            data,
-            chains=1,
-            warmup=draws,
-            draws=draws,
-            seed=seed,
-            max_tree_depth=5,
-            progress=False,
-        )
+    mcmc = quiet_nuts(
+        model,
+        data,
+        chains=1,
+        warmup=draws,
+        draws=draws,
+        seed=seed,
+        max_tree_depth=5,
+        progress=False,
+    )
     idata = posterior(model, data, mcmc=mcmc)
     return model.invariance({"tau": idata.posterior["tau"].values})
 
