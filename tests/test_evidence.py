@@ -157,8 +157,7 @@ def test_the_readme_agrees_with_results():
 
 @pytest.mark.parametrize("name", zoo.list_models())
 def test_every_model_reproduces_at_quick_size(name, tmp_path, capsys):
-    if find_recipe(name) is None:
-        pytest.skip(f"{name}: no recipe yet")
+    assert find_recipe(name) is not None, f"{name} has no recipe in zoo/experiments/"
     assert main(["reproduce", name, "--quick", "--seeds", "1", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / f"{name}.json").read_text())
     for figure in results["headline"]:
