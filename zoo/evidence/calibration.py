@@ -11,7 +11,7 @@ import torch
 
 from inference.diagnostics.sbc import SBCPowerWarning, SBCResult, sbc
 
-__all__ = ["sbc_figures", "narrowed"]
+__all__ = ["sbc_figures", "narrowed", "thinned_nuts_draws"]
 
 
 def narrowed(draws: Mapping[str, torch.Tensor], factor: float = 1.5) -> dict[str, torch.Tensor]:
@@ -24,6 +24,19 @@ def narrowed(draws: Mapping[str, torch.Tensor], factor: float = 1.5) -> dict[str
         x = x.mean(0) + (x - x.mean(0)) / factor
         out[name] = x.exp() if positive else x
     return out
+
+
+def thinned_nuts_draws(
+    model, data, *, seed: int, warmup: int, draws: int, thin: int, **options
+) -> dict[str, torch.Tensor]:
+    """One NUTS chain's draws, every ``thin``-th kept: the roughly independent draws SBC
+    ranks the truth among."""
+    from inference.mcmc import quiet_nuts
+
+    mcmc = quiet_nuts(
+        model, data, chains=1, warmup=warmup, draws=draws, seed=seed, progress=False, **options
+    )
+    return {k: v[::thin] for k, v in mcmc.get_samples().items()}
 
 
 def sbc_figures(

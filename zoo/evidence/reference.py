@@ -246,9 +246,9 @@ def reference(
     import zoo
     from inference.reference import certify, mcmc_draws, save_draws, thin_to_fit
     from inference.svi import TrainingDiverged
+    from zoo.cli.runfiles import write_text
     from zoo.evidence.results import (
         FORMAT_VERSION,
-        atomic_write,
         provenance,
         summarise,
     )
@@ -313,8 +313,8 @@ def reference(
 
     paths = (folder / f"{name}.npz", folder / f"{name}.json", folder / f"{name}.md")
     save_draws(paths[0], thinned)
-    atomic_write(paths[1], json.dumps(results, indent=1) + "\n")
-    atomic_write(paths[2], render_reference_markdown(results))
+    write_text(paths[1], json.dumps(results, indent=1) + "\n")
+    write_text(paths[2], render_reference_markdown(results))
     return paths
 
 

@@ -8,13 +8,14 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from zoo.cli.runfiles import write_text
 
 __all__ = ["summarise", "provenance", "write_results", "read_results", "render_markdown"]
 
@@ -70,24 +71,12 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def atomic_write(path: Path, text: str) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as f:
-            f.write(text)
-        os.chmod(temp, 0o644)  # mkstemp's 0600 would hide results from other users
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def write_results(results: Mapping[str, Any], folder: Path) -> tuple[Path, Path]:
     """Write ``NAME.json`` and ``NAME.md`` into ``folder``, each replaced in one step."""
     name = results["model"]
     json_path, md_path = folder / f"{name}.json", folder / f"{name}.md"
-    atomic_write(json_path, json.dumps(results, indent=1, sort_keys=False) + "\n")
-    atomic_write(md_path, render_markdown(results))
+    write_text(json_path, json.dumps(results, indent=1, sort_keys=False) + "\n")
+    write_text(md_path, render_markdown(results))
     return json_path, md_path
 
 

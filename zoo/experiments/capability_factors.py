@@ -11,10 +11,9 @@ import numpy as np
 import guides
 import zoo
 from inference.data import full_batch
-from inference.mcmc import quiet_nuts
 from inference.svi import fit
 from zoo.evidence import Figure, RunContext, recipe
-from zoo.evidence.calibration import sbc_figures
+from zoo.evidence.calibration import sbc_figures, thinned_nuts_draws
 from zoo.models.capability_factors import (
     best_order_r2,
     hierarchical_r2,
@@ -76,17 +75,16 @@ def _sbc(s) -> dict[str, float]:
         return {**truth, "domain_var": truth["domain_cov"].diagonal(dim1=-2, dim2=-1)}, data
 
     def fit_draws(data, replicate_seed):
-        mcmc = quiet_nuts(
+        draws = thinned_nuts_draws(
             model,
             data,
-            chains=1,
+            seed=replicate_seed,
             warmup=s["sbc_warmup"],
             draws=s["sbc_draws"],
-            seed=replicate_seed,
+            thin=s["sbc_thin"],
             max_tree_depth=s["sbc_tree_depth"],
-            progress=False,
         )
-        return with_moments({k: v[:: s["sbc_thin"]] for k, v in mcmc.get_samples().items()})
+        return with_moments(draws)
 
     figures, _ = sbc_figures(
         simulate,

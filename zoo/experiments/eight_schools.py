@@ -12,13 +12,7 @@ from inference.mcmc import quiet_nuts
 from inference.posterior import posterior
 from inference.svi import fit
 from zoo.evidence import Figure, RunContext, recipe
-from zoo.evidence.calibration import sbc_figures
-
-
-def _nuts(model, data, *, chains: int, warmup: int, draws: int, seed: int):
-    return quiet_nuts(
-        model, data, chains=chains, warmup=warmup, draws=draws, seed=seed, progress=False
-    )
+from zoo.evidence.calibration import sbc_figures, thinned_nuts_draws
 
 
 @recipe(
@@ -61,7 +55,15 @@ def eight_schools(seed: int, ctx: RunContext) -> dict[str, float]:
     s = ctx.settings
     model = zoo.create("eight_schools", centered=False)
     data = model.default_data()
-    mcmc = _nuts(model, data, chains=s["chains"], warmup=s["warmup"], draws=s["draws"], seed=seed)
+    mcmc = quiet_nuts(
+        model,
+        data,
+        chains=s["chains"],
+        warmup=s["warmup"],
+        draws=s["draws"],
+        seed=seed,
+        progress=False,
+    )
     idata = posterior(model, data, mcmc=mcmc)
     table = summary(idata, var_names=["mu", "tau"])
     mu = idata.posterior["mu"].values.reshape(-1)
@@ -91,15 +93,14 @@ def eight_schools(seed: int, ctx: RunContext) -> dict[str, float]:
     figures["svi_mvn/mu_sd_ratio"] = float(svi_mu.std() / mu.std())
 
     def fit_draws(sim_data, replicate_seed):
-        run = _nuts(
+        return thinned_nuts_draws(
             model,
             sim_data,
-            chains=1,
+            seed=replicate_seed,
             warmup=s["sbc_warmup"],
             draws=s["sbc_draws"],
-            seed=replicate_seed,
+            thin=s["sbc_thin"],
         )
-        return {k: v[:: s["sbc_thin"]] for k, v in run.get_samples().items()}
 
     # SBC checks the engine, not this seed's chains: one run (100 NUTS fits) serves all seeds
     sbc = ctx.once(
