@@ -148,6 +148,8 @@ def test_readme_generation_and_its_check(tmp_path, fake, capsys):
     readme.write_text(text.replace("101.00 ± 1.00", "99.00 ± 1.00"))
     assert main(["readme", "--check", "--readme", str(readme), "--results", str(results)]) == 1
     assert "eight_schools" in capsys.readouterr().out
+    assert main(["readme", "--readme", str(tmp_path / "missing.md")]) == 2
+    assert "does not exist" in error_line(capsys)
 
 
 def test_the_readme_agrees_with_results():

@@ -146,12 +146,18 @@ def _split(
     return text[:start], text[start : stop + len(end)], text[stop + len(end) :]
 
 
+def _read(readme: Path) -> str:
+    if not readme.is_file():
+        raise ValueError(f"README '{readme}' does not exist (--readme names the file to update)")
+    return readme.read_text()
+
+
 def update_readme(readme: Path | str = "README.md", results_dir: Path | str = "results") -> bool:
     """Rewrite the README's generated blocks (the model table, the guide table) from the
     results files; True when one changed. A README without a block's markers is an error
     and is left as it was."""
     readme = Path(readme)
-    original = text = readme.read_text()
+    original = text = _read(readme)
     for begin, end, what, _ in _BLOCKS:
         _split(text, readme, begin, end, what)  # every block present before any rewrite
     for begin, end, what, render in _BLOCKS:
@@ -167,7 +173,7 @@ def stale_rows(readme: Path | str = "README.md", results_dir: Path | str = "resu
     """The generated rows the README lacks (a figure that disagrees with its results file
     shows here): empty when the README is current."""
     readme = Path(readme)
-    text = readme.read_text()
+    text = _read(readme)
     stale = []
     for begin, end, what, render in _BLOCKS:
         _, block, _ = _split(text, readme, begin, end, what)
