@@ -147,8 +147,10 @@ def test_train_run_with_data_file_records_source_and_prior(tmp_path):
 
 def test_resume_refuses_other_settings_and_validation_precedes_writing(tmp_path):
     run = train_run("eight_schools", out=tmp_path / "run", steps=10, progress=False)
-    with pytest.raises(ValueError, match=r"cannot resume .*steps=10, not 20"):
-        train_run("eight_schools", out=run, steps=20, resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"cannot resume .*steps=5: it has trained 10 steps"):
+        train_run("eight_schools", out=run, steps=5, resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"cannot resume .*seed=0, not 1"):
+        train_run("eight_schools", out=run, steps=20, seed=1, resume=True, progress=False)
     with pytest.raises(ValueError, match="already holds a run"):
         train_run("eight_schools", out=run, steps=10, progress=False)
     fresh = tmp_path / "fresh"

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 
 import numpy as np
 
 from inference.posterior import az
 
-__all__ = ["summary", "divergences", "loo", "min_ess_bulk"]
+__all__ = ["summary", "divergences", "loo", "min_ess_bulk", "quiet_arviz"]
+
+
+@contextlib.contextmanager
+def quiet_arviz():
+    """ArviZ's warnings (a single-chain R-hat, ...) silenced: its logger is a ``Logger``
+    built outside the logging registry, so ``logging.getLogger("arviz")`` does not reach it."""
+    logger = getattr(az, "_log", None) or logging.getLogger("arviz")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def summary(idata, var_names: list[str] | None = None):

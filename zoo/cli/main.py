@@ -151,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out from its checkpoint's step, with the same settings "
-        "(default: off, start from step 0)",
+        help="continue the run in --out from its checkpoint's step; options not given are "
+        "the run's own, and --steps may grow to train it longer (default: off, start from "
+        "step 0)",
     )
     train.add_argument(
         "--no-progress",
@@ -342,31 +343,57 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def _cmd_train(args) -> int:
-    from zoo.cli.runs import launch_rank, train_run
+#: ``zoo train`` option (argparse dest) -> its :func:`zoo.cli.runs.train_run` argument
+_TRAIN_OPTIONS = {
+    "guide": "guide",
+    "local_guide": "local_guide",
+    "prior": "priors",
+    "set": "sets",
+    "steps": "steps",
+    "seed": "seed",
+    "device": "device",
+    "data": "data_path",
+    "engine": "engine",
+    "elbo": "elbo",
+    "chains": "chains",
+    "checkpoint_every": "checkpoint_every",
+    "trainer": "trainer",
+    "devices": "devices",
+    "num_nodes": "num_nodes",
+    "accelerator": "accelerator",
+    "strategy": "strategy",
+}
 
+
+def _given_train_options(argv: Sequence[str] | None) -> set[str]:
+    """The ``zoo train`` options typed on the command line (argparse dests), as opposed to
+    those left at their defaults: the same parser with every default suppressed."""
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in subparsers.choices["train"]._actions:
+        if action.option_strings:
+            action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def _cmd_train(args) -> int:
+    from zoo.cli.runs import launch_rank, recorded_settings, train_run
+
+    options = {kwarg: getattr(args, dest) for dest, kwarg in _TRAIN_OPTIONS.items()}
+    if args.resume and args.out is not None:
+        # every option not typed again is the run's own: nothing to retype, and a mistyped
+        # folder is refused rather than trained from scratch
+        recorded = recorded_settings(args.out)
+        given = getattr(args, "given", set(_TRAIN_OPTIONS))
+        for dest, kwarg in _TRAIN_OPTIONS.items():
+            if dest not in given and kwarg in recorded:
+                options[kwarg] = recorded[kwarg]
     run_dir = train_run(
         args.name,
         out=args.out,
-        guide=args.guide,
-        local_guide=args.local_guide,
-        priors=args.prior,
-        sets=args.set,
-        steps=args.steps,
-        seed=args.seed,
-        device=args.device,
-        data_path=args.data,
-        engine=args.engine,
-        elbo=args.elbo,
         resume=args.resume,
         progress=not args.no_progress,
-        chains=args.chains,
-        checkpoint_every=args.checkpoint_every,
-        trainer=args.trainer,
-        devices=args.devices,
-        num_nodes=args.num_nodes,
-        accelerator=args.accelerator,
-        strategy=args.strategy,
+        **options,
     )
     if launch_rank() != 0:  # another rank of a distributed run: rank 0 reports
         return 0
@@ -455,12 +482,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
+    if args.command == "train" and args.resume:
+        args.given = _given_train_options(argv)
 
     from guides import GuideError
     from inference.checkpoint import CheckpointError
     from inference.data import DataError
     from inference.svi import TrainingDiverged
     from zoo.base import ConfigError
+    from zoo.cli.runs import TrainingInterrupted
     from zoo.priors import PriorError
 
     try:
@@ -468,6 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as error:
         _error(f"training diverged: {error}")
         return 1
+    except TrainingInterrupted as error:
+        _error(str(error))
+        return 130
     except KeyError as error:
         _error(error.args[0] if error.args else str(error))
         return 2

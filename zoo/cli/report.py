@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -143,12 +142,13 @@ class QuietArviz:
     table says n/a): keep the training output readable."""
 
     def __enter__(self):
-        self.logger = logging.getLogger("arviz")
-        self.level = self.logger.level
-        self.logger.setLevel(logging.ERROR)
+        from inference.diagnostics.summary import quiet_arviz
+
+        self.context = quiet_arviz()
+        self.context.__enter__()
 
     def __exit__(self, *exc):
-        self.logger.setLevel(self.level)
+        return self.context.__exit__(*exc)
 
 
 def write_outputs(
@@ -341,6 +341,25 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _steps_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """How long the run trained: NUTS chains, warmup and draws; SVI steps trained of those
+    asked for, and a stopped run's way to continue."""
+    if record.get("engine") == "nuts":
+        return [
+            {"setting": "chains", "value": record.get("chains")},
+            {"setting": "warmup steps per chain", "value": record.get("steps")},
+            {"setting": "draws per chain", "value": record.get("steps")},
+        ]
+    planned, trained = record.get("steps"), record.get("steps_trained")
+    if trained is None or planned is None or trained >= planned:
+        return [{"setting": "steps", "value": trained if trained is not None else planned}]
+    note = (
+        f"{trained} of {planned}: **training stopped early**; continue with "
+        f"`zoo train {record['model']} --out RUN --resume`"
+    )
+    return [{"setting": "steps", "value": note}]
+
+
 def _report_text(record: Mapping[str, Any], diag: Mapping[str, Any]) -> str:
     lines = [f"# Run report: {record['model']}", ""]
     setup = [
@@ -348,7 +367,7 @@ def _report_text(record: Mapping[str, Any], diag: Mapping[str, Any]) -> str:
         {"setting": "guide", "value": record.get("guide")},
         {"setting": "local guide", "value": record.get("local_guide", "normal")},
         {"setting": "elbo", "value": record.get("elbo")},
-        {"setting": "steps (NUTS: draws per chain)", "value": record.get("steps")},
+        *_steps_rows(record),
         {"setting": "seed", "value": record.get("seed")},
         {"setting": "config", "value": json.dumps(record.get("config"))},
         {"setting": "priors", "value": json.dumps(record.get("priors")) or "{}"},

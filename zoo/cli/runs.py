@@ -18,6 +18,8 @@ invocation never touches an existing run folder.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -131,14 +133,13 @@ def _known_truth(model: ZooModel, source: Mapping[str, Any], data, seed: int) ->
 # ----- run folder ----------------------------------------------------------------------------
 
 
+#: what must match between a run and its --resume ("steps" may grow; priors compare by value)
 _RESUME_KEYS = (
     "model",
     "config",
     "guide",
     "local_guide",
-    "priors",
     "seed",
-    "steps",
     "batch_size",
     "lr",
     "engine",
@@ -153,6 +154,68 @@ _RECORD_DEFAULTS = {"local_guide": "normal"}
 
 def _recorded(record: Mapping[str, Any], key: str) -> Any:
     return record.get(key, _RECORD_DEFAULTS.get(key))
+
+
+class TrainingInterrupted(Exception):
+    """Training was stopped (Ctrl-C); the message says where the run can continue from."""
+
+
+def _prior_values(texts: Mapping[str, str]) -> dict[str, str]:
+    """Recorded prior texts in one canonical form, so ``HalfNormal(5)`` and
+    ``HalfNormal(5.0)`` compare equal."""
+    from zoo.cli.options import prior_display
+    from zoo.priors import parse_prior
+
+    return {site: prior_display(parse_prior(f"{site}={text}")[1]) for site, text in texts.items()}
+
+
+def _set_text(key: str, value: Any) -> str:
+    """``key=value`` as ``--set`` reads it back."""
+    if value is None:
+        return f"{key}=none"
+    if isinstance(value, str):
+        return f"{key}={value}"
+    return f"{key}={json.dumps(value)}"
+
+
+def recorded_settings(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The :func:`train_run` arguments that made the run in ``run_dir``: what ``zoo train
+    --resume`` uses for every option not given again on its command line.
+
+    :raises ValueError: ``run_dir`` holds no run (no readable ``config.json``).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise ValueError(
+            f"cannot resume '{run_dir}': it holds no run (no config.json); check the path, "
+            "or drop --resume to start a new run there"
+        )
+    record = read_config(run_dir)
+    model_cls = registry.get(record["model"])
+    defaults = jsonable(dataclasses.asdict(model_cls.Config()))
+    config = record.get("config") or {}
+    settings: dict[str, Any] = {
+        "guide": record.get("guide") or "default",
+        "local_guide": _recorded(record, "local_guide"),
+        "priors": [f"{site}={text}" for site, text in (record.get("priors") or {}).items()],
+        "sets": [_set_text(k, v) for k, v in config.items() if defaults.get(k, v) != v],
+        "steps": record.get("steps"),
+        "seed": record.get("seed", 0),
+        "device": record.get("device"),
+        "engine": record.get("engine", "svi"),
+        "checkpoint_every": record.get("checkpoint_every"),
+    }
+    if record.get("elbo") in ELBO_NAMES:
+        settings["elbo"] = record["elbo"]
+    if record.get("chains"):
+        settings["chains"] = record["chains"]
+    source = record.get("data") or {}
+    if source.get("source") == "file":
+        settings["data_path"] = source["path"]
+    if record.get("trainer") == "lightning":
+        settings["trainer"] = "lightning"
+        settings |= {k: v for k, v in record.get("lightning", {}).items() if k != "batch_per_rank"}
+    return settings
 
 
 def _default_out(name: str) -> Path:
@@ -239,6 +302,8 @@ def train_run(
         raise ValueError("--guide applies to the svi engine; nuts needs no guide")
     if engine == "nuts" and resume:
         raise ValueError("--resume applies to the svi engine only")
+    if resume and out is None:
+        raise ValueError("--resume needs --out RUN: the run folder to continue")
     if guide not in guides.KINDS:
         raise guides.GuideError(
             f"unknown guide kind '{guide}'; valid kinds: {sorted(guides.KINDS)}"
@@ -352,8 +417,13 @@ def train_run(
             f"run folder '{run_dir}' already holds a run ({', '.join(held)}); "
             "use --resume to continue it or choose another --out"
         )
-    if resume and (run_dir / "config.json").exists():
-        old = read_config(run_dir)
+    if resume:
+        old = read_config(run_dir) if (run_dir / "config.json").is_file() else None
+        if old is None:
+            raise ValueError(
+                f"cannot resume '{run_dir}': it holds no run (no config.json); check the "
+                "path, or drop --resume to start a new run there"
+            )
         if old.get("trainer", "plain") != record.get("trainer", "plain"):
             raise ValueError(
                 f"cannot resume '{run_dir}': it was trained with trainer="
@@ -365,10 +435,21 @@ def train_run(
                     f"cannot resume '{run_dir}': it was trained with {key}="
                     f"{json.dumps(_recorded(old, key))}, not {json.dumps(record[key])}"
                 )
+        if _prior_values(old.get("priors") or {}) != _prior_values(record["priors"]):
+            raise ValueError(
+                f"cannot resume '{run_dir}': it was trained with priors="
+                f"{json.dumps(old.get('priors') or {})}, not {json.dumps(record['priors'])}"
+            )
+        done = _trained_steps(run_dir, trainer)
+        if done is not None and total < done:
+            raise ValueError(
+                f"cannot resume '{run_dir}' with steps={total}: it has trained {done} steps "
+                "already (--steps may only grow)"
+            )
 
     # --- all checks passed: write and train ---
     if resume and rank_zero:
-        print(_resume_point(run_dir, trainer, total), flush=True)
+        print(_resume_point(run_dir, trainer, total, _recorded(old, "steps")), flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
     if engine == "nuts":
@@ -404,7 +485,7 @@ def train_run(
 
     from inference.svi import fit
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _interruptible(name, run_dir, trainer, total):
         # the NaN guard stops with one clear message; Pyro's per-step warnings add nothing
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         result = fit(
@@ -425,6 +506,7 @@ def train_run(
             progress=progress,
         )
     write_metrics(run_dir / "metrics.csv", result.losses, result.lrs)
+    record["steps_trained"] = result.steps
     truth = _known_truth(model, source, data, seed)
     write_outputs(
         run_dir, record, model, model_guide, train, test, losses=result.losses, truth=truth
@@ -432,26 +514,52 @@ def train_run(
     return run_dir
 
 
-def _resume_point(run_dir: Path, trainer: str, total: int) -> str:
-    """The line ``--resume`` prints: from which step of how many the run continues."""
+@contextlib.contextmanager
+def _interruptible(name: str, run_dir: Path, trainer: str, total: int):
+    """Turn Ctrl-C during training into :class:`TrainingInterrupted`, whose message names
+    the step the run can continue from and the command that continues it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        step = _trained_steps(run_dir, trainer)
+        command = f"zoo train {name} --out {run_dir} --resume"
+        if step is None:
+            where = f"no checkpoint was written yet in '{run_dir}'"
+        else:
+            where = f"the last checkpoint in '{run_dir}' is at step {step} of {total}"
+        message = f"training interrupted; {where}: continue with `{command}`"
+        raise TrainingInterrupted(message) from None
+
+
+def _trained_steps(run_dir: Path, trainer: str) -> int | None:
+    """The step of the run's checkpoint; None when there is none (or Lightning's cannot be
+    read here: Lightning reads it itself)."""
     if trainer == "lightning":
         path = run_dir / "lightning.ckpt"
         if not path.exists():
-            return f"no checkpoint in '{run_dir}' (lightning.ckpt): training from step 0 of {total}"
+            return None
         try:
-            step = int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
-        except Exception:  # noqa: BLE001 - Lightning's own file; it reads it itself below
-            return f"resuming from Lightning's checkpoint {path} ({total} steps in all)"
-    else:
-        path = run_dir / "checkpoint.pt"
-        if not path.exists():
-            return f"no checkpoint in '{run_dir}': training from step 0 of {total}"
-        from inference.checkpoint import load_checkpoint
+            return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+        except Exception:  # noqa: BLE001 - Lightning's own file
+            return None
+    path = run_dir / "checkpoint.pt"
+    if not path.exists():
+        return None
+    from inference.checkpoint import load_checkpoint
 
-        _, meta = load_checkpoint(path)
-        step = int(meta.get("step", 0))
+    return int(load_checkpoint(path)[1].get("step", 0))
+
+
+def _resume_point(run_dir: Path, trainer: str, total: int, planned: int | None = None) -> str:
+    """The line ``--resume`` prints: from which step of how many the run continues."""
+    step = _trained_steps(run_dir, trainer)
+    if step is None and trainer == "lightning" and (run_dir / "lightning.ckpt").exists():
+        return f"resuming from Lightning's checkpoint in '{run_dir}' ({total} steps in all)"
+    if step is None:
+        return f"no checkpoint in '{run_dir}': training from step 0 of {total}"
+    grown = f" (extended from {planned})" if planned is not None and total > planned else ""
     done = " (already complete: only the outputs are rewritten)" if step >= total else ""
-    return f"resuming from step {step} of {total}{done}"
+    return f"resuming from step {step} of {total}{grown}{done}"
 
 
 def launch_rank() -> int:
@@ -528,6 +636,7 @@ def _train_lightning(
             "trainer": "lightning",
         },
     )
+    record["steps_trained"] = int(trainer.global_step)
     write_outputs(run_dir, record, model, guide, train, test, losses=losses, truth=truth)
     return run_dir
 
@@ -547,7 +656,8 @@ def _load_run(run_dir: Path):
     data = _load_data(model, source)
     train, test = _split(model, data, seed)
     if record.get("engine", "svi") == "svi":
-        restore(model, guide, train, run_dir / "checkpoint.pt")
+        meta = restore(model, guide, train, run_dir / "checkpoint.pt")
+        record["steps_trained"] = int(meta.get("step", record.get("steps") or 0))
     else:
         guide = None
     return record, model, guide, train, test, lambda: _known_truth(model, source, data, seed)
@@ -564,6 +674,12 @@ def diagnose_run(run_dir: str | os.PathLike) -> Path:
             write_report(run_dir, record, model, None, idata, train, train, test, None, [], truth())
     else:
         losses = read_losses(run_dir / "metrics.csv")
+        if not losses and (run_dir / "checkpoint.pt").is_file():
+            # an interrupted run wrote no metrics.csv; its checkpoint holds the losses so far
+            from inference.checkpoint import load_checkpoint
+
+            state = load_checkpoint(run_dir / "checkpoint.pt")[0]
+            losses = [float(v) for v in state.get("losses", [])]
         write_outputs(run_dir, record, model, guide, train, test, losses=losses, truth=truth())
     return run_dir / "report.md"
 

@@ -1,0 +1,94 @@
+"""``zoo train --resume`` as a newcomer uses it: a mistyped folder is refused rather than
+trained from scratch, a run continues to a larger ``--steps`` without retyping its options,
+options compare by value, and Ctrl-C says where the run can continue from."""
+
+import json
+
+import inference.svi
+from zoo.cli.main import main
+
+BASE = ["train", "eight_schools", "--guide", "mvn", "--prior", "tau=HalfNormal(5)"]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def _losses(run) -> list[float]:
+    return [
+        float(line.split(",")[1]) for line in (run / "metrics.csv").read_text().splitlines()[1:]
+    ]
+
+
+def test_resume_of_a_folder_without_a_run_is_refused(tmp_path, capsys):
+    missing = tmp_path / "runs" / "nonexistent"
+    assert main(["train", "eight_schools", "--resume", "--out", str(missing)]) == 2
+    assert "cannot resume" in (line := _error_line(capsys)) and "holds no run" in line
+    assert not missing.exists()
+    assert main(["train", "eight_schools", "--resume"]) == 2
+    assert "--resume needs --out" in _error_line(capsys)
+
+
+def test_resume_continues_to_more_steps_with_the_runs_own_options(tmp_path, capsys):
+    run = tmp_path / "es"
+    argv = [*BASE, "--set", "centered=false", "--seed", "3", "--no-progress", "--out", str(run)]
+    assert main([*argv, "--steps", "30"]) == 0
+    first = _losses(run)
+    # nothing retyped but --steps: the guide, prior, config and seed are the run's own
+    assert main(["train", "eight_schools", "--out", str(run), "--resume", "--steps", "60",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert "resuming from step 30 of 60 (extended from 30)" in capsys.readouterr().out
+    longer = _losses(run)
+    assert len(longer) == 60 and longer[:30] == first
+    record = json.loads((run / "config.json").read_text())
+    assert record["steps"] == 60 and record["guide"] == "mvn" and record["seed"] == 3
+    assert "| steps | 60 |" in (run / "report.md").read_text()
+    # a prior typed another way is the same prior
+    same = ["train", "eight_schools", "--out", str(run), "--resume", "--no-progress"]
+    assert main([*same, "--prior", "tau=HalfNormal(5.0)"]) == 0
+    assert main([*same, "--prior", "tau=HalfNormal(scale=5.)"]) == 0
+    assert main([*same, "--prior", "tau=HalfNormal(4.0)"]) == 2
+    assert "priors=" in _error_line(capsys)
+    assert main([*same, "--steps", "10"]) == 2
+    assert "--steps may only grow" in _error_line(capsys)
+
+
+def test_ctrl_c_names_the_step_to_continue_from_and_the_report_says_so(
+    tmp_path, capsys, monkeypatch
+):
+    real_fit = inference.svi.fit
+
+    def interrupted_fit(*args, **kwargs):
+        def stop(step, loss):
+            if step >= 20:
+                raise KeyboardInterrupt
+
+        return real_fit(*args, **kwargs, callback=stop)
+
+    run = tmp_path / "es"
+    argv = ["train", "eight_schools", "--steps", "40", "--checkpoint-every", "5",
+            "--no-progress", "--out", str(run)]  # fmt: skip
+    monkeypatch.setattr(inference.svi, "fit", interrupted_fit)
+    assert main(argv) == 130
+    line = _error_line(capsys)
+    assert "training interrupted" in line and "step 15 of 40" in line
+    assert f"zoo train eight_schools --out {run} --resume" in line
+    monkeypatch.setattr(inference.svi, "fit", real_fit)
+    assert main(["diagnose", str(run)]) == 0
+    report = (run / "report.md").read_text()
+    assert "15 of 40: **training stopped early**" in report
+    assert main(["train", "eight_schools", "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert len(_losses(run)) == 40
+    assert "| steps | 40 |" in (run / "report.md").read_text()
+
+
+def test_nuts_report_lists_chains_warmup_and_draws(tmp_path):
+    run = tmp_path / "nuts"
+    argv = ["train", "eight_schools", "--engine", "nuts", "--chains", "2", "--steps", "20"]
+    assert main([*argv, "--no-progress", "--out", str(run)]) == 0
+    report = (run / "report.md").read_text()
+    for row in ("| chains | 2 |", "| warmup steps per chain | 20 |", "| draws per chain | 20 |"):
+        assert row in report
+    assert "| steps |" not in report
