@@ -22,7 +22,7 @@ test: setup
 	$(PY) -m pytest -q -n 2 --durations=15 tests
 
 demo: setup
-	$(VENV)/bin/zoo train vae_digits --out runs/demo
+	$(VENV)/bin/zoo train vae_digits  # a new run folder runs/vae_digits-<date>-<time> each time
 
 bench: setup
 	# NumPyro and JAX only for the comparison rows (an optional extra, never a runtime need)

@@ -84,6 +84,25 @@ def _support_name(support: constraints.Constraint) -> str:
     return str(support).replace("()", "")
 
 
+class SupportError(DataError):
+    """A field's values outside its support; ``field`` and ``support`` say which, so a
+    model can add advice (e.g. a likelihood for greyscale pixels)."""
+
+    def __init__(self, field: str, support: constraints.Constraint, values: torch.Tensor):
+        self.field, self.support = field, support
+        bad = ~torch.as_tensor(support.check(values)).bool()
+        message = (
+            f"field '{field}' has values outside its support {_support_name(support)}: "
+            f"{int(bad.sum())} of {bad.numel()} values, e.g. {float(values[bad][0]):g}"
+        )
+        self.greyscale = support is constraints.boolean and bool(
+            ((values >= 0) & (values <= 1)).all()
+        )
+        if self.greyscale:
+            message += " (values between 0 and 1: greyscale, where 0/1 pixels are expected)"
+        super().__init__(message)
+
+
 def validate_data(data: Mapping[str, object], spec: Mapping[str, Field]) -> dict[str, torch.Tensor]:
     """Check ``data`` against ``spec`` and return it as float32/int64 tensors.
 
@@ -123,9 +142,7 @@ def validate_data(data: Mapping[str, object], spec: Mapping[str, Field]) -> dict
             tensor = torch.as_tensor(array.astype(np.float32))
         ok = field.support.check(tensor)
         if not bool(torch.as_tensor(ok).all()):
-            raise DataError(
-                f"field '{key}' has values outside its support {_support_name(field.support)}"
-            )
+            raise SupportError(key, field.support, tensor)
         if rows is not None and tensor.shape[0] != rows:
             raise DataError(
                 f"field '{key}' has {tensor.shape[0]} rows but other fields have {rows}"

@@ -209,19 +209,23 @@ def _data_file(tmp_path, kind):
     elif kind == "support":
         path = tmp_path / "support.csv"
         path.write_text("y,sigma\n1,2\n1,-3\n")
+    elif kind == "noheader":
+        path = tmp_path / "noheader.csv"
+        path.write_text("1,2\n3,4\n")
     return path
 
 
 DATA_BAD = [
     ("nan", "NaN"),
     ("shape", "has shape (8, 2); expected ('N',)"),
-    ("strings", "non-numeric value 'high'"),
+    ("strings", "line 3, column 'y' (column 1) holds non-numeric value 'high'"),
     ("npz_strings", "must be numeric"),
     ("empty", "is empty"),
     ("extension", "unknown extension '.txt'"),
     ("missing", "does not exist"),
     ("columns", "lacks column(s) ['sigma']"),
     ("support", "outside its support"),
+    ("noheader", "has no header row (line 1 holds only numbers)"),
 ]
 
 

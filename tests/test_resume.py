@@ -92,3 +92,19 @@ def test_nuts_report_lists_chains_warmup_and_draws(tmp_path):
     for row in ("| chains | 2 |", "| warmup steps per chain | 20 |", "| draws per chain | 20 |"):
         assert row in report
     assert "| steps |" not in report
+
+
+def test_make_demo_runs_twice(tmp_path, monkeypatch):
+    """The Makefile's demo command, shortened to 2 steps, twice in the same folder: each
+    run gets its own folder (it used to refuse the second time)."""
+    import shlex
+    from pathlib import Path
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    recipe = makefile.split("\ndemo:", 1)[1].splitlines()[1].split("#")[0]
+    words = shlex.split(recipe)
+    assert words[0].endswith("/zoo") and words[1] == "train"
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert main([*words[1:], "--steps", "2", "--no-progress", "--set", "hidden=[8]"]) == 0
+    assert len(list((tmp_path / "runs").iterdir())) == 2

@@ -47,7 +47,7 @@ import torch
 from pyro.nn import PyroModule
 
 from inference.config import TrainConfig, TrainConfigError
-from inference.data import DATA_PLATE, Batch, Field, full_batch, validate_data
+from inference.data import DATA_PLATE, Batch, DataError, Field, full_batch, validate_data
 from zoo.priors import PriorError, check_override
 
 __all__ = ["ZooModel", "ConfigError", "DATA_PLATE", "TrainConfig"]
@@ -201,7 +201,18 @@ class ZooModel(PyroModule):
 
     def validate(self, data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Check user data against :meth:`data_spec`; return it as tensors."""
-        return validate_data(data, self.data_spec())
+        try:
+            return validate_data(data, self.data_spec())
+        except DataError as error:
+            hint = self.data_error_hint(error)
+            if hint is None:
+                raise
+            raise DataError(f"{error}; {hint}") from None
+
+    def data_error_hint(self, error: DataError) -> str | None:
+        """Advice this model adds to a data error (e.g. the config setting that accepts
+        such data); None for none."""
+        return None
 
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
         """The model's offline default data set (synthetic or shipped in a PyPI package)."""

@@ -123,4 +123,5 @@ def parse_prior(text: str) -> tuple[str, dist.Distribution]:
     try:
         return site, cls(*args, **kwargs, validate_args=True)
     except (TypeError, ValueError) as error:
-        raise PriorError(f"prior '{text}': {name} rejects these arguments ({error})") from None
+        reason = " ".join(str(error).split())  # torch's message spans lines
+        raise PriorError(f"prior '{text}': {name} rejects these arguments ({reason})") from None

@@ -93,6 +93,13 @@ def _load_csv(path: Path, spec: dict) -> dict[str, np.ndarray]:
     if not rows:
         raise DataError(f"data file '{path}' is empty")
     header = [cell.strip() for cell in rows[0]]
+    if all(_is_number(cell) for cell in header):
+        # a first row of numbers is data: read as a header it would silently drop a row
+        names = "any column names" if len(spec) == 1 else f"the field names {list(spec)}"
+        raise DataError(
+            f"data file '{path}' has no header row (line 1 holds only numbers); add a first "
+            f"line naming the columns ({names})"
+        )
     body = rows[1:]
     if not body:
         raise DataError(f"data file '{path}' has a header row but no data rows")
@@ -105,11 +112,15 @@ def _load_csv(path: Path, spec: dict) -> dict[str, np.ndarray]:
     try:
         values = np.array([[float(cell) for cell in row] for row in body], dtype=np.float64)
     except ValueError:
-        bad = next(
-            (n, cell) for n, row in enumerate(body, start=2) for cell in row if not _is_number(cell)
+        line, column, cell = next(
+            (n, c, cell)
+            for n, row in enumerate(body, start=2)
+            for c, cell in enumerate(row)
+            if not _is_number(cell)
         )
         raise DataError(
-            f"data file '{path}' line {bad[0]} holds non-numeric value '{bad[1].strip()}'"
+            f"data file '{path}' line {line}, column '{header[column]}' (column {column + 1}) "
+            f"holds non-numeric value '{cell.strip()}'"
         ) from None
     if len(spec) == 1:
         ((key, field),) = spec.items()

@@ -219,9 +219,16 @@ def recorded_settings(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def _default_out(name: str) -> Path:
+    """``runs/NAME-<date>-<time>``, with ``-2``, ``-3``, ... when that folder exists (two
+    runs in one second)."""
     import time
 
-    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def _build(record: Mapping[str, Any], *, seed: int):
@@ -448,6 +455,13 @@ def train_run(
             )
 
     # --- all checks passed: write and train ---
+    if data_path is not None and rank_zero:
+        rows = record["rows"]
+        print(
+            f"data: {rows['train'] + rows['test']} rows read from '{data_path}' "
+            f"({rows['train']} to train, {rows['test']} held out)",
+            flush=True,
+        )
     if resume and rank_zero:
         print(_resume_point(run_dir, trainer, total, _recorded(old, "steps")), flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)

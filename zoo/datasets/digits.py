@@ -9,9 +9,9 @@ import torch
 from sklearn.datasets import load_digits
 from torch.distributions import constraints
 
-from inference.data import Field
+from inference.data import DataError, Field, SupportError
 
-__all__ = ["LIKELIHOODS", "image_field", "digit_images", "pixel_likelihood"]
+__all__ = ["LIKELIHOODS", "image_field", "digit_images", "pixel_likelihood", "greyscale_hint"]
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
 
@@ -34,3 +34,13 @@ def pixel_likelihood(logits: torch.Tensor, likelihood: str) -> dist.Distribution
     if likelihood == "bernoulli":
         return dist.Bernoulli(logits=logits).to_event(1)
     return dist.ContinuousBernoulli(logits=logits).to_event(1)
+
+
+def greyscale_hint(error: DataError, likelihood: str) -> str | None:
+    """The setting that takes greyscale pixels, when a Bernoulli model refused them."""
+    if isinstance(error, SupportError) and error.greyscale and likelihood == "bernoulli":
+        return (
+            "train with `--set likelihood=continuous_bernoulli` for pixels in [0, 1], or "
+            "binarise them (e.g. x > 0.5)"
+        )
+    return None

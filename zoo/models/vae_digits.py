@@ -22,10 +22,16 @@ import torch
 
 from guides import local
 from guides.encoders import NormalEncoder, mlp
-from inference.data import Field
+from inference.data import DataError, Field
 from inference.evaluation import elbo_per_row, iwae_per_row
 from zoo.base import ConfigError, TrainConfig, ZooModel
-from zoo.datasets.digits import LIKELIHOODS, digit_images, image_field, pixel_likelihood
+from zoo.datasets.digits import (
+    LIKELIHOODS,
+    digit_images,
+    greyscale_hint,
+    image_field,
+    pixel_likelihood,
+)
 from zoo.registry import register
 
 
@@ -65,6 +71,9 @@ class VAEDigits(ZooModel):
             raise ConfigError(f"latent_dim must be >= 1, got {c.latent_dim}")
         if any(h < 1 for h in c.hidden):
             raise ConfigError(f"hidden sizes must be >= 1, got {c.hidden}")
+
+    def data_error_hint(self, error: DataError) -> str | None:
+        return greyscale_hint(error, self.config.likelihood)
 
     def data_spec(self) -> dict[str, Field]:
         return {"x": image_field(self.config.likelihood)}

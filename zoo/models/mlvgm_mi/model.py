@@ -26,11 +26,17 @@ from torch import nn
 
 from guides import local
 from guides.encoders import NormalEncoder, as_pyro_module
-from inference.data import Field
+from inference.data import DataError, Field
 from inference.diagnostics import latent_activity
 from inference.evaluation import elbo_per_row
 from zoo.base import ConfigError, TrainConfig, ZooModel
-from zoo.datasets.digits import LIKELIHOODS, digit_images, image_field, pixel_likelihood
+from zoo.datasets.digits import (
+    LIKELIHOODS,
+    digit_images,
+    greyscale_hint,
+    image_field,
+    pixel_likelihood,
+)
 from zoo.registry import register
 
 __all__ = ["MLVGM", "LadderDecoder", "INJECTIONS", "LIKELIHOODS"]
@@ -189,6 +195,9 @@ class MLVGM(ZooModel):
             raise ConfigError(f"level_dropout must be in [0, 1), got {c.level_dropout!r}")
         if not c.lr > 0:
             raise ConfigError(f"lr must be > 0, got {c.lr}")
+
+    def data_error_hint(self, error: DataError) -> str | None:
+        return greyscale_hint(error, self.config.likelihood)
 
     def data_spec(self) -> dict[str, Field]:
         return {"x": image_field(self.config.likelihood)}

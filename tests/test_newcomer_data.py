@@ -1,0 +1,63 @@
+"""Data files and priors as a newcomer writes them: a CSV without its header row, greyscale
+images for a Bernoulli model, an invalid prior argument: one whole line that names the
+problem and the fix, before any work; a file that is read says how many rows it gave."""
+
+import numpy as np
+from sklearn.datasets import load_digits
+
+from zoo.cli.main import main
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def _images_csv(path, images) -> None:
+    header = ",".join(f"p{i}" for i in range(images.shape[1]))
+    rows = "\n".join(",".join(f"{v:g}" for v in row) for row in images)
+    path.write_text(f"{header}\n{rows}\n")
+
+
+def test_csv_without_header_is_refused_not_shortened(tmp_path, capsys):
+    images = (load_digits().data[:50] > 8).astype(float)
+    path = tmp_path / "images.csv"
+    _images_csv(path, images)
+    path.write_text(path.read_text().split("\n", 1)[1])  # the header row removed
+    out = tmp_path / "never"
+    assert (
+        main(["train", "vae_digits", "--data", str(path), "--steps", "2", "--out", str(out)]) == 2
+    )
+    assert "has no header row" in _error_line(capsys)
+    assert not out.exists()
+
+
+def test_rows_read_from_a_file_are_reported(tmp_path, capsys):
+    images = (load_digits().data[:50] > 8).astype(float)
+    path = tmp_path / "images.csv"
+    _images_csv(path, images)
+    argv = ["train", "vae_digits", "--data", str(path), "--steps", "2", "--no-progress"]
+    assert main([*argv, "--set", "hidden=[8]", "--out", str(tmp_path / "run")]) == 0
+    assert f"data: 50 rows read from '{path}'" in capsys.readouterr().out
+
+
+def test_greyscale_images_for_a_bernoulli_model_name_the_setting(tmp_path, capsys):
+    path = tmp_path / "grey.npz"
+    np.savez(path, x=load_digits().data[:20] / 16.0)
+    out = tmp_path / "never"
+    assert (
+        main(["train", "vae_digits", "--data", str(path), "--steps", "2", "--out", str(out)]) == 2
+    )
+    line = _error_line(capsys)
+    assert "greyscale" in line and "--set likelihood=continuous_bernoulli" in line
+    argv = ["train", "vae_digits", "--data", str(path), "--steps", "2", "--no-progress"]
+    assert main([*argv, "--set", "likelihood=continuous_bernoulli", "--out", str(out)]) == 0
+
+
+def test_invalid_prior_argument_is_one_whole_line(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["train", "eight_schools", "--prior", "tau=HalfNormal(-5)", "--out", str(out)]) == 2
+    line = _error_line(capsys)
+    assert line.endswith("-5.0)") and "found invalid values" in line
+    assert not out.exists()
