@@ -12,6 +12,7 @@ from pyro.nn import PyroModule
 import zoo
 from inference.diagnostics import (
     SBCResult,
+    collapse_table,
     guide_khat,
     khat_verdict,
     latent_activity,
@@ -215,6 +216,32 @@ def test_latent_activity_finds_exactly_the_dead_dimensions(vae):
     assert none["z"]["active_units"] == 0
     with pytest.raises(ValueError, match="not local latent"):
         latent_activity(model, model.guide, data, sites=["x"])
+
+
+def test_latent_activity_counts_agree_or_say_why(vae):
+    """A dimension whose E[z|x] moves a little (Var 0.05 > 0.01) at the prior's scale carries
+    about 0.025 nats: counted active and not collapsed by the loose criteria, but not
+    informative; the table says the criteria disagree and gives each count."""
+    model, data = vae
+    faint = model.encoder.net[-1]
+    with torch.no_grad():
+        saved = faint.weight.clone(), faint.bias.clone()
+        faint.weight[LATENT + 2] = 0.0  # unit scale, as for the dead dims
+        faint.bias[LATENT + 2] = faint.bias[LATENT + 1]
+        mean = model.encoder(data["x"])[0][:, 2]
+        faint.weight[2] *= (0.05 / mean.var(unbiased=False)).sqrt()
+        faint.bias[2] -= model.encoder(data["x"])[0][:, 2].mean()  # centred: KL = Var / 2
+        report = latent_activity(model, model.guide, data)["z"]
+        faint.weight.copy_(saved[0])
+        faint.bias.copy_(saved[1])
+    assert report["active_units"] == 2 and report["collapsed_dims"] == 2
+    assert report["kl_per_dim"][2] == pytest.approx(0.025, rel=0.2)
+    assert report["informative"] == [True, False, False, False]
+    (row,) = collapse_table({"z": report})
+    assert row["informative dims (active, KL >= 0.1 nats)"] == 1
+    assert row["criteria agree"].startswith("no: 2 move E[z|x] and 2 have KL >= 0.01 nats")
+    healthy = collapse_table(latent_activity(model, model.guide, data))
+    assert healthy[0]["criteria agree"] == "yes"
 
 
 def test_pointwise_khat_one_finite_value_per_row(vae):

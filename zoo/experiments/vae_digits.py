@@ -103,6 +103,7 @@ def _vae_arm(train: dict, test: dict, s: dict, seed: int) -> dict[str, float]:
         ),
         "train_elbo": float(elbo_per_row(model, model.guide, train, num_particles=10).mean()),
         "active_units": float(activity["active_units"]),
+        "informative_dims": float(activity["informative_dims"]),
         "latent_dim": float(model.config.latent_dim),
     }
 
@@ -114,7 +115,8 @@ def _vae_arm(train: dict, test: dict, s: dict, seed: int) -> dict[str, float]:
         Figure("vae/heldout_iwae", "VAE held-out IWAE", 2),
         Figure("bernoulli_mixture/heldout_loglik", "Bernoulli mixture held-out log p", 2),
         Figure("independent_pixels/heldout_loglik", "independent pixels held-out log p", 2),
-        Figure("vae/active_units", "VAE active units (of 10)", 1),
+        Figure("vae/informative_dims", "VAE informative dims, KL >= 0.1 nats (of 10)", 1),
+        Figure("vae/active_units", "VAE active units, Var E[z|x] > 0.01 (of 10)", 1),
     ],
     settings={
         "holdout": 0.15,
