@@ -92,6 +92,26 @@ def test_nuts_report_lists_chains_warmup_and_draws(tmp_path):
     for row in ("| chains | 2 |", "| warmup steps per chain | 20 |", "| draws per chain | 20 |"):
         assert row in report
     assert "| steps |" not in report
+    # 2 x 20 draws cannot mix: the report flags it against the README's thresholds
+    assert "smallest bulk ESS" in report and "below 400: too few effective draws" in report
+    assert "worst R-hat" in report and "| r_hat |" not in report.split("## Posterior")[0]
+
+
+def test_svi_report_shows_what_applies_to_svi_once(tmp_path):
+    run = tmp_path / "svi"
+    argv = ["train", "eight_schools", "--steps", "1", "--no-progress", "--out", str(run)]
+    assert main(argv) == 0
+    report = (run / "report.md").read_text()
+    diagnostics, summary = report.split("## Posterior summary")
+    assert "divergences" not in diagnostics and "R-hat" not in diagnostics
+    header = next(line for line in summary.splitlines() if line.startswith("| variable"))
+    assert "r_hat" not in header and "ess_bulk" not in header and "mcse_mean" not in header
+    assert "R-hat, ESS and MCSE do not apply" in summary
+    assert report.count("elpd_loo") == 1  # PSIS-LOO once, under Diagnostics
+    # one step of training: the guide cannot match the posterior, and the report says so
+    assert "(do not trust)" in diagnostics
+    assert "**These figures rest on a guide that does not match the posterior**" in report
+    assert "rerun with `--engine nuts`" in report
 
 
 def test_make_demo_runs_twice(tmp_path, monkeypatch):

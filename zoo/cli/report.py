@@ -74,6 +74,10 @@ def _try(label: str, fn, notes: list[str]):
     return None
 
 
+#: summary columns that describe Markov chains, not independent draws
+MCMC_COLUMNS = ("mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat")
+
+
 def _summary_rows(idata, model) -> list[dict[str, Any]]:
     """Rows of the posterior summary: ArviZ's for small variables, one compact row (means
     over elements) for large ones such as local latents."""
@@ -83,13 +87,15 @@ def _summary_rows(idata, model) -> list[dict[str, Any]]:
     small = [v for v in post.data_vars if int(np.prod(post[v].shape[2:])) <= SUMMARY_MAX_ELEMENTS]
     large = [v for v in post.data_vars if v not in small]
     rows: list[dict[str, Any]] = []
-    if small:
-        table = summary(idata, var_names=small)
-        for label, row in table.iterrows():
-            rows.append({"variable": str(label), **{k: _num(v) for k, v in row.items()}})
     # MCMC draws: a large variable still needs its worst R-hat and ESS (one bad element is
     # a failed run); guide draws are independent, so those columns would say nothing
     sampled = "sample_stats" in idata.groups() and "diverging" in idata.sample_stats
+    if small:
+        table = summary(idata, var_names=small)
+        if not sampled:
+            table = table.drop(columns=[c for c in MCMC_COLUMNS if c in table.columns])
+        for label, row in table.iterrows():
+            rows.append({"variable": str(label), **{k: _num(v) for k, v in row.items()}})
     for var in large:
         values = np.asarray(post[var])
         flat = values.reshape(values.shape[0] * values.shape[1], -1)
@@ -279,6 +285,7 @@ def write_report(
     summary_rows = _try("posterior summary", lambda: _summary_rows(idata, model), notes) or []
     diagnostics["summary"] = summary_rows
     diagnostics["figures"] = made
+    diagnostics["supports_nuts"] = bool(getattr(model, "supports_nuts", False))
     diagnostics["notes"] = notes
     if losses:
         tail = losses[-max(1, min(50, len(losses) // 10)) :]
@@ -360,6 +367,34 @@ def _steps_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"setting": "steps", "value": note}]
 
 
+#: the thresholds a NUTS report flags (the README's: R-hat above 1.01, bulk ESS below 400)
+RHAT_LIMIT, ESS_LIMIT = 1.01, 400
+
+
+def _mixing_rows(summary: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The worst R-hat and smallest bulk ESS of a NUTS run, flagged against the limits."""
+    rhats = [r["r_hat"] for r in summary if r.get("r_hat") is not None]
+    ess = [r["ess_bulk"] for r in summary if r.get("ess_bulk") is not None]
+    rows = []
+    if rhats:
+        worst = max(rhats)
+        flag = (
+            f" (**above {RHAT_LIMIT}: the chains disagree; run longer**)"
+            if worst > RHAT_LIMIT
+            else f" (below {RHAT_LIMIT}: ok)"
+        )
+        rows.append({"diagnostic": "worst R-hat", "value": f"{worst:.3f}{flag}"})
+    if ess:
+        least = min(ess)
+        flag = (
+            f" (**below {ESS_LIMIT}: too few effective draws; run longer**)"
+            if least < ESS_LIMIT
+            else f" (at least {ESS_LIMIT}: ok)"
+        )
+        rows.append({"diagnostic": "smallest bulk ESS", "value": f"{least:.0f}{flag}"})
+    return rows
+
+
 def _report_text(record: Mapping[str, Any], diag: Mapping[str, Any]) -> str:
     lines = [f"# Run report: {record['model']}", ""]
     setup = [
@@ -379,7 +414,10 @@ def _report_text(record: Mapping[str, Any], diag: Mapping[str, Any]) -> str:
         rows.append(
             {"diagnostic": "final loss (-ELBO, mean of last steps)", "value": diag["final_loss"]}
         )
-    rows.append({"diagnostic": "divergences", "value": diag.get("divergences")})
+    nuts = record.get("engine") == "nuts"
+    if nuts:
+        rows.append({"diagnostic": "divergences", "value": diag.get("divergences")})
+        rows += _mixing_rows(diag.get("summary") or [])
     loo = diag.get("loo") or {}
     for key in ("elpd_loo", "se", "p_loo", "max_pareto_k") if loo else ():
         rows.append({"diagnostic": f"PSIS-LOO {key}", "value": loo.get(key)})
@@ -415,8 +453,25 @@ def _report_text(record: Mapping[str, Any], diag: Mapping[str, Any]) -> str:
     if evaluation:
         where = diag.get("evaluated_on", "")
         ev_rows = [{"metric": k, "value": v} for k, v in evaluation.items()]
-        lines += [f"## Evaluation ({where})", "", _table(ev_rows)]
-    lines += ["## Posterior summary", "", _table(diag.get("summary") or [])]
+        lines += [f"## Evaluation ({where})", ""]
+        if khat and khat.get("verdict") == "do not trust":
+            lines += [
+                f"**These figures rest on a guide that does not match the posterior** (guide "
+                f"k-hat {_fmt(_num(khat.get('khat')))} >= 0.7): "
+                + (
+                    "rerun with `--engine nuts` before trusting them."
+                    if diag.get("supports_nuts")
+                    else "try a richer `--guide` (mvn, flow) before trusting them."
+                ),
+                "",
+            ]
+        lines.append(_table(ev_rows))
+    summary_note = (
+        ""
+        if nuts
+        else " (independent guide draws: R-hat, ESS and MCSE do not apply and are not shown)"
+    )
+    lines += [f"## Posterior summary{summary_note}", "", _table(diag.get("summary") or [])]
     if diag.get("figures"):
         lines += ["## Figures", ""]
         lines += [f"![{name}](figures/{name})" for name in diag["figures"]]
