@@ -61,3 +61,31 @@ def test_invalid_prior_argument_is_one_whole_line(tmp_path, capsys):
     line = _error_line(capsys)
     assert line.endswith("-5.0)") and "found invalid values" in line
     assert not out.exists()
+
+
+def test_prior_on_a_vector_site_in_every_form(tmp_path, capsys):
+    """``z`` has event shape (10,): a scalar prior means iid elements; the shape methods
+    and Independent spell it out; a run trained with one resumes and diagnoses with it."""
+    forms = [
+        "z=Normal(0, 2)",
+        "z=Normal(0, 2).expand([10]).to_event(1)",
+        "z=Independent(Normal(0, 2).expand([10]), 1)",
+    ]
+    base = ["train", "vae_digits", "--steps", "2", "--no-progress", "--set", "hidden=[8]"]
+    for n, form in enumerate(forms):
+        run = tmp_path / f"run{n}"
+        assert main([*base, "--prior", form, "--out", str(run)]) == 0, form
+        assert main(["diagnose", str(run)]) == 0
+    # the three forms are one prior: a run resumes under any of them
+    resume = [*base, "--steps", "3", "--out", str(tmp_path / "run0"), "--resume"]
+    assert main([*resume, "--prior", forms[2]]) == 0
+    capsys.readouterr()
+    bad = {
+        "z=Normal(0, 1).to_event(1)": "expand it first",
+        "z=Normal(0, 1).expand([3]).to_event(1)": "must have event shape (10,)",
+        "z=Normal(0, 1).sample()": ".sample() is not allowed",
+    }
+    for form, message in bad.items():
+        assert main([*base, "--prior", form, "--out", str(tmp_path / "never")]) == 2
+        assert message in _error_line(capsys)
+    assert not (tmp_path / "never").exists()

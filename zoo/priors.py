@@ -61,6 +61,9 @@ def check_override(site: str, default: dist.Distribution, override: object) -> d
             f"prior for site '{site}' must be a pyro.distributions Distribution, "
             f"got {type(override).__name__}"
         )
+    if not override.event_shape and not override.batch_shape and default.event_shape:
+        # one scalar prior for a vector site: the same prior for every element, iid
+        override = override.expand(default.event_shape).to_event(len(default.event_shape))
     if override.event_shape != default.event_shape:
         raise PriorError(
             f"prior for site '{site}' must have event shape {tuple(default.event_shape)}; "
@@ -112,16 +115,71 @@ def parse_prior(text: str) -> tuple[str, dist.Distribution]:
         tree = ast.parse(expr, mode="eval").body
     except SyntaxError:
         raise PriorError(f"prior '{text}': '{expr}' is not of the form Dist(args)") from None
-    if not isinstance(tree, ast.Call) or not isinstance(tree.func, ast.Name | ast.Attribute):
-        raise PriorError(f"prior '{text}': '{expr}' is not of the form Dist(args)")
-    name = tree.func.id if isinstance(tree.func, ast.Name) else tree.func.attr
+    return site, _build(tree, text)
+
+
+#: the forms a prior may take besides Dist(args): shape methods and Independent
+_SHAPE_METHODS = ("to_event", "expand")
+
+
+def _build(tree: ast.AST, text: str) -> dist.Distribution:
+    """The distribution an expression describes: ``Dist(args)``, ``P.to_event(n)``,
+    ``P.expand([shape])`` or ``Independent(P, n)``, nested; never evaluated."""
+    form = (
+        f"prior '{text}': '{ast.unparse(tree)}' is not of the form Dist(args), "
+        "P.expand([shape]), P.to_event(n) or Independent(P, n)"
+    )
+    if not isinstance(tree, ast.Call) or tree.keywords and not all(k.arg for k in tree.keywords):
+        raise PriorError(form)
+    func = tree.func
+    if isinstance(func, ast.Attribute) and func.attr in _SHAPE_METHODS:
+        inner = _build(func.value, text)
+        if len(tree.args) != 1 or tree.keywords:
+            raise PriorError(f"prior '{text}': .{func.attr}() takes one argument")
+        value = _literal(tree.args[0], text)
+        if func.attr == "to_event":
+            ndims = _count(value, text)
+            if ndims > len(inner.batch_shape):
+                raise PriorError(
+                    f"prior '{text}': .to_event({ndims}) needs {ndims} batch dimension(s), the "
+                    f"distribution has batch shape {tuple(inner.batch_shape)}; expand it first, "
+                    "e.g. Normal(0, 1).expand([10]).to_event(1) (or give Normal(0, 1) alone: "
+                    "the same prior for every element)"
+                )
+            return inner.to_event(ndims)
+        shape = [_count(v, text) for v in value.reshape(-1).tolist()]
+        try:
+            return inner.expand(shape)
+        except (TypeError, ValueError, RuntimeError) as error:
+            reason = " ".join(str(error).split())
+            raise PriorError(f"prior '{text}': .expand({shape}) cannot apply ({reason})") from None
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Call):
+        raise PriorError(
+            f"prior '{text}': .{func.attr}() is not allowed; a prior may use "
+            f"{', '.join(f'.{m}()' for m in _SHAPE_METHODS)}"
+        )
+    if not isinstance(func, ast.Name | ast.Attribute):
+        raise PriorError(form)
+    name = func.id if isinstance(func, ast.Name) else func.attr
+    if name == "Independent":
+        if len(tree.args) != 2 or tree.keywords:
+            raise PriorError(f"prior '{text}': Independent takes (distribution, n)")
+        return _build(tree.args[0], text).to_event(_count(_literal(tree.args[1], text), text))
     cls = getattr(dist, name, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.distributions.Distribution)):
         raise PriorError(f"prior '{text}': '{name}' is not a distribution in pyro.distributions")
     args = [_literal(a, text) for a in tree.args]
-    kwargs = {kw.arg: _literal(kw.value, text) for kw in tree.keywords if kw.arg}
+    kwargs = {kw.arg: _literal(kw.value, text) for kw in tree.keywords}
     try:
-        return site, cls(*args, **kwargs, validate_args=True)
+        return cls(*args, **kwargs, validate_args=True)
     except (TypeError, ValueError) as error:
         reason = " ".join(str(error).split())  # torch's message spans lines
         raise PriorError(f"prior '{text}': {name} rejects these arguments ({reason})") from None
+
+
+def _count(value: torch.Tensor | float, text: str) -> int:
+    """A non-negative whole number argument (a shape or an event dimension count)."""
+    number = float(value)
+    if not number.is_integer() or number < 0:
+        raise PriorError(f"prior '{text}': {number:g} is not a non-negative whole number")
+    return int(number)

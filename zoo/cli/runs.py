@@ -160,13 +160,21 @@ class TrainingInterrupted(Exception):
     """Training was stopped (Ctrl-C); the message says where the run can continue from."""
 
 
-def _prior_values(texts: Mapping[str, str]) -> dict[str, str]:
-    """Recorded prior texts in one canonical form, so ``HalfNormal(5)`` and
-    ``HalfNormal(5.0)`` compare equal."""
+def _prior_values(texts: Mapping[str, str], model: ZooModel) -> dict[str, str]:
+    """Prior texts as the distributions ``model`` would use, in one canonical form, so
+    ``HalfNormal(5)`` and ``HalfNormal(5.0)`` (or a scalar prior and its expanded form on a
+    vector site) compare equal."""
     from zoo.cli.options import prior_display
-    from zoo.priors import parse_prior
+    from zoo.priors import check_override, parse_prior
 
-    return {site: prior_display(parse_prior(f"{site}={text}")[1]) for site, text in texts.items()}
+    declared = model.default_priors()
+    out = {}
+    for site, text in texts.items():
+        prior = parse_prior(f"{site}={text}")[1]
+        if site in declared:
+            prior = check_override(site, declared[site], prior)
+        out[site] = prior_display(prior)
+    return out
 
 
 def _set_text(key: str, value: Any) -> str:
@@ -442,7 +450,7 @@ def train_run(
                     f"cannot resume '{run_dir}': it was trained with {key}="
                     f"{json.dumps(_recorded(old, key))}, not {json.dumps(record[key])}"
                 )
-        if _prior_values(old.get("priors") or {}) != _prior_values(record["priors"]):
+        if _prior_values(old.get("priors") or {}, model) != _prior_values(record["priors"], model):
             raise ValueError(
                 f"cannot resume '{run_dir}': it was trained with priors="
                 f"{json.dumps(old.get('priors') or {})}, not {json.dumps(record['priors'])}"
