@@ -169,7 +169,12 @@ def build(
         :mod:`guides.local`).
     :param encoder: an encoder network the guide uses in place of the model's
         ``encoder`` (models with local latents); the guide owns and trains it, and the
-        model is left as it was.
+        model is left as it was. Its contract (:func:`guides.local.check_encoder_output`,
+        checked on its first batch, before the first training step): ``forward(x)`` returns
+        ``(loc, scale)`` shaped like the model's own encoder's output (``(batch, latent)``
+        for a VAE), ``scale`` positive (not a log-scale); an ``encode(x)`` method may add
+        the last hidden features as a third value, which the ``mvn`` and ``flow`` local
+        families read.
     :param options: passed to the global family, e.g. ``rank`` for ``lowrank``,
         ``num_transforms`` for ``flow``, ``init_scale`` for ``normal``/``lowrank``/``mvn``
         (:func:`kind_options` lists them).

@@ -441,10 +441,49 @@ def encode(
     """``(loc, scale, context)`` of the running guide's encoder for ``model`` on ``inputs``
     (context ``None`` when the encoder has no ``encode`` method)."""
     net = encoder(model, name)
-    if hasattr(net, "encode"):
-        return net.encode(*inputs)
-    loc, scale = net(*inputs)
-    return loc, scale, None
+    out = net.encode(*inputs) if hasattr(net, "encode") else net(*inputs)
+    own = getattr(model, name, None)
+    if net is not own and not getattr(net, "_zoo_contract_checked", False):
+        # a user's encoder: checked once, on its first batch, against the model's own
+        with torch.no_grad():
+            expected = own.encode(*inputs) if hasattr(own, "encode") else own(*inputs)
+        check_encoder_output(out, expected[:2], type(net).__name__)
+        object.__setattr__(net, "_zoo_contract_checked", True)
+    return out if hasattr(net, "encode") else (*out, None)
+
+
+def check_encoder_output(out: Any, expected: tuple[torch.Tensor, torch.Tensor], name: str) -> None:
+    """The encoder contract: ``forward(x)`` returns ``(loc, scale)``, two tensors shaped like
+    the model's own encoder's (``(batch, latent)`` for a VAE), ``scale`` positive (a scale,
+    not a log-scale); an ``encode(x)`` method may return ``(loc, scale, features)``.
+
+    :raises GuideError: naming what came back and what was expected.
+    """
+    from guides import GuideError
+
+    shapes = tuple(tuple(t.shape) for t in expected)
+    if not isinstance(out, tuple | list) or len(out) not in (2, 3):
+        got = (
+            f"a {type(out).__name__}" if not isinstance(out, tuple | list) else f"{len(out)} values"
+        )
+        raise GuideError(
+            f"encoder {name} returned {got}; it must return (loc, scale) with shapes {shapes}"
+        )
+    loc, scale = out[0], out[1]
+    if not (torch.is_tensor(loc) and torch.is_tensor(scale)):
+        raise GuideError(f"encoder {name} must return tensors (loc, scale), with shapes {shapes}")
+    got = (tuple(loc.shape), tuple(scale.shape))
+    if got != shapes:
+        raise GuideError(
+            f"encoder {name} returned loc and scale of shapes {got}; the model's latent needs "
+            f"{shapes} (rows first, then the latent size)"
+        )
+    if not bool((scale > 0).all()):
+        raise GuideError(
+            f"encoder {name} returned a scale with values <= 0 (smallest "
+            f"{float(scale.min()):.3g}): it must return a positive scale, not a log-scale "
+            "(e.g. softplus(raw) + 1e-4)"
+        )
 
 
 # ----- guides that run a model's local guide ----------------------------------------------

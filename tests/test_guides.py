@@ -3,6 +3,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pyro
@@ -405,6 +406,46 @@ def test_bad_encoder_swaps_are_refused():
         guides.build("normal", model, encoder="not a module")
     with pytest.raises(guides.GuideError, match="'eight_schools' has no local latents"):
         guides.build("normal", zoo.create("eight_schools"), encoder=guides.NormalEncoder(8, 1))
+
+
+class _LogScaleEncoder(torch.nn.Module):
+    """A user's encoder that returns a log-scale (its values are partly negative)."""
+
+    def __init__(self, latent: int):
+        super().__init__()
+        self.net = torch.nn.Linear(64, 2 * latent)
+
+    def forward(self, x):
+        return self.net(x).chunk(2, dim=-1)
+
+
+class _NoTupleEncoder(torch.nn.Module):
+    def __init__(self, latent: int):
+        super().__init__()
+        self.net = torch.nn.Linear(64, latent)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize(
+    "encoder, message",
+    [
+        (_LogScaleEncoder(VAE["latent_dim"]), "not a log-scale"),
+        (guides.NormalEncoder(64, VAE["latent_dim"] + 3, (8,)), "the model's latent needs"),
+        (_NoTupleEncoder(VAE["latent_dim"]), "returned a Tensor; it must return (loc, scale)"),
+    ],
+    ids=["log_scale", "latent_size", "not_a_pair"],
+)
+def test_encoder_contract_is_checked_before_the_first_step(encoder, message, datasets):
+    """What a user's encoder must return, named in one error raised before any step (a
+    log-scale used to give a NaN at step 1; a wrong size, a shape error with a trace)."""
+    model = zoo.create("vae_digits", **VAE)
+    guide = guides.build("default", model, encoder=encoder)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    with pytest.raises(guides.GuideError, match=re.escape(message)):
+        fit(model, guide, datasets["vae_digits"], steps=5, batch_size=64, progress=False)
+    assert all(torch.equal(encoder.state_dict()[k], v) for k, v in before.items())
 
 
 # ----- the command line --------------------------------------------------------------------
