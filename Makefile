@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # one BLAS/torch thread per pytest worker: two workers on two cores
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo tutorial bench lint clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,16 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/zoo train vae_digits  # a new run folder runs/vae_digits-<date>-<time> each time
+
+# one tutorial, executed into runs/tutorials/NAME.ipynb (the committed notebook keeps its
+# full-run outputs): `make tutorial NAME=eight_schools` in smoke mode (tiny step counts),
+# SMOKE=0 for the full run
+tutorial: setup
+	@test -n "$(NAME)" || { echo "usage: make tutorial NAME=eight_schools [SMOKE=0]"; exit 2; }
+	@test -f tutorials/$(NAME).ipynb || { echo "no tutorial tutorials/$(NAME).ipynb"; exit 2; }
+	mkdir -p runs/tutorials
+	ZOO_SMOKE=$(if $(filter 0,$(SMOKE)),,1) MPLBACKEND=Agg $(VENV)/bin/jupyter execute \
+		tutorials/$(NAME).ipynb --output=../runs/tutorials/$(NAME)
 
 bench: setup
 	# NumPyro and JAX only for the comparison rows (an optional extra, never a runtime need)

@@ -128,3 +128,30 @@ def test_make_demo_runs_twice(tmp_path, monkeypatch):
     for _ in range(2):
         assert main([*words[1:], "--steps", "2", "--no-progress", "--set", "hidden=[8]"]) == 0
     assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
+def test_make_tutorial_writes_beside_not_over_the_committed_notebook():
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    dry = subprocess.run(
+        ["make", "-n", "-o", ".venv/.installed", "tutorial", "NAME=eight_schools"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "--output=../runs/tutorials/eight_schools" in dry.stdout
+    assert "--inplace" not in dry.stdout and "ZOO_SMOKE=1" in dry.stdout
+    full = subprocess.run(
+        ["make", "-n", "-o", ".venv/.installed", "tutorial", "NAME=eight_schools", "SMOKE=0"],
+        cwd=repo, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "ZOO_SMOKE= " in full.stdout
+    missing = subprocess.run(
+        ["make", "-s", "-o", ".venv/.installed", "tutorial"],
+        cwd=repo, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "usage: make tutorial NAME=" in missing.stdout
