@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import pyro
@@ -76,13 +77,16 @@ def nuts(
         ignore_jit_warnings=True,
         init_strategy=init_strategy,
     )
-    mcmc = MCMC(
-        kernel,
-        num_samples=draws,
-        warmup_steps=warmup,
-        num_chains=chains,
-        disable_progbar=not progress,
-    )
+    with warnings.catch_warnings():
+        # chains run one after another on fewer cores: what the caller asked, not a problem
+        warnings.filterwarnings("ignore", message="num_chains=", category=UserWarning)
+        mcmc = MCMC(
+            kernel,
+            num_samples=draws,
+            warmup_steps=warmup,
+            num_chains=chains,
+            disable_progbar=not progress,
+        )
     mcmc.run(full_batch(data))
     return mcmc
 

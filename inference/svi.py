@@ -16,7 +16,7 @@ import torch
 from pyro.optim.clipped_adam import ClippedAdam
 from pyro.util import get_rng_state, set_rng_state
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars everywhere: tqdm.auto warns in notebooks without ipywidgets
 
 from inference.checkpoint import load_checkpoint, save_checkpoint
 from inference.config import OPTIMIZERS, TrainConfig
