@@ -20,7 +20,9 @@ batch, before Lightning wraps the module in DDP, which then broadcasts rank 0's 
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -367,6 +369,19 @@ class _ScaleRows(Messenger):
             msg["scale"] = msg["scale"] * self.factor
 
 
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's tips to install its cloud services from a run's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def _quiet_adverts() -> None:
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdverts) for f in logger.filters):
+        logger.addFilter(_NoAdverts())
+
+
 def _trainer_kwargs(
     devices: int, num_nodes: int, accelerator: str, strategy: str, steps: int
 ) -> dict[str, Any]:
@@ -377,6 +392,7 @@ def _trainer_kwargs(
         strategy=strategy,
         max_steps=steps,
         max_epochs=-1,
+        log_every_n_steps=1,  # row_batches make one batch an epoch: log every step
         use_distributed_sampler=False,  # row_batches shards the rows
         num_sanity_val_steps=0,
     )
@@ -450,6 +466,7 @@ def fit_lightning(
         )
         if resume and checkpoint.exists():
             ckpt_path = str(checkpoint)
+    _quiet_adverts()
     trainer = L.Trainer(
         **_trainer_kwargs(devices, num_nodes, accelerator, strategy, steps),
         default_root_dir=default_root_dir,
@@ -460,9 +477,16 @@ def fit_lightning(
         enable_progress_bar=progress,
         enable_model_summary=False,
     )
-    trainer.fit(module, ckpt_path=ckpt_path)
+    with warnings.catch_warnings():
+        # the run folder holds the run's other files by design, and Lightning's own use of
+        # torch's pytree API warns about a deprecation that is Lightning's to fix
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+        trainer.fit(module, ckpt_path=ckpt_path)
     if checkpoint is not None:
-        trainer.save_checkpoint(checkpoint)  # the final state (all ranks call; rank 0 writes)
+        # the final state, whole (optimizer and loops too: --resume needs them); all ranks
+        # call, rank 0 writes
+        trainer.save_checkpoint(checkpoint, weights_only=False)
     return module, trainer
 
 

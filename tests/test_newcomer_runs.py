@@ -1,4 +1,4 @@
-"""``zoo train --resume`` as a newcomer uses it: a mistyped folder is refused rather than
+"""The newcomer path through `zoo train`: ``--resume`` (a mistyped folder is refused rather than
 trained from scratch, a run continues to a larger ``--steps`` without retyping its options,
 options compare by value, and Ctrl-C says where the run can continue from."""
 
@@ -155,3 +155,29 @@ def test_make_tutorial_writes_beside_not_over_the_committed_notebook():
         cwd=repo, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert missing.returncode != 0 and "usage: make tutorial NAME=" in missing.stdout
+
+
+def test_lightning_run_prints_no_library_noise(tmp_path):
+    """A Lightning run and its resume, as a user types them: no weights_only notice, no
+    advertisement, no warnings about the run folder or Lightning's own internals."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = tmp_path / "lt"
+    outputs = []
+    for extra in ([], ["--resume"]):
+        argv = ["train", "eight_schools", "--trainer", "lightning", "--steps", "5",
+                "--no-progress", "--out", str(run), *extra]  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "zoo", *argv],
+            cwd=repo, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout + proc.stderr)
+    for text in outputs:
+        for noise in ("weights_only", "Tip:", "Warning", "warnings.warn", "site-packages"):
+            assert noise not in text, (noise, text)
