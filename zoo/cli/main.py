@@ -27,12 +27,18 @@ class _UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import guides
-    from guides.local import LOCAL_KINDS
-    from inference.config import TrainConfig
-    from inference.elbos import ELBO_NAMES
-    from inference.lightning import ACCELERATORS
-    from zoo.cli.runs import DEFAULT_NUTS_DRAWS, ENGINES, TRAINERS
+    """The ``zoo`` parser. Its choices come from :mod:`zoo.cli.choices`, which imports
+    nothing heavy, so ``zoo --help`` and ``zoo list`` start without torch."""
+    from zoo.cli.choices import (
+        ACCELERATORS,
+        DEFAULT_NUTS_DRAWS,
+        DEFAULT_STEPS,
+        ELBO_NAMES,
+        ENGINES,
+        GUIDE_KINDS,
+        LOCAL_KINDS,
+        TRAINERS,
+    )
 
     parser = _Parser(
         prog="zoo",
@@ -45,7 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=text, description=text)
 
-    command("list", "list the registered models, one line each")
+    listing = command("list", "list the registered models, one line each")
+    listing.add_argument(
+        "--papers",
+        action="store_true",
+        help="list the 37 source papers instead: title, authors, venue, links and which "
+        "models implement each (default: off)",
+    )
+    listing.add_argument(
+        "--markdown",
+        action="store_true",
+        help="with --papers: print the list as the Markdown table of docs/papers.md (default: off)",
+    )
 
     info = command("info", "describe a model: config defaults, priors, data fields, guides")
     info.add_argument("name", metavar="NAME", help="a registered model (see `zoo list`)")
@@ -59,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--guide",
         default="default",
-        choices=sorted(guides.KINDS),
+        choices=sorted(GUIDE_KINDS),
         help="guide family for the global latents (svi engine): 'default' is the model's "
         "own guide (default: %(default)s)",
     )
@@ -95,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="SVI steps, or NUTS draws per chain (and as many warmup steps) (default: the "
-        f"config's steps or epochs, else {TrainConfig.DEFAULT_STEPS} steps; "
+        f"config's steps or epochs, else {DEFAULT_STEPS} steps; "
         f"NUTS {DEFAULT_NUTS_DRAWS})",
     )
     train.add_argument(
@@ -287,45 +304,88 @@ def _first_line(text: str) -> str:
 
 
 def _cmd_list(args) -> int:
-    import zoo
+    """Read from source (:mod:`zoo.catalog`), so listing imports no model and no torch."""
+    from zoo.catalog import model_entries
 
-    for name in zoo.list_models():
-        cls = zoo.get(name)
-        paper = f"paper {cls.paper}" if cls.paper is not None else "reference model"
-        print(f"{name:24s} {paper:16s} {cls.summary or _first_line(cls.__doc__ or '')}")
+    if args.papers:
+        return _print_papers(model_entries(), markdown=args.markdown)
+    for entry in model_entries():
+        paper = f"paper {entry.paper}" if entry.paper is not None else "reference model"
+        print(f"{entry.name:24s} {paper:16s} {entry.summary}")
     return 0
 
 
-def _doc(cls) -> str:
+def _print_papers(entries, *, markdown: bool) -> int:
+    from zoo.papers import PAPERS, paper_models, papers_markdown, status
+
+    if markdown:
+        print(papers_markdown(entries), end="")
+        return 0
+    models = paper_models(entries)
+    for paper in PAPERS:
+        print(f"{paper.number:2d}. {paper.title}")
+        byline = ", ".join(part for part in (paper.authors, paper.where) if part)
+        if byline:
+            print(f"    {byline}")
+        for label, link in (("paper", paper.link), ("code", paper.code)):
+            if link:
+                print(f"    {label}: {link}")
+        print(f"    {status(paper, models)}")
+    return 0
+
+
+def _story(cls) -> tuple[str, str]:
+    """The docstring that tells the model's story, and where to read all of it: the class's
+    own when it is the longer one or its module holds several models, else the module's."""
+    import inspect
+
+    import zoo
+
     module = sys.modules.get(cls.__module__)
-    return (getattr(module, "__doc__", None) or cls.__doc__ or "").strip()
+    own = inspect.cleandoc(cls.__doc__ or "")
+    shared = inspect.cleandoc(getattr(module, "__doc__", None) or "")
+    siblings = sum(zoo.get(name).__module__ == cls.__module__ for name in zoo.list_models())
+    if own and (siblings > 1 or len(own) >= len(shared)):
+        return own, f"{cls.__module__}.{cls.__qualname__}"
+    return shared or own, cls.__module__
 
 
 def _cmd_info(args) -> int:
     import guides
     import zoo
+    from zoo.cli.doctext import short_numbers, story
     from zoo.cli.options import prior_display
+    from zoo.papers import PAPERS
     from zoo.priors import support_name
 
     cls = zoo.get(args.name)
     model = cls()
     print(f"{cls.name}: {type(model).__name__}")
-    print(f"paper: {cls.paper if cls.paper is not None else 'none (reference model)'}")
-    doc = _doc(cls).splitlines()
-    print("\n".join("  " + line for line in doc[:12]).rstrip())
+    if cls.paper is None:
+        print("paper: none (reference model)")
+    else:
+        titles = {paper.number: paper.title for paper in PAPERS}
+        print(f'paper: {cls.paper}, "{titles.get(cls.paper, "?")}"')
+    doc, where = _story(cls)
+    text, cut = story(doc)
+    print("\n".join(("  " + line).rstrip() for line in text.splitlines()))
+    if cut:
+        print(f"  (the whole story: python -m pydoc {where})")
     print("config defaults:")
     for field in dataclasses.fields(cls.Config):
-        print(f"  {field.name} = {getattr(model.config, field.name)!r}")
+        value = getattr(model.config, field.name)
+        shown = repr(value) if isinstance(value, str) else short_numbers(repr(value))
+        print(f"  {field.name} = {shown}")
     print("priors:")
     for site, prior in model.default_priors().items():
-        print(f"  {site} ~ {prior_display(prior)}   (support: {support_name(prior.support)})")
+        shown = short_numbers(prior_display(prior))
+        print(f"  {site} ~ {shown}   (support: {support_name(prior.support)})")
     print("data fields:")
     for key, field in model.data_spec().items():
         shape = ("N",) + tuple(field.shape)
         image = f", images {'x'.join(map(str, field.image))}" if field.image else ""
-        print(
-            f"  {key}: shape {shape}, {field.dtype}, {field.support}{image}  {field.doc}".rstrip()
-        )
+        support = short_numbers(str(field.support))
+        print(f"  {key}: shape {shape}, {field.dtype}, {support}{image}  {field.doc}".rstrip())
     print(f"local sites: {list(model.local_sites)}")
     print(f"guide kinds (global sites, --guide): {sorted(guides.KINDS)}")
     kinds = guides.local_kinds(model)
@@ -468,6 +528,10 @@ _COMMANDS = {
 }
 
 
+#: commands that run before the heavy error types below are imported
+_LIGHT_COMMANDS = ("list",)
+
+
 def _error(message: str) -> None:
     print(f"zoo: error: {_first_line(message) or 'unknown error'}", file=sys.stderr)
 
@@ -484,6 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     if args.command == "train" and args.resume:
         args.given = _given_train_options(argv)
+    if args.command in _LIGHT_COMMANDS:  # raises none of the errors below, needs no torch
+        return _COMMANDS[args.command](args)
 
     from guides import GuideError
     from inference.checkpoint import CheckpointError
