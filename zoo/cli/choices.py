@@ -29,11 +29,11 @@ LOCAL_KINDS = ("normal", "mvn", "flow")
 ELBO_NAMES = ("auto", "trace", "jit", "meanfield", "renyi", "iwae", "graph", "enum")
 #: ``--accelerator``: :data:`inference.lightning.ACCELERATORS` (the CLI adds ``cuda``)
 ACCELERATORS = ("cpu", "gpu")
-#: ``--engine``: :data:`zoo.cli.runs.ENGINES`
+#: ``--engine`` (owned here; :mod:`zoo.cli.runs` imports it)
 ENGINES = ("svi", "nuts")
-#: ``--trainer``: :data:`zoo.cli.runs.TRAINERS`
+#: ``--trainer``: the plain engine (inference.svi.fit) or Lightning (owned here)
 TRAINERS = ("plain", "lightning")
-#: ``--steps`` for NUTS: :data:`zoo.cli.runs.DEFAULT_NUTS_DRAWS`
+#: ``--steps`` for NUTS (owned here)
 DEFAULT_NUTS_DRAWS = 1000
 #: ``--steps`` for SVI when the config sets none: ``inference.config.TrainConfig.DEFAULT_STEPS``
 DEFAULT_STEPS = 2000

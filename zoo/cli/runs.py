@@ -38,6 +38,7 @@ from inference.data import DataError, holdout_split
 from inference.elbos import ELBO_NAMES, resolve_elbo
 from zoo import registry
 from zoo.base import ZooModel
+from zoo.cli.choices import DEFAULT_NUTS_DRAWS, ENGINES, TRAINERS  # one source: the light module
 from zoo.cli.datafiles import load_data_file
 from zoo.cli.options import (
     check_device,
@@ -61,10 +62,6 @@ __all__ = [
     "read_idata",
 ]
 
-ENGINES = ("svi", "nuts")
-#: who runs the SVI loop: the plain engine (inference.svi.fit) or Lightning (DDP scale-out)
-TRAINERS = ("plain", "lightning")
-DEFAULT_NUTS_DRAWS = 1000
 #: the files a run folder may hold; a fresh run refuses a folder that holds any of them
 RUN_FILES = (
     "config.json",
