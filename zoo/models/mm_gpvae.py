@@ -58,11 +58,12 @@ spikes with the neural-only GP; the image-only GP sets the zoom |1 + z^b| (floor
 0.1); each frame shows the next "3", as the paper steps through its MNIST files. Weights
 1.5 U(-1, 1), offsets 0.5 U(-1, 1). ``"small"`` is the zoo's earlier design: 200 trials,
 T = 40, 50 neurons, unit variances, length-scale 8, rotation 60 deg * z^s, zoom
-exp(0.3 z^b), one "3" throughout. ``trials``, ``time_bins``, ``neurons`` and
-``true_lengthscale`` given explicitly override the preset's. Both add pixel noise of sd
-0.05 (the paper's spec is silent on it; its MNIST jpgs carry their own). The generator's
-kernel is rho exp(-d^2 / (2 ell^2)), GPyTorch's RBF parameterisation, so the learned
-``lengthscale_g`` and ``true_lengthscale`` are on one scale.
+exp(0.3 z^b), one "3" throughout. ``trials``, ``time_bins``, ``neurons``,
+``true_lengthscale`` and ``digits`` given explicitly override the preset's. Both add
+pixel noise of sd 0.05 (the paper's spec is silent on it; its MNIST jpgs carry their
+own). The generator's kernel is rho exp(-d^2 / (2 ell^2)), GPyTorch's RBF
+parameterisation, so the learned ``lengthscale_g`` and ``true_lengthscale`` are on one
+scale.
 :meth:`MMGPVAE.simulate` returns the true latents too (:meth:`MMGPVAE.simulate_with_extras`
 the firing rates); :meth:`MMGPVAE.evaluate`, given them, reports the R^2 of an affine fit
 from inferred to true latents (matched and cross-assigned groups) and the
@@ -138,7 +139,8 @@ PRESETS = {
     "paper": Preset(300, 60, 100, 10.0, 120.0, (0.3, 0.5, 0.8), "paper", "cycle"),
     "small": Preset(200, 40, 50, 8.0, 60.0, (1.0, 1.0, 1.0), "exp", "one"),
 }
-PRESET_SIZES = ("trials", "time_bins", "neurons", "true_lengthscale")
+PRESET_SIZES = ("trials", "time_bins", "neurons", "true_lengthscale", "digits")
+DIGITS = ("cycle", "one")
 
 
 def make_kernel(name: str) -> gpytorch.kernels.Kernel:
@@ -306,6 +308,7 @@ class MMGPVAE(ZooModel):
         min_lengthscale: float = 3.0
         jitter: float = 1e-3
         true_lengthscale: float | None = None
+        digits: str | None = None  # "cycle" | "one"; None: the preset's
         batch_size: int = 32
         lr: float = 5e-3
         epochs: float = 300.0
@@ -380,6 +383,8 @@ class MMGPVAE(ZooModel):
         design = PRESETS[c.preset]
         fill = {k: getattr(design, k) for k in PRESET_SIZES if getattr(c, k) is None}
         self.config = c = dataclasses.replace(c, **fill)
+        if c.digits not in DIGITS:
+            raise ConfigError(f"digits must be one of {DIGITS}, got '{c.digits}'")
         if c.modalities not in MODALITIES:
             raise ConfigError(f"modalities must be one of {MODALITIES}, got '{c.modalities}'")
         if c.modalities == "spikes" and c.latent_image:
@@ -612,7 +617,7 @@ class MMGPVAE(ZooModel):
             zooms = np.maximum(np.abs(1.0 + z["b"]), MIN_ZOOM)
         else:
             zooms = np.exp(ZOOM * z["b"])
-        images = self._frames(rng, design.digits, angles, zooms)
+        images = self._frames(rng, c.digits, angles, zooms)
         images += 0.05 * rng.standard_normal(images.shape)
         fields = {"spikes": spikes, "images": images}
         data = self.validate({k: v for k, v in fields.items() if self.observes(k)})
