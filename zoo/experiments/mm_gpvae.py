@@ -27,8 +27,8 @@ ARMS = {
     "gpvae_time": {"parameterization": "time"},
     "spikes_only": {"modalities": "spikes", "latent_image": 0},
     "images_only": {"modalities": "images", "latent_neural": 0},
-    # the paper preset with one "3" throughout: isolates what the digit changing from
-    # frame to frame (white in time) does to the learned length-scales and to z_b
+    # the paper preset with one "3" throughout: is the digit changing from frame to frame
+    # (white in time) what shortens the learned length-scales and limits z_b?
     "one_digit": {"digits": "one"},
 }
 #: the overrides that change the simulated data (the arm then gets its own simulation,

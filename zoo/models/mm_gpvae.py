@@ -29,10 +29,11 @@ Two parameterizations of the GP prior (``parameterization``):
 
 The floor :math:`\epsilon` (``jitter``) is the paper's 1e-2. It matters for the learned
 length-scales: an RBF spectrum falls as exp(-omega^2 ell^2 / 2), so any small
-high-frequency content of q (the amortised encoder's per-bin noise, a digit that changes
-from frame to frame) that the floor does not absorb is explained by a shorter ell. On the
-paper preset (one seed, 3000 steps) a floor of 1e-3 gave ell of about 2 for a truth of 10,
-the paper's 1e-2 about 6-8 (see ``zoo reproduce mm_gpvae`` for the figures over seeds).
+high-frequency content of q that the floor does not absorb is explained by a shorter ell.
+On the paper preset (seed 0, 3000 steps) a floor of 1e-3 gave ell of about 2 for a truth
+of 10, the paper's 1e-2 5.6-7.9; the image pathway is what pulls it down (a GP-VAE of the
+spikes alone learned 9.5, one of the images alone 1.4-4.7; one "3" throughout instead of
+a new one per frame did not help). ``zoo reproduce mm_gpvae`` has the figures over seeds.
 
 Inference: one encoder per modality maps each bin to (mean, scale) of its latents
 (spikes -> [z^n, z^s], images -> [z^s, z^b]); the two shared outputs are combined by a
