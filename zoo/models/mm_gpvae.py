@@ -27,6 +27,14 @@ Two parameterizations of the GP prior (``parameterization``):
 - ``"time"`` (the GP-VAE baseline): :math:`z_{n,j} \sim N(0, K(\ell_g) + \epsilon I)`
   with :math:`K` the kernel on the grid; sites ``z_s/n/b`` (shape (L_g, T)); O(T^3).
 
+The floor :math:`\epsilon` (``jitter``) is the paper's 1e-2. It matters for the learned
+length-scales: an RBF spectrum falls as exp(-omega^2 ell^2 / 2), so any small
+high-frequency content of q that the floor does not absorb is explained by a shorter ell.
+On the paper preset (seed 0, 3000 steps) a floor of 1e-3 gave ell of about 2 for a truth
+of 10, the paper's 1e-2 5.6-7.9; the image pathway is what pulls it down (a GP-VAE of the
+spikes alone learned 9.5, one of the images alone 1.4-4.7; one "3" throughout instead of
+a new one per frame did not help). ``zoo reproduce mm_gpvae`` has the figures over seeds.
+
 Inference: one encoder per modality maps each bin to (mean, scale) of its latents
 (spikes -> [z^n, z^s], images -> [z^s, z^b]); the two shared outputs are combined by a
 product of experts (``shared_combine="poe"``, the default) or the paper's plain average of
@@ -49,18 +57,35 @@ diagnosed by ArviZ); its other hyperparameters (a period, an output scale) are l
 parameters.
 The Fourier form refuses a kernel that is not stationary.
 
-Default data: the paper's simulation with a real ``load_digits`` "3", padded to 12x12: a
-shared GP rotates the digit (angle = 60 deg * z^s) and drives part of the spike rates, a
-neural-only GP drives spikes only, an image-only GP sets the zoom (exp(0.3 z^b)); 50 neurons
-with weights 1.5 U(-1, 1) and offsets 0.5 U(-1, 1). :meth:`MMGPVAE.simulate` returns the
-true latents too (:meth:`MMGPVAE.simulate_with_extras` the firing rates);
-:meth:`MMGPVAE.evaluate`, given them, reports the R^2 of an affine fit from inferred to true
-latents (matched and cross-assigned groups) and the reconstructions. Trials must all
-have ``time_bins`` bins: masks for ragged trials are not supported.
+Default data: the paper's simulation (``data_generator.py``), chosen by ``preset``
+(:data:`PRESETS`; an unknown name is refused before any work). ``"paper"`` (the default):
+300 trials, T = 60, 100 neurons, RBF GPs of length-scale 10 and variances 0.3 (shared),
+0.5 (neural-only), 0.8 (image-only); the shared GP rotates a ``load_digits`` "3" (padded
+to 12x12, in place of MNIST's 28x28 padded to 36x36) by z^s * 120 deg and drives the
+spikes with the neural-only GP; the image-only GP sets the zoom |1 + z^b| (floored at
+0.1); each frame shows the next "3", as the paper steps through its MNIST files. Weights
+1.5 U(-1, 1), offsets 0.5 U(-1, 1). ``"small"`` is the zoo's earlier design: 200 trials,
+T = 40, 50 neurons, unit variances, length-scale 8, rotation 60 deg * z^s, zoom
+exp(0.3 z^b), one "3" throughout. ``trials``, ``time_bins``, ``neurons``,
+``true_lengthscale`` and ``digits`` given explicitly override the preset's. Both add
+pixel noise of sd 0.05 (the paper's spec is silent on it; its MNIST jpgs carry their
+own). The generator's kernel is rho exp(-d^2 / (2 ell^2)), GPyTorch's RBF
+parameterisation, so the learned ``lengthscale_g`` and ``true_lengthscale`` are on one
+scale.
+:meth:`MMGPVAE.simulate` returns the true latents too (:meth:`MMGPVAE.simulate_with_extras`
+the firing rates); :meth:`MMGPVAE.evaluate`, given them, reports the R^2 of an affine fit
+from inferred to true latents (matched and cross-assigned groups) and the
+reconstructions. Trials must all have ``time_bins`` bins: masks for ragged trials are not
+supported.
+
+**Single-modality GP-VAEs** (the baselines): ``modalities="spikes"`` (with
+``latent_image=0``) or ``"images"`` (with ``latent_neural=0``) observe one field only; the
+shared group is then that modality's own encoder's opinion.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -83,13 +108,47 @@ from inference.metrics import affine_r2
 from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
 
-__all__ = ["MMGPVAE", "KERNELS", "make_kernel", "is_stationary"]
+__all__ = ["MMGPVAE", "KERNELS", "PRESETS", "make_kernel", "is_stationary", "rbf_gram"]
 
 GROUPS = ("s", "n", "b")  # shared, neural-only, behaviour(image)-only
 ZOOM = 0.3  # simulation: zoom = exp(ZOOM * z_b)
 KERNELS = ("rbf", "matern52", "matern32", "matern12", "periodic", "rq", "custom")
 PARAMETERIZATIONS = ("fourier", "time")
 COMBINES = ("average", "poe")
+MODALITIES = ("both", "spikes", "images")
+MIN_ZOOM = 0.1  # the paper preset's zoom |1 + z_b| is floored here (a zoom of 0 is no image)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A simulation design: sizes (the config's defaults for ``trials``, ``time_bins``,
+    ``neurons``, ``true_lengthscale``) and the generator's fixed parameters."""
+
+    trials: int
+    time_bins: int
+    neurons: int
+    true_lengthscale: float
+    #: rotation angle in degrees per unit of z_s
+    rotation_degrees: float
+    #: GP variances (the kernel's amplitude rho) of z_s, z_n, z_b
+    variances: tuple[float, float, float]
+    #: "paper": zoom = |1 + z_b| (floored at MIN_ZOOM); "exp": zoom = exp(ZOOM z_b)
+    zoom: str
+    #: "cycle": each frame shows the next load_digits "3" (the paper's next MNIST "3");
+    #: "one": one "3" per data set
+    digits: str
+
+
+#: ``preset="paper"`` is the paper's ``data_generator.py`` (300 trials, T = 60, 100 neurons,
+#: rotation z_s * 120 deg, GP variances 0.3 / 0.5 / 0.8, length-scale 10, zoom |1 + z_b|,
+#: a different "3" in each frame) with load_digits' 8x8 "3"s padded to 12x12 for MNIST's
+#: 28x28 padded to 36x36; ``"small"`` is the zoo's earlier, smaller design.
+PRESETS = {
+    "paper": Preset(300, 60, 100, 10.0, 120.0, (0.3, 0.5, 0.8), "paper", "cycle"),
+    "small": Preset(200, 40, 50, 8.0, 60.0, (1.0, 1.0, 1.0), "exp", "one"),
+}
+PRESET_SIZES = ("trials", "time_bins", "neurons", "true_lengthscale", "digits")
+DIGITS = ("cycle", "one")
 
 
 def make_kernel(name: str) -> gpytorch.kernels.Kernel:
@@ -108,6 +167,14 @@ def make_kernel(name: str) -> gpytorch.kernels.Kernel:
             f"kernel must be one of {KERNELS[:-1]} or a GPyTorch kernel, got '{name}'"
         )
     return factories[name]()
+
+
+def rbf_gram(time_bins: int, lengthscale: float) -> np.ndarray:
+    """The generator's kernel on the grid 0..T-1 at unit variance, exp(-d^2 / (2 ell^2)):
+    the same parameterisation as GPyTorch's ``RBFKernel`` (checked in the tests), so the
+    model's ``lengthscale_g`` sites and ``true_lengthscale`` are on one scale."""
+    grid = np.arange(time_bins, dtype=np.float64)
+    return np.exp(-0.5 * (grid[:, None] - grid[None, :]) ** 2 / lengthscale**2)
 
 
 def _fix_lengthscale(kernel: gpytorch.kernels.Kernel) -> None:
@@ -159,12 +226,17 @@ class MMEncoder(PyroModule):
     or T (time), latents ordered [s, n, b].
     """
 
-    def __init__(self, neurons, pixels, dims, time_map: torch.Tensor, hidden, combine):
+    def __init__(
+        self, neurons, pixels, dims, time_map: torch.Tensor, hidden, combine, modalities="both"
+    ):
         super().__init__()
         self.ls, self.ln, self.lb = dims
         self.combine = combine
-        self.neural = mlp([neurons, hidden, hidden, 2 * (self.ln + self.ls)], nn.ELU)
-        self.image = mlp([pixels, hidden, hidden, 2 * (self.ls + self.lb)], nn.ELU)
+        self.modalities = modalities
+        if modalities != "images":
+            self.neural = mlp([neurons, hidden, hidden, 2 * (self.ln + self.ls)], nn.ELU)
+        if modalities != "spikes":
+            self.image = mlp([pixels, hidden, hidden, 2 * (self.ls + self.lb)], nn.ELU)
         d, t = time_map.shape
         self.loc_map = nn.Linear(t, d)
         self.scale_map = nn.Linear(t, d)
@@ -174,15 +246,23 @@ class MMEncoder(PyroModule):
             self.scale_map.weight.copy_(time_map.abs() / time_map.abs().sum(-1, keepdim=True))
             self.scale_map.bias.fill_(-1.0)
 
-    def forward(self, spikes: torch.Tensor, images: torch.Tensor):
+    def forward(self, spikes: torch.Tensor | None, images: torch.Tensor | None):
         ls, ln, lb = self.ls, self.ln, self.lb
-        h_n = self.neural(torch.log1p(spikes))  # (B, T, 2 (ln + ls))
-        h_b = self.image(images)  # (B, T, 2 (ls + lb))
-        mu_n, raw_n = h_n.split(ln + ls, -1)
-        mu_b, raw_b = h_b.split(ls + lb, -1)
-        s_n, s_b = mu_n[..., ln:], mu_b[..., :ls]
-        r_n, r_b = raw_n[..., ln:], raw_b[..., :ls]
-        if self.combine == "average":
+        if self.modalities != "images":
+            h_n = self.neural(torch.log1p(spikes))  # (B, T, 2 (ln + ls))
+            mu_n, raw_n = h_n.split(ln + ls, -1)
+            s_n, r_n = mu_n[..., ln:], raw_n[..., ln:]
+        if self.modalities != "spikes":
+            h_b = self.image(images)  # (B, T, 2 (ls + lb))
+            mu_b, raw_b = h_b.split(ls + lb, -1)
+            s_b, r_b = mu_b[..., :ls], raw_b[..., :ls]
+        if self.modalities == "spikes":  # one modality: its own opinion on z_s
+            mu_s, raw_s = s_n, r_n
+            mu_b = raw_b = s_n[..., :0]
+        elif self.modalities == "images":
+            mu_s, raw_s = s_b, r_b
+            mu_n = raw_n = s_b[..., :0]
+        elif self.combine == "average":
             mu_s, raw_s = 0.5 * (s_n + s_b), 0.5 * (r_n + r_b)
         else:  # product of experts of the two Gaussian opinions on z_s
             p_n, p_b = torch.exp(-2 * r_n), torch.exp(-2 * r_b)
@@ -222,18 +302,21 @@ class MMGPVAE(ZooModel):
         parameterization: str = "fourier"
         kernel: str = "rbf"
         shared_combine: str = "poe"
+        preset: str = "paper"
+        modalities: str = "both"
         latent_shared: int = 1
         latent_neural: int = 1
         latent_image: int = 1
         hidden: int = 64
-        trials: int = 200
-        time_bins: int = 40
-        neurons: int = 50
+        trials: int | None = None  # None: the preset's
+        time_bins: int | None = None
+        neurons: int | None = None
         image_side: int = 12
         fourier_pad: float = 0.5
         min_lengthscale: float = 3.0
-        jitter: float = 1e-3
-        true_lengthscale: float = 8.0
+        jitter: float = 1e-2  # the paper's floor on c_f; 1e-3 drags the learned ell short
+        true_lengthscale: float | None = None
+        digits: str | None = None  # "cycle" | "one"; None: the preset's
         batch_size: int = 32
         lr: float = 5e-3
         epochs: float = 300.0
@@ -279,13 +362,16 @@ class MMGPVAE(ZooModel):
             time_map = torch.eye(t)
             self.local_sites = tuple(f"z_{g}" for g in GROUPS if self._dim(g))
         pixels = c.image_side**2
-        self.readout = nn.Linear(c.latent_neural + c.latent_shared, c.neurons)
-        with torch.no_grad():
-            self.readout.weight.mul_(0.5)
-        self.decoder = mlp([c.latent_shared + c.latent_image, c.hidden, c.hidden, pixels], nn.ELU)
-        self.image_noise = PyroParam(torch.tensor(0.3), constraint=constraints.positive)
+        if self.observes("spikes"):
+            self.readout = nn.Linear(c.latent_neural + c.latent_shared, c.neurons)
+            with torch.no_grad():
+                self.readout.weight.mul_(0.5)
+        if self.observes("images"):
+            width = c.latent_shared + c.latent_image
+            self.decoder = mlp([width, c.hidden, c.hidden, pixels], nn.ELU)
+            self.image_noise = PyroParam(torch.tensor(0.3), constraint=constraints.positive)
         self.encoder = MMEncoder(
-            c.neurons, pixels, self.dims_, time_map, c.hidden, c.shared_combine
+            c.neurons, pixels, self.dims_, time_map, c.hidden, c.shared_combine, c.modalities
         )
 
     # ----- configuration ------------------------------------------------------------------
@@ -293,8 +379,26 @@ class MMGPVAE(ZooModel):
     def _dim(self, group: str) -> int:
         return self.dims_[GROUPS.index(group)]
 
+    def observes(self, field: str) -> bool:
+        """Whether ``field`` ("spikes" or "images") is a modality of this model (the
+        single-modality GP-VAEs, ``modalities="spikes"`` or ``"images"``, see one)."""
+        return self.config.modalities in ("both", field)
+
     def check_config(self) -> None:
         c = self.config
+        if c.preset not in PRESETS:
+            raise ConfigError(f"preset must be one of {sorted(PRESETS)}, got '{c.preset}'")
+        design = PRESETS[c.preset]
+        fill = {k: getattr(design, k) for k in PRESET_SIZES if getattr(c, k) is None}
+        self.config = c = dataclasses.replace(c, **fill)
+        if c.digits not in DIGITS:
+            raise ConfigError(f"digits must be one of {DIGITS}, got '{c.digits}'")
+        if c.modalities not in MODALITIES:
+            raise ConfigError(f"modalities must be one of {MODALITIES}, got '{c.modalities}'")
+        if c.modalities == "spikes" and c.latent_image:
+            raise ConfigError("modalities='spikes' needs latent_image=0 (no images to drive it)")
+        if c.modalities == "images" and c.latent_neural:
+            raise ConfigError("modalities='images' needs latent_neural=0 (no spikes to drive it)")
         if c.parameterization not in PARAMETERIZATIONS:
             raise ConfigError(
                 f"parameterization must be one of {PARAMETERIZATIONS}, got '{c.parameterization}'"
@@ -320,7 +424,7 @@ class MMGPVAE(ZooModel):
 
     def data_spec(self) -> dict[str, Field]:
         c = self.config
-        return {
+        spec = {
             "spikes": Field(
                 shape=(c.time_bins, c.neurons),
                 dtype="int",
@@ -333,6 +437,7 @@ class MMGPVAE(ZooModel):
                 image=(c.image_side, c.image_side),
             ),
         }
+        return {k: v for k, v in spec.items() if self.observes(k)}
 
     def validate(self, data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """:meth:`ZooModel.validate` plus messages naming this model's problems first."""
@@ -437,23 +542,27 @@ class MMGPVAE(ZooModel):
                     prior = dist.MultivariateNormal(loc, scale_tril=tril).to_event(1)
                     z[g] = pyro.sample(f"z_{g}", prior)
             zero = next(iter(z.values()))[..., :0, :]
-            neural = torch.cat([z.get("n", zero), z["s"]], -2).transpose(-1, -2)  # (.., B, T, .)
-            image = torch.cat([z["s"], z.get("b", zero)], -2).transpose(-1, -2)
-            log_rate = self.readout(neural)
-            pyro.sample(
-                "spikes",
-                dist.Poisson(log_rate.clamp(max=15.0).exp()).to_event(2),
-                obs=batch["spikes"].to(log_rate.dtype),
-            )
-            mean = self.decoder(image)
-            pyro.sample(
-                "images",
-                dist.Normal(mean, self.image_noise.expand(mean.shape)).to_event(2),
-                obs=batch["images"],
-            )
+            if self.observes("spikes"):
+                neural = torch.cat([z.get("n", zero), z["s"]], -2).transpose(-1, -2)  # (B, T, .)
+                log_rate = self.readout(neural)
+                pyro.sample(
+                    "spikes",
+                    dist.Poisson(log_rate.clamp(max=15.0).exp()).to_event(2),
+                    obs=batch["spikes"].to(log_rate.dtype),
+                )
+            if self.observes("images"):
+                image = torch.cat([z["s"], z.get("b", zero)], -2).transpose(-1, -2)
+                mean = self.decoder(image)
+                pyro.sample(
+                    "images",
+                    dist.Normal(mean, self.image_noise.expand(mean.shape)).to_event(2),
+                    obs=batch["images"],
+                )
 
     def local_guide(self, batch, global_values=None) -> None:
-        loc, scale, _ = local.encode(self, batch["spikes"].float(), batch["images"])
+        spikes, images = batch.get("spikes"), batch.get("images")
+        spikes = spikes.float() if spikes is not None else None
+        loc, scale, _ = local.encode(self, spikes, images)
         locs, scales = self._split_groups(loc), self._split_groups(scale)
         with self.data_plate(batch):
             for g in locs:
@@ -494,44 +603,63 @@ class MMGPVAE(ZooModel):
 
     def _paper_simulation(self, seed: int):
         """``(latents, rates, data)``: the true latents per group (N, T), the firing rates
-        (N, T, neurons) and the validated data of the paper's simulation."""
-        from scipy import ndimage
-        from sklearn.datasets import load_digits
-
+        (N, T, neurons) and the validated data of the simulation of ``config.preset``
+        (:data:`PRESETS`). Its GP kernel is rho exp(-d^2 / (2 ell^2)): GPyTorch's RBF (the
+        model's prior) times the preset's variance rho."""
         c = self.config
+        design = PRESETS[c.preset]
         rng = np.random.default_rng(seed)
-        n, t, side = c.trials, c.time_bins, c.image_side
-        grid = np.arange(t, dtype=np.float64)
-        cov = np.exp(-0.5 * (grid[:, None] - grid[None, :]) ** 2 / c.true_lengthscale**2)
-        chol = np.linalg.cholesky(cov + 1e-6 * np.eye(t))
-        z = {g: rng.standard_normal((n, t)) @ chol.T for g in GROUPS}
+        n, t = c.trials, c.time_bins
+        chol = np.linalg.cholesky(rbf_gram(t, c.true_lengthscale) + 1e-6 * np.eye(t))
+        z = {
+            g: math.sqrt(rho) * rng.standard_normal((n, t)) @ chol.T
+            for g, rho in zip(GROUPS, design.variances, strict=True)
+        }
         weights = 1.5 * rng.uniform(-1, 1, size=(c.neurons, 2))
         offsets = 0.5 * rng.uniform(-1, 1, size=c.neurons)
         log_rate = z["n"][..., None] * weights[:, 0] + z["s"][..., None] * weights[:, 1] + offsets
         rates = np.exp(log_rate)
         spikes = rng.poisson(rates)
-        digits = load_digits()
-        threes = digits.images[digits.target == 3] / 16.0
-        digit = threes[rng.integers(len(threes))]
-        canvas = np.zeros((side, side))
-        off = (side - 8) // 2
-        canvas[off : off + 8, off : off + 8] = digit[: side - off, : side - off]
-        center = (np.array(canvas.shape) - 1) / 2.0
-        angles = np.deg2rad(60.0 * z["s"])
-        zooms = np.exp(ZOOM * z["b"])
-        images = np.empty((n, t, side * side))
-        for i in range(n):
-            for j in range(t):
-                a, s = angles[i, j], zooms[i, j]
-                inv = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) / s
-                frame = ndimage.affine_transform(
-                    canvas, inv, offset=center - inv @ center, order=1, mode="constant"
-                )
-                images[i, j] = frame.reshape(-1)
+        angles = np.deg2rad(design.rotation_degrees * z["s"])
+        if design.zoom == "paper":
+            zooms = np.maximum(np.abs(1.0 + z["b"]), MIN_ZOOM)
+        else:
+            zooms = np.exp(ZOOM * z["b"])
+        images = self._frames(rng, c.digits, angles, zooms)
         images += 0.05 * rng.standard_normal(images.shape)
-        data = self.validate({"spikes": spikes, "images": images})
+        fields = {"spikes": spikes, "images": images}
+        data = self.validate({k: v for k, v in fields.items() if self.observes(k)})
         latents = {g: torch.as_tensor(z[g], dtype=torch.float32) for g in GROUPS}
         return latents, torch.as_tensor(rates, dtype=torch.float32), data
+
+    def _frames(self, rng, digits: str, angles: np.ndarray, zooms: np.ndarray) -> np.ndarray:
+        """(N, T, pixels): a load_digits "3" padded to the frame, rotated by ``angles``
+        (radians) and zoomed by ``zooms`` about the centre; ``digits="one"`` shows one "3"
+        throughout, ``"cycle"`` the next "3" (in a shuffled order) in each frame, as the
+        paper's generator steps through its MNIST "3" files."""
+        from scipy import ndimage
+        from sklearn.datasets import load_digits
+
+        side = self.config.image_side
+        bunch = load_digits()
+        threes = bunch.images[bunch.target == 3] / 16.0
+        n, t = angles.shape
+        if digits == "one":
+            order = np.full(n * t, rng.integers(len(threes)))
+        else:
+            order = np.resize(rng.permutation(len(threes)), n * t)
+        off = (side - 8) // 2
+        canvases = np.zeros((len(threes), side, side))
+        canvases[:, off : off + 8, off : off + 8] = threes[:, : side - off, : side - off]
+        center = (np.array([side, side]) - 1) / 2.0
+        images = np.empty((n, t, side * side))
+        for k, (a, s) in enumerate(zip(angles.reshape(-1), zooms.reshape(-1), strict=True)):
+            inv = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) / s
+            frame = ndimage.affine_transform(
+                canvases[order[k]], inv, offset=center - inv @ center, order=1, mode="constant"
+            )
+            images.flat[k * side * side : (k + 1) * side * side] = frame.reshape(-1)
+        return images
 
     # ----- evaluation ---------------------------------------------------------------------
 
@@ -554,10 +682,15 @@ class MMGPVAE(ZooModel):
         """Firing rates (N, T, neurons) and image means (N, T, pixels) at the posterior mean."""
         z = self.posterior_latents(guide, data)
         zero = z["s"][..., :0, :]
+        out = {}
         with torch.no_grad():
-            neural = torch.cat([z.get("n", zero), z["s"]], -2).transpose(-1, -2)
-            image = torch.cat([z["s"], z.get("b", zero)], -2).transpose(-1, -2)
-            return {"rates": self.readout(neural).exp(), "images": self.decoder(image)}
+            if self.observes("spikes"):
+                neural = torch.cat([z.get("n", zero), z["s"]], -2).transpose(-1, -2)
+                out["rates"] = self.readout(neural).exp()
+            if self.observes("images"):
+                image = torch.cat([z["s"], z.get("b", zero)], -2).transpose(-1, -2)
+                out["images"] = self.decoder(image)
+        return out
 
     def evaluate(
         self,
@@ -574,11 +707,13 @@ class MMGPVAE(ZooModel):
         :meth:`simulate_with_extras`, indexed like ``data``."""
         data = {k: v.to(self.device) for k, v in data.items()}
         rec = self.reconstruct(guide, data)
-        images = data["images"]
-        sse = float(((rec["images"] - images) ** 2).sum())
-        sst = float(((images - images.mean((0, 1))) ** 2).sum())
-        out = {"image_r2": 1.0 - sse / sst}
-        if rates is not None:
+        out = {}
+        if "images" in rec:
+            images = data["images"]
+            sse = float(((rec["images"] - images) ** 2).sum())
+            sst = float(((images - images.mean((0, 1))) ** 2).sum())
+            out["image_r2"] = 1.0 - sse / sst
+        if rates is not None and "rates" in rec:
             rates = rates.to(rec["rates"])
             out["rate_r2"] = 1.0 - float(((rec["rates"] - rates) ** 2).sum()) / float(
                 ((rates - rates.mean()) ** 2).sum()
