@@ -89,3 +89,37 @@ def test_prior_on_a_vector_site_in_every_form(tmp_path, capsys):
         assert main([*base, "--prior", form, "--out", str(tmp_path / "never")]) == 2
         assert message in _error_line(capsys)
     assert not (tmp_path / "never").exists()
+
+
+def test_python_split_is_the_clis_split(tmp_path):
+    """``model.split`` (the README's Python example) holds out the rows ``zoo train`` holds
+    out, seed for seed, so ``evaluate`` scores unseen rows in Python too."""
+    import json
+
+    import torch
+
+    import zoo
+
+    model = zoo.create("vae_digits")
+    data = model.default_data()
+    train, held_out = model.split(data, seed=2)
+    assert len(held_out["x"]) == 270 and len(train["x"]) + 270 == len(data["x"])
+    run = tmp_path / "run"
+    argv = ["train", "vae_digits", "--steps", "1", "--seed", "2", "--set", "hidden=[8]"]
+    assert main([*argv, "--no-progress", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["rows"] == {"train": 1527, "test": 270}
+    from zoo.cli.runs import _split
+
+    cli_train, cli_test = _split(model, data, 2)
+    assert torch.equal(cli_test["x"], held_out["x"]) and torch.equal(cli_train["x"], train["x"])
+    assert zoo.create("eight_schools").split(zoo.create("eight_schools").default_data())[1] is None
+
+
+def test_readme_python_example_runs():
+    """The README's Python block, as a user pastes it (fewer steps)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Using a model from Python", 1)[1].split("```python", 1)[1]
+    code = block.split("```", 1)[0].replace("steps=3000", "steps=30")
+    exec(compile(code, "README.md", "exec"), {})

@@ -47,7 +47,15 @@ import torch
 from pyro.nn import PyroModule
 
 from inference.config import TrainConfig, TrainConfigError
-from inference.data import DATA_PLATE, Batch, DataError, Field, full_batch, validate_data
+from inference.data import (
+    DATA_PLATE,
+    Batch,
+    DataError,
+    Field,
+    full_batch,
+    holdout_split,
+    validate_data,
+)
 from zoo.priors import PriorError, check_override
 
 __all__ = ["ZooModel", "ConfigError", "DATA_PLATE", "TrainConfig"]
@@ -208,6 +216,14 @@ class ZooModel(PyroModule):
             if hint is None:
                 raise
             raise DataError(f"{error}; {hint}") from None
+
+    def split(
+        self, data: Mapping[str, torch.Tensor], seed: int = 0
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """``(train, held_out)``: the config's seeded ``holdout`` fraction of the rows held
+        out, exactly as ``zoo train --seed SEED`` splits them (``held_out`` is None when the
+        config holds none out). Train on the first, :meth:`evaluate` on the second."""
+        return holdout_split(data, self.config.holdout, seed)
 
     def data_error_hint(self, error: DataError) -> str | None:
         """Advice this model adds to a data error (e.g. the config setting that accepts

@@ -97,7 +97,7 @@ def _load_data(model: ZooModel, source: Mapping[str, Any]) -> dict[str, torch.Te
 
 def _split(model: ZooModel, data: dict[str, torch.Tensor], seed: int):
     """``(train, test)``: the model's seeded holdout split (test is None without one)."""
-    return holdout_split(data, model.config.holdout, seed)
+    return model.split(data, seed)
 
 
 def _known_truth(model: ZooModel, source: Mapping[str, Any], data, seed: int) -> dict | None:
