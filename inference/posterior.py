@@ -59,6 +59,8 @@ def draw_latents(
 
     The guide runs once under a plate of draws left of the model's plates (Predictive's own
     guide pass misreads the shape of a global site with an event dimension)."""
+    if hasattr(guide, "resample"):  # posterior draws as a guide (guides.draws): no sampling
+        return guide.resample(num_draws)
     batch = full_batch(data)
     names = site_names(model, guide, batch)
     mpn = int(getattr(model, "max_plate_nesting", 1))

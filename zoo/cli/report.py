@@ -170,6 +170,31 @@ def write_outputs(
         )
 
 
+def _draws_guide(model, idata, data):
+    """The run's NUTS draws of ``model``'s latent sites as a guide (:mod:`guides.draws`)."""
+    from pyro import poutine
+    from pyro.poutine.util import site_is_subsample
+
+    from guides.draws import from_draws
+    from inference.data import full_batch
+
+    with poutine.block(), torch.no_grad():
+        trace = poutine.trace(model).get_trace(full_batch(data))
+    latent = [
+        name
+        for name, node in trace.nodes.items()
+        if node["type"] == "sample" and not node["is_observed"] and not site_is_subsample(node)
+    ]
+    post = idata.posterior
+    draws = {}
+    for name in latent:
+        values = torch.as_tensor(np.array(post[name].values))
+        if values.is_floating_point():
+            values = values.to(torch.get_default_dtype())
+        draws[name] = values.reshape((-1, *values.shape[2:]))
+    return from_draws(model, draws, data)
+
+
 def _truth_keywords(fn, truth: Mapping[str, Any] | None) -> dict[str, Any]:
     """The keywords of ``fn`` that the simulation's truth fills: ``truth=`` and the extras
     (:meth:`zoo.base.ZooModel.simulate_with_extras`) it names; none without a truth."""
@@ -270,18 +295,24 @@ def write_report(
             return latent_activity(model, guide, idata_data)
 
         diagnostics["latent_activity"] = _try("latent activity", activity, notes)
-    if guide is not None:
+    # evaluate() takes a guide; NUTS's draws stand in as one (guides.draws)
+    posterior_of = guide
+    if guide is None:
+        posterior_of = _try(
+            "NUTS draws as a guide", lambda: _draws_guide(model, idata, train), notes
+        )
+    if posterior_of is not None:
         eval_data = test if test is not None else train
         device = device_of(model)
         eval_data = {k: v.to(device) for k, v in eval_data.items()}
         known = _truth_keywords(model.evaluate, truth.get("test" if test is not None else "train"))
         diagnostics["evaluate"] = _try(
-            "evaluate", lambda: jsonable(model.evaluate(guide, eval_data, **known)), notes
+            "evaluate", lambda: jsonable(model.evaluate(posterior_of, eval_data, **known)), notes
         )
-        diagnostics["evaluated_on"] = "held-out rows" if test is not None else "training rows"
+        where = "held-out rows" if test is not None else "training rows"
+        diagnostics["evaluated_on"] = where + (", from the NUTS draws" if guide is None else "")
     else:
         diagnostics["evaluate"] = None
-        notes.append("evaluate(): not run (it needs a guide; NUTS has none)")
     summary_rows = _try("posterior summary", lambda: _summary_rows(idata, model), notes) or []
     diagnostics["summary"] = summary_rows
     diagnostics["figures"] = made
