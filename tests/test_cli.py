@@ -161,7 +161,7 @@ BAD = [
     (["train", "eight_schools", "--prior", "tau=Normal(0,1)"], "must have support positive"),
     (
         ["train", "eight_schools", "--prior", "tau=__import__('os').system('x')"],
-        "'system' is not a distribution",
+        ".system() is not allowed",
     ),
     (["train", "eight_schools", "--prior", "tau=HalfNormal(x)"], "must be literal numbers"),
     (["train", "eight_schools", "--engine", "hmc"], "--engine: invalid choice: 'hmc'"),
