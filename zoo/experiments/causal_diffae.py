@@ -70,6 +70,8 @@ MODEL_KEYS = (
 
 def _config(s: Mapping, dataset: str, arm: str) -> dict:
     kw = {k: s[k] for k in MODEL_KEYS}
+    if dataset == "pendulum":
+        kw["image_size"] = s["pendulum_size"]
     return {**kw, "dataset": dataset, "steps": s[f"steps_{dataset}"], **ARMS[arm]}
 
 
@@ -114,36 +116,44 @@ def _digit_classifier(train_raw: Mapping[str, np.ndarray]):
     return SVC(C=10.0).fit(x, train_raw["digit"])
 
 
-def _grid(model, test_raw, values, dataset: str, path: Path, rows: int = 4) -> None:
-    """Counterfactual grid: per example a model row and a true-SCM row; columns data,
-    reconstruction, then each do(factor = value)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def counterfactual_grid(model, test_raw, values, *, rows: int = 4, seed: int = 0):
+    """A matplotlib figure: per held-out example a row of the model's images and a row of the
+    true SCM's (the generator's rendering of that unit's counterfactual); columns: the data
+    reconstruction (model row) or the data (truth row), then each do(factor = value) of
+    ``values``."""
     from inference.diagnostics.plots import image_grid
 
     module = model._dataset_module()
     sub = {k: np.asarray(v)[:rows] for k, v in test_raw.items()}
     cls = torch.as_tensor(sub["digit"]) if model.n_classes else None
     dos = [{}] + [{f: c} for f, cs in values.items() for c in cs]
-    decoded = model.counterfactuals(torch.as_tensor(sub["x"]), dos, cls, progress=False)
-    truth = [sub["x"]] + [_true_images(module, sub, do) for do in dos[1:]]
-    names = ["data / recon."] + [f"{f}={c:g}" for f, cs in values.items() for c in cs]
+    decoded = model.counterfactuals(torch.as_tensor(sub["x"]), dos, cls, progress=False, seed=seed)
+    truth = [_true_images(module, sub, do) for do in dos[1:]]
+    names = ["recon. / data"] + [f"{f}={c:g}" for f, cs in values.items() for c in cs]
     pictures, labels = [], []
     for r in range(rows):
-        pictures += [sub["x"][r, 0]] + [d[r, 0].cpu().numpy() for d in decoded[1:]]
-        pictures += [decoded[0][r, 0].cpu().numpy()] + [t[r, 0] for t in truth[1:]]
+        pictures += [d[r, 0].cpu().numpy() for d in decoded]
+        pictures += [sub["x"][r, 0]] + [t[r, 0] for t in truth]
         labels += [f"#{r} model", f"#{r} true SCM"]
-    fig = image_grid(
+    return image_grid(
         np.stack(pictures),
         ncols=len(dos),
         row_labels=labels,
-        title=f"{dataset} counterfactuals, columns: " + ", ".join(names),
+        title=f"{model.config.dataset} counterfactuals; columns: " + ", ".join(names),
         cmap="gray",
+        vmin=0.0,
+        vmax=1.0,
     )
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def _save_grid(model, test_raw, values, path: Path, seed: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig = counterfactual_grid(model, test_raw, values, seed=seed)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -170,7 +180,8 @@ def _arm(dataset, arm, seed, ctx, train_raw, test_raw, classifier) -> dict[str, 
     )
     figures |= summarize(model, figures, values)
     if seed == 0 and arm == "causal_diffae":
-        _grid(model, test_raw, values, dataset, ctx.artifacts / f"{dataset}_counterfactuals.png")
+        path = ctx.artifacts / f"{dataset}_counterfactuals.png"
+        _save_grid(model, test_raw, values, path, seed)
     return {f"{dataset}/{arm}/{k}": v for k, v in figures.items()}
 
 
@@ -224,6 +235,7 @@ def _dataset(dataset: str, seed: int, ctx: RunContext) -> dict[str, float]:
         "n_data": 5000,
         "steps_morpho": 600,
         "steps_pendulum": 600,
+        "pendulum_size": 16,
         "anneal_steps": 200,
         "batch_size": 64,
         "lr": 2e-3,
