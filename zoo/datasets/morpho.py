@@ -123,16 +123,25 @@ def mini_morpho(n: int = 5000, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def _bright(x: np.ndarray) -> np.ndarray:
-    """Mean of each image's 8 brightest pixels: the stroke's intensity (N,)."""
+def _background(x: np.ndarray) -> np.ndarray:
+    """Each image's 10th-percentile pixel (N, 1): 0 for a render (strokes never cover 90% of
+    it), the haze level of a decoded image."""
     flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    return np.sort(flat, axis=1)[:, -8:].mean(axis=1)
+    return np.percentile(flat, 10, axis=1, keepdims=True)
+
+
+def _bright(x: np.ndarray) -> np.ndarray:
+    """Mean of each image's 8 brightest pixels above its background: the stroke's
+    intensity (N,)."""
+    flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    return np.sort(flat, axis=1)[:, -8:].mean(axis=1) - _background(x)[:, 0]
 
 
 def _shape(x: np.ndarray) -> np.ndarray:
-    """Images divided by their brightness: what is left depends on the stroke, not on i."""
+    """Images less their background, divided by their brightness: what is left depends on
+    the stroke, not on the intensity (nor on a decoder's uniform haze)."""
     flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    return flat / np.maximum(_bright(x), 1e-3)[:, None]
+    return (flat - _background(x)) / np.maximum(_bright(x), 1e-3)[:, None]
 
 
 @functools.lru_cache(maxsize=1)
