@@ -176,6 +176,31 @@ def test_kl_weight_anneals_and_masking_drops_the_label_term(morpho_data):
     assert (tr.nodes["label_prior"]["fn"].log_factor != 0).all()
 
 
+def test_factor_dropout_masks_single_blocks_for_the_decoder(morpho_data, monkeypatch):
+    """With factor_drop the eps-net sees per-block flags, some rows with one block masked
+    (the code it gets is zero there); without it, whole rows only."""
+    m = zoo.create("causal_diffae", **SMALL, factor_drop=0.5, mask_prob=0.0)
+    seen = {}
+    original = m.eps_net.forward
+
+    def spy(x, t, code, keep, cls=None):
+        seen["keep"] = keep
+        return original(x, t, code, keep, cls)
+
+    monkeypatch.setattr(m.eps_net, "forward", spy)
+    batch = full_batch({k: v[:64] for k, v in morpho_data.items()})
+    pyro.set_rng_seed(0)
+    m.train()
+    m.model(batch)
+    keep = seen["keep"]
+    assert keep.shape == (64, 2)
+    one_masked = (keep.sum(-1) == 1).float().mean()
+    assert 0.3 < one_masked < 0.7  # 2 p (1 - p) = 0.5
+    m.eval()
+    m.model(batch)
+    assert bool((seen["keep"] == 1).all())
+
+
 def test_ablation_has_no_label_term(morpho_data):
     m = zoo.create("causal_diffae", label_prior=False, **SMALL)
     tr, _ = traces(m, m.guide, full_batch({k: v[:4] for k, v in morpho_data.items()}))
@@ -253,6 +278,8 @@ def test_bad_config_is_refused():
         zoo.create("causal_diffae", timesteps=10, ddim_steps=20)
     with pytest.raises(zoo.ConfigError, match="mask_prob"):
         zoo.create("causal_diffae", mask_prob=1.0)
+    with pytest.raises(zoo.ConfigError, match=r"factor_drop must be in \[0, 1\)"):
+        zoo.create("causal_diffae", factor_drop=1.0)
     with pytest.raises(zoo.ConfigError, match="cf_encoding must be one of"):
         zoo.create("causal_diffae", cf_encoding="sde")
     with pytest.raises(zoo.ConfigError, match=r"cf_start must be in \(0, 1\]"):

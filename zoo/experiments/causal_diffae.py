@@ -62,6 +62,7 @@ MODEL_KEYS = (
     "eps_net",
     "block_dim",
     "label_scale",
+    "factor_drop",
     "timesteps",
     "ddim_steps",
     "cf_start",
@@ -171,7 +172,15 @@ def _arm(dataset, arm, seed, ctx, train_raw, test_raw, classifier) -> dict[str, 
     torch.manual_seed(seed)
     model = zoo.create("causal_diffae", **_config(s, dataset, arm))
     train = model.validate({k: train_raw[k] for k in model.data_spec()})
-    fit(model, model.guide, train, config=model.config, seed=seed, progress=False)
+    fit(
+        model,
+        model.guide,
+        train,
+        config=model.config,
+        seed=seed,
+        progress=False,
+        lr_schedule=s["lr_schedule"],
+    )
     model.eval()
     test = model.validate({k: test_raw[k] for k in model.data_spec()})
     figures = model.probe_r2(test)
@@ -242,6 +251,8 @@ def _dataset(dataset: str, seed: int, ctx: RunContext) -> dict[str, float]:
         "eps_net": "unet",
         "block_dim": 8,
         "label_scale": 0.1,
+        "factor_drop": 0.3,
+        "lr_schedule": "cosine",
         "timesteps": 200,
         "ddim_steps": 20,
         "cf_start": 1.0,

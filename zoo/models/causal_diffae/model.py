@@ -86,19 +86,25 @@ def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class _CondEmbedding(nn.Module):
-    """Time embedding plus the (masked) causal code, a mask flag and an optional class; the
-    flag is a learned null token, so a masked code is never confused with z = 0."""
+    """Time embedding plus the (masked) causal code, one mask flag per factor and an optional
+    class; the flags act as learned null tokens, so a masked block is never confused with
+    z_i = 0. ``keep`` is (rows,) (the whole code) or (rows, n_factors) (block by block)."""
 
-    def __init__(self, code_dim: int, emb: int, n_classes: int):
+    def __init__(self, code_dim: int, emb: int, n_classes: int, n_factors: int = 1):
         super().__init__()
         self.emb = emb
+        self.n_factors = n_factors
         self.time = nn.Sequential(nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.code = nn.Linear(code_dim + 1, emb)
+        self.code = nn.Linear(code_dim + n_factors, emb)
         self.cls = nn.Embedding(n_classes, emb) if n_classes else None
 
     def forward(self, t, code, keep, cls=None):
         h = self.time(_timestep_embedding(t, self.emb))
-        h = h + self.code(torch.cat([code * keep[:, None], keep[:, None]], -1))
+        rows, n = code.shape[0], self.n_factors
+        if keep.dim() == 1:
+            keep = keep[:, None].expand(rows, n)
+        masked = (code.view(rows, n, -1) * keep[:, :, None]).view(rows, -1)
+        h = h + self.code(torch.cat([masked, keep], -1))
         if self.cls is not None and cls is not None:
             h = h + self.cls(cls)
         return h
@@ -107,11 +113,11 @@ class _CondEmbedding(nn.Module):
 class MLPEps(nn.Module):
     """eps_theta(x_t, t, z): residual MLP on the flattened image, conditioned by FiLM."""
 
-    def __init__(self, shape, code_dim, n_classes, hidden=512, blocks=3, emb=128):
+    def __init__(self, shape, code_dim, n_classes, hidden=512, blocks=3, emb=128, n_factors=1):
         super().__init__()
         self.shape = tuple(shape)
         d = int(np.prod(shape))
-        self.cond = _CondEmbedding(code_dim, emb, n_classes)
+        self.cond = _CondEmbedding(code_dim, emb, n_classes, n_factors)
         self.inp = nn.Linear(d, hidden)
         self.blocks = nn.ModuleList(
             nn.ModuleDict(
@@ -159,10 +165,10 @@ class UNetEps(nn.Module):
     """eps_theta(x_t, t, z): a two-level UNet (for larger settings, e.g. on CUDA); the image
     side must be divisible by 4."""
 
-    def __init__(self, shape, code_dim, n_classes, channels=32, emb=128):
+    def __init__(self, shape, code_dim, n_classes, channels=32, emb=128, n_factors=1):
         super().__init__()
         c, ch = shape[0], channels
-        self.cond = _CondEmbedding(code_dim, emb, n_classes)
+        self.cond = _CondEmbedding(code_dim, emb, n_classes, n_factors)
         self.inp = nn.Conv2d(c, ch, 3, padding=1)
         self.d1 = _ResBlock(ch, ch, emb)
         self.down1 = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
@@ -305,6 +311,7 @@ class CausalDiffAE(ZooModel):
         cf_encoding: str = "noise"
         cf_start: float = 1.0
         mask_prob: float = 0.2
+        factor_drop: float = 0.0  # prob. of masking each block on its own (decoder's view)
         kl_weight: float = 1.0
         anneal_steps: int = 500
         ddpm_weight: float = 1.0
@@ -330,7 +337,7 @@ class CausalDiffAE(ZooModel):
         )
         net = MLPEps if c.eps_net == "mlp" else UNetEps
         kw = {"hidden": c.hidden} if c.eps_net == "mlp" else {}
-        self.eps_net = net(shape, n * k, self.n_classes, **kw)
+        self.eps_net = net(shape, n * k, self.n_classes, n_factors=n, **kw)
         # linear betas, rescaled by 1000 / T as in improved-diffusion so abar_T ~ 0 at small T
         scale = 1000.0 / c.timesteps
         betas = torch.linspace(scale * c.beta_start, min(scale * c.beta_end, 0.999), c.timesteps)
@@ -387,6 +394,8 @@ class CausalDiffAE(ZooModel):
             raise ConfigError(f"ddim_steps ({c.ddim_steps}) must be <= timesteps ({c.timesteps})")
         if not 0.0 <= c.mask_prob < 1.0:
             raise ConfigError(f"mask_prob must be in [0, 1), got {c.mask_prob}")
+        if not 0.0 <= c.factor_drop < 1.0:
+            raise ConfigError(f"factor_drop must be in [0, 1), got {c.factor_drop}")
         for key in ("kl_weight", "label_scale", "ddpm_weight", "lr"):
             if not getattr(c, key) > 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(c, key)}")
@@ -495,6 +504,13 @@ class CausalDiffAE(ZooModel):
                 keep = (torch.rand(shape, device=x0.device) >= c.mask_prob).float()
             else:
                 keep = torch.ones(shape, device=x0.device)
+            # factor dropout: the decoder also sees codes with single blocks masked, so it
+            # learns what each block does on its own (with correlated factors it otherwise
+            # reads a child off its parent's block and ignores the child's)
+            view = keep[..., None].expand(shape + (n,))
+            if self.training and c.factor_drop > 0:
+                drop = torch.rand(shape + (n,), device=x0.device) < c.factor_drop
+                view = view * (~drop).float()
             if c.label_prior:
                 prior = dist.Normal(y[..., None].expand(shape + (n, k)), c.label_scale)
                 log_p = prior.log_prob(code.unflatten(-1, (n, k))).sum((-1, -2))
@@ -503,7 +519,7 @@ class CausalDiffAE(ZooModel):
             noise = torch.randn(shape + x0.shape[1:], dtype=x0.dtype, device=x0.device)
             ab = self.abar[t].reshape(shape + (1,) * image_dims)
             xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-            eps = self._eps_rows(xt, t, code, keep, cls)
+            eps = self._eps_rows(xt, t, code, view, cls)
             sq_err = (noise - eps).pow(2).flatten(-image_dims).sum(-1)
             pyro.factor("ddpm", -c.ddpm_weight * sq_err)
         if self.training and torch.is_grad_enabled():
@@ -518,7 +534,7 @@ class CausalDiffAE(ZooModel):
             xt.reshape((-1,) + xt.shape[len(rows) :]),
             t.reshape(-1),
             code.reshape(-1, code.shape[-1]),
-            keep.reshape(-1),
+            keep.reshape(-1, keep.shape[-1]),
             None if cls is None else cls.expand(rows).reshape(-1),
         ]
         size = args[0].shape[0]
