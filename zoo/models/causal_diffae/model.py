@@ -260,13 +260,17 @@ class CausalDiffAE(ZooModel):
     ``w eps(x_t, t, z) + (1 - w) eps(x_t, t, null)`` (classifier-free guidance).
 
     Counterfactuals: abduction (u = mu(x_0)), action (``poutine.do`` on ``z_<factor>``, the
-    descendants recompute) and prediction (deterministic DDIM: x_T by DDIM inversion of the
-    factual image under the factual code, then DDIM decoding under the counterfactual code).
+    descendants recompute) and prediction (DDIM, eta = 0, from x_t ~ q(x_t | x_0) at
+    t = ``cf_start`` T with seeded noise shared by the factual reconstruction and every
+    intervention, as in the released code; ``cf_encoding="invert"`` uses a DDIM inversion of
+    the factual image instead, which at zoo budgets keeps the factual image in x_T so that
+    interventions barely show). ``factor_drop`` masks single blocks from the decoder's view
+    during training, so that with correlated factors it still learns what each block does.
 
     Departures from the released code, on purpose: mechanisms read the parents' z (not their
     u); labels are scaled to [0, 1] before the prior; the masked code is a null token, not
     zeros; u is sampled from q with its own variance; shapes follow the config (no global
-    REP_DIM, no hard-coded graph). Defaults are zoo-sized (k = 8, T = 200, 20 DDIM steps, a
+    REP_DIM, no hard-coded graph); factor dropout. Defaults are zoo-sized (k = 8, T = 200, 20 DDIM steps, a
     small convolutional eps-net, 900 steps: minutes on 2 CPU cores); ``eps_net="mlp"`` is
     faster per step and learns the codes, but does not decode usable images at that budget.
     """
