@@ -15,7 +15,8 @@ CausalDiffAE (paper 28). Four factors on the DAG
 The image (default 24x24, values in [0, 1], 4x4 supersampled) shows the light as a bright
 marker on the top rows (its x coordinate encodes phi), the rod (grey) and bob (white), and
 the shadow as a grey bar on the bottom rows. ``measure`` reads the four factors back from any
-image: the marker's centroid, the bob's centroid, and the bar's extent. Labels are scaled to
+image (less its median, a decoder's haze): the marker's centroid, the bob's centroid, and the
+bar's extent. Labels are scaled to
 [0, 1] by the factors' ranges (``RANGES``; shadow values are clipped to the visible ground).
 """
 
@@ -132,6 +133,9 @@ def measure(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     size = x.shape[-1]
     x = x.reshape(len(x), size, size)
+    # a decoded image may carry a uniform haze: subtract each image's median (0 for a render,
+    # whose drawing covers far less than half of it)
+    x = np.clip(x - np.median(x.reshape(len(x), -1), axis=1)[:, None, None], 0.0, None)
     cols = (np.arange(size) + 0.5) / size
     rows_up = 1.0 - (np.arange(size) + 0.5) / size
     out = np.zeros((len(x), 4))

@@ -37,6 +37,7 @@ __all__ = [
 
 DATASETS = ("morpho", "pendulum")
 EPS_NETS = ("mlp", "unet")
+CF_ENCODINGS = ("noise", "invert")
 #: images per eps-net call when no gradient is needed (bounds the memory of vectorized
 #: posterior draws and per-row diagnostics: 200 rows x 200 particles are 40000 images)
 EPS_CHUNK = 2048
@@ -85,19 +86,25 @@ def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class _CondEmbedding(nn.Module):
-    """Time embedding plus the (masked) causal code, a mask flag and an optional class; the
-    flag is a learned null token, so a masked code is never confused with z = 0."""
+    """Time embedding plus the (masked) causal code, one mask flag per factor and an optional
+    class; the flags act as learned null tokens, so a masked block is never confused with
+    z_i = 0. ``keep`` is (rows,) (the whole code) or (rows, n_factors) (block by block)."""
 
-    def __init__(self, code_dim: int, emb: int, n_classes: int):
+    def __init__(self, code_dim: int, emb: int, n_classes: int, n_factors: int = 1):
         super().__init__()
         self.emb = emb
+        self.n_factors = n_factors
         self.time = nn.Sequential(nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.code = nn.Linear(code_dim + 1, emb)
+        self.code = nn.Linear(code_dim + n_factors, emb)
         self.cls = nn.Embedding(n_classes, emb) if n_classes else None
 
     def forward(self, t, code, keep, cls=None):
         h = self.time(_timestep_embedding(t, self.emb))
-        h = h + self.code(torch.cat([code * keep[:, None], keep[:, None]], -1))
+        rows, n = code.shape[0], self.n_factors
+        if keep.dim() == 1:
+            keep = keep[:, None].expand(rows, n)
+        masked = (code.view(rows, n, -1) * keep[:, :, None]).view(rows, -1)
+        h = h + self.code(torch.cat([masked, keep], -1))
         if self.cls is not None and cls is not None:
             h = h + self.cls(cls)
         return h
@@ -106,11 +113,11 @@ class _CondEmbedding(nn.Module):
 class MLPEps(nn.Module):
     """eps_theta(x_t, t, z): residual MLP on the flattened image, conditioned by FiLM."""
 
-    def __init__(self, shape, code_dim, n_classes, hidden=512, blocks=3, emb=128):
+    def __init__(self, shape, code_dim, n_classes, hidden=512, blocks=3, emb=128, n_factors=1):
         super().__init__()
         self.shape = tuple(shape)
         d = int(np.prod(shape))
-        self.cond = _CondEmbedding(code_dim, emb, n_classes)
+        self.cond = _CondEmbedding(code_dim, emb, n_classes, n_factors)
         self.inp = nn.Linear(d, hidden)
         self.blocks = nn.ModuleList(
             nn.ModuleDict(
@@ -158,10 +165,10 @@ class UNetEps(nn.Module):
     """eps_theta(x_t, t, z): a two-level UNet (for larger settings, e.g. on CUDA); the image
     side must be divisible by 4."""
 
-    def __init__(self, shape, code_dim, n_classes, channels=32, emb=128):
+    def __init__(self, shape, code_dim, n_classes, channels=32, emb=128, n_factors=1):
         super().__init__()
         c, ch = shape[0], channels
-        self.cond = _CondEmbedding(code_dim, emb, n_classes)
+        self.cond = _CondEmbedding(code_dim, emb, n_classes, n_factors)
         self.inp = nn.Conv2d(c, ch, 3, padding=1)
         self.d1 = _ResBlock(ch, ch, emb)
         self.down1 = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
@@ -253,13 +260,17 @@ class CausalDiffAE(ZooModel):
     ``w eps(x_t, t, z) + (1 - w) eps(x_t, t, null)`` (classifier-free guidance).
 
     Counterfactuals: abduction (u = mu(x_0)), action (``poutine.do`` on ``z_<factor>``, the
-    descendants recompute) and prediction (deterministic DDIM: x_T by DDIM inversion of the
-    factual image under the factual code, then DDIM decoding under the counterfactual code).
+    descendants recompute) and prediction (DDIM, eta = 0, from x_t ~ q(x_t | x_0) at
+    t = ``cf_start`` T with seeded noise shared by the factual reconstruction and every
+    intervention, as in the released code; ``cf_encoding="invert"`` uses a DDIM inversion of
+    the factual image instead, which at zoo budgets keeps the factual image in x_T so that
+    interventions barely show). ``factor_drop`` masks single blocks from the decoder's view
+    during training, so that with correlated factors it still learns what each block does.
 
     Departures from the released code, on purpose: mechanisms read the parents' z (not their
     u); labels are scaled to [0, 1] before the prior; the masked code is a null token, not
     zeros; u is sampled from q with its own variance; shapes follow the config (no global
-    REP_DIM, no hard-coded graph). Defaults are zoo-sized (k = 8, T = 200, 20 DDIM steps, a
+    REP_DIM, no hard-coded graph); factor dropout. Defaults are zoo-sized (k = 8, T = 200, 20 DDIM steps, a
     small convolutional eps-net, 900 steps: minutes on 2 CPU cores); ``eps_net="mlp"`` is
     faster per step and learns the codes, but does not decode usable images at that budget.
     """
@@ -298,7 +309,13 @@ class CausalDiffAE(ZooModel):
         beta_end: float = 0.02
         ddim_steps: int = 20
         guidance: float = 1.0  # w
+        # prediction step of a counterfactual: "noise" draws x_t ~ q(x_t | x_0) (seeded, the
+        # same draw for the factual and every intervention) at t = cf_start T and decodes by
+        # DDIM from there (the released code: cf_start = 1); "invert" is a DDIM inversion
+        cf_encoding: str = "noise"
+        cf_start: float = 1.0
         mask_prob: float = 0.2
+        factor_drop: float = 0.0  # prob. of masking each block on its own (decoder's view)
         kl_weight: float = 1.0
         anneal_steps: int = 500
         ddpm_weight: float = 1.0
@@ -324,7 +341,7 @@ class CausalDiffAE(ZooModel):
         )
         net = MLPEps if c.eps_net == "mlp" else UNetEps
         kw = {"hidden": c.hidden} if c.eps_net == "mlp" else {}
-        self.eps_net = net(shape, n * k, self.n_classes, **kw)
+        self.eps_net = net(shape, n * k, self.n_classes, n_factors=n, **kw)
         # linear betas, rescaled by 1000 / T as in improved-diffusion so abar_T ~ 0 at small T
         scale = 1000.0 / c.timesteps
         betas = torch.linspace(scale * c.beta_start, min(scale * c.beta_end, 0.999), c.timesteps)
@@ -373,10 +390,16 @@ class CausalDiffAE(ZooModel):
         for key in ("block_dim", "timesteps", "ddim_steps", "hidden", "n_data", "batch_size"):
             if getattr(c, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(c, key)}")
+        if c.cf_encoding not in CF_ENCODINGS:
+            raise ConfigError(f"cf_encoding must be one of {CF_ENCODINGS}, got '{c.cf_encoding}'")
+        if not 0.0 < c.cf_start <= 1.0:
+            raise ConfigError(f"cf_start must be in (0, 1], got {c.cf_start}")
         if c.ddim_steps > c.timesteps:
             raise ConfigError(f"ddim_steps ({c.ddim_steps}) must be <= timesteps ({c.timesteps})")
         if not 0.0 <= c.mask_prob < 1.0:
             raise ConfigError(f"mask_prob must be in [0, 1), got {c.mask_prob}")
+        if not 0.0 <= c.factor_drop < 1.0:
+            raise ConfigError(f"factor_drop must be in [0, 1), got {c.factor_drop}")
         for key in ("kl_weight", "label_scale", "ddpm_weight", "lr"):
             if not getattr(c, key) > 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(c, key)}")
@@ -485,6 +508,13 @@ class CausalDiffAE(ZooModel):
                 keep = (torch.rand(shape, device=x0.device) >= c.mask_prob).float()
             else:
                 keep = torch.ones(shape, device=x0.device)
+            # factor dropout: the decoder also sees codes with single blocks masked, so it
+            # learns what each block does on its own (with correlated factors it otherwise
+            # reads a child off its parent's block and ignores the child's)
+            view = keep[..., None].expand(shape + (n,))
+            if self.training and c.factor_drop > 0:
+                drop = torch.rand(shape + (n,), device=x0.device) < c.factor_drop
+                view = view * (~drop).float()
             if c.label_prior:
                 prior = dist.Normal(y[..., None].expand(shape + (n, k)), c.label_scale)
                 log_p = prior.log_prob(code.unflatten(-1, (n, k))).sum((-1, -2))
@@ -493,7 +523,7 @@ class CausalDiffAE(ZooModel):
             noise = torch.randn(shape + x0.shape[1:], dtype=x0.dtype, device=x0.device)
             ab = self.abar[t].reshape(shape + (1,) * image_dims)
             xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-            eps = self._eps_rows(xt, t, code, keep, cls)
+            eps = self._eps_rows(xt, t, code, view, cls)
             sq_err = (noise - eps).pow(2).flatten(-image_dims).sum(-1)
             pyro.factor("ddpm", -c.ddpm_weight * sq_err)
         if self.training and torch.is_grad_enabled():
@@ -508,7 +538,7 @@ class CausalDiffAE(ZooModel):
             xt.reshape((-1,) + xt.shape[len(rows) :]),
             t.reshape(-1),
             code.reshape(-1, code.shape[-1]),
-            keep.reshape(-1),
+            keep.reshape(-1, keep.shape[-1]),
             None if cls is None else cls.expand(rows).reshape(-1),
         ]
         size = args[0].shape[0]
@@ -613,20 +643,38 @@ class CausalDiffAE(ZooModel):
         uncond = self.eps_net(x, tt, code, torch.zeros_like(ones), cls)
         return w * cond + (1.0 - w) * uncond
 
-    def _schedule(self, steps: int | None) -> list[int]:
+    def _schedule(self, steps: int | None, start: int | None = None) -> list[int]:
+        """DDIM timesteps, ascending, from 0 to ``start`` (default T - 1)."""
         steps = self.config.ddim_steps if steps is None else int(steps)
         if not 1 <= steps <= self.config.timesteps:
             raise ValueError(f"steps must be in [1, {self.config.timesteps}], got {steps}")
-        return sorted({int(round(s)) for s in np.linspace(0, self.config.timesteps - 1, steps)})
+        top = self.config.timesteps - 1 if start is None else int(start)
+        return sorted({int(round(s)) for s in np.linspace(0, top, steps)})
+
+    @property
+    def cf_start_step(self) -> int:
+        """The timestep the stochastic counterfactual encoding starts from."""
+        c = self.config
+        return max(0, min(c.timesteps - 1, int(round(c.cf_start * c.timesteps)) - 1))
+
+    def _noise_encode(self, x0: torch.Tensor, seed: int) -> torch.Tensor:
+        """x_t ~ q(x_t | x_0) at :attr:`cf_start_step`, with seeded noise (model units)."""
+        g = torch.Generator().manual_seed(int(seed))
+        noise = torch.randn(x0.shape, generator=g).to(x0.device)
+        ab = self.abar[self.cf_start_step]
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
     @torch.no_grad()
-    def ddim(self, x, code, cls=None, *, w=None, steps=None, invert=False, progress=True):
-        """Deterministic DDIM (eta = 0) in model units [-1, 1]: decode x_T -> x_0, or with
-        ``invert=True`` encode x_0 -> x_T (the paper's deterministic encoding of x_T)."""
+    def ddim(
+        self, x, code, cls=None, *, w=None, steps=None, invert=False, start=None, progress=True
+    ):
+        """Deterministic DDIM (eta = 0) in model units [-1, 1]: decode x_start -> x_0 (start
+        defaults to T - 1), or with ``invert=True`` encode x_0 -> x_start (the paper's
+        deterministic encoding)."""
         from tqdm.auto import tqdm
 
         w = self.config.guidance if w is None else float(w)
-        ts = self._schedule(steps)
+        ts = self._schedule(steps, start)
         up = [-1, *ts]
         pairs = list(zip(up[:-1], up[1:], strict=True))
         if not invert:
@@ -656,10 +704,12 @@ class CausalDiffAE(ZooModel):
         w: float | None = None,
         steps: int | None = None,
         progress: bool = True,
+        seed: int = 0,
     ) -> torch.Tensor:
         """Counterfactual images (N, 1, H, W) in [0, 1]: abduction u = mu(x_0), action
-        ``do`` (``{factor: value in [0, 1]}``), prediction by deterministic DDIM."""
-        return self.counterfactuals(x, [do], digit, w=w, steps=steps, progress=progress)[0]
+        ``do`` (``{factor: value in [0, 1]}``), prediction by DDIM (:meth:`counterfactuals`)."""
+        out = self.counterfactuals(x, [do], digit, w=w, steps=steps, progress=progress, seed=seed)
+        return out[0]
 
     @torch.no_grad()
     def counterfactuals(
@@ -671,11 +721,14 @@ class CausalDiffAE(ZooModel):
         w: float | None = None,
         steps: int | None = None,
         progress: bool = True,
+        seed: int = 0,
     ) -> list[torch.Tensor]:
         """One counterfactual batch per intervention in ``dos`` (``{}`` is the factual
-        reconstruction). Abduction and the DDIM inversion depend on the factual image and
-        code only, so they run once for all interventions: a grid of m interventions costs
-        m + 1 DDIM passes instead of 2 m."""
+        reconstruction). Abduction and the encoding of x_t depend on the factual image and
+        code only, so they run once for all interventions (a grid of m interventions costs m
+        DDIM passes, m + 1 with the inversion). With ``cf_encoding="noise"`` the factual and
+        every intervention decode from the same seeded draw of q(x_t | x_0): common random
+        numbers, so the only difference between them is the code."""
         was = self.training
         self.eval()
         try:
@@ -685,14 +738,18 @@ class CausalDiffAE(ZooModel):
             actions = [self._interventions(do, rows) for do in dos]  # checked before decoding
             u = self.abduct(x)
             factual = self.code(u)["z"]
-            x_t = self.ddim(
-                self._to_unit(x), factual, cls, w=w, steps=steps, invert=True, progress=progress
-            )
+            x0 = self._to_unit(x)
+            if self.config.cf_encoding == "invert":
+                start = None
+                x_t = self.ddim(x0, factual, cls, w=w, steps=steps, invert=True, progress=progress)
+            else:
+                start = self.cf_start_step
+                x_t = self._noise_encode(x0, seed)
             out = []
             for data in actions:
                 cf = self.code(u, {k[2:]: v for k, v in data.items()})["z"] if data else factual
-                x0 = self.ddim(x_t, cf, cls, w=w, steps=steps, progress=progress)
-                out.append((x0 + 1.0) / 2.0)
+                dec = self.ddim(x_t, cf, cls, w=w, steps=steps, start=start, progress=progress)
+                out.append((dec + 1.0) / 2.0)
             return out
         finally:
             self.train(was)
@@ -819,25 +876,31 @@ def counterfactual_mae(
     n: int = 200,
     w: float | None = None,
     steps: int | None = None,
+    classifier: Any = None,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Counterfactual effectiveness on the first ``n`` rows of a generator output ``raw``.
 
     For each factor f and value c in ``values[f]``: decode do(z_f = c), read every factor back
-    with the dataset's ``measure`` and compare with the true SCM's counterfactual (the row's
-    own exogenous noise kept). ``mae_<f>_on_<g>``: mean |measured g - true g| after do(f); the
-    intervened factor itself (g = f) is the paper's effectiveness, a child g shows whether the
-    mechanism was followed, a parent g whether it was left alone. ``mae_recon_<g>``: the same
-    on the factual reconstruction (the measurement-plus-decoder error floor). ``effect_<f>``:
-    the mean measured f under the largest value minus under the smallest (the true effect is
-    their difference; a decoder that ignores the code gets 0)."""
+    with the dataset's ``measure`` and compare with the true SCM's counterfactual of the same
+    row (its own exogenous noise kept). ``mae_<f>_on_<g>``: mean |measured g - true g| after
+    do(f); the intervened factor itself (g = f) is the paper's effectiveness, a child g shows
+    whether the mechanism was followed, a parent g whether it was left alone.
+    ``mae_recon_<g>``: the same on the factual reconstruction (the measurement-plus-decoder
+    error floor). ``effect_<f>``: the mean measured f under the largest value minus under the
+    smallest (the true effect is their difference; a decoder that ignores the code gets 0).
+    With a fitted ``classifier`` (``predict`` on flattened images) and class labels in
+    ``raw["digit"]``: ``digit_acc`` over all decoded images, ``digit_acc_recon`` over the
+    reconstructions."""
     module = model._dataset_module()
     x, cls = _cond_rows(model, raw, slice(0, n))
     sub = {k: np.asarray(v)[:n] for k, v in raw.items()}
     grid = [(f, c) for f, cs in values.items() for c in cs]
     images = model.counterfactuals(
-        x, [{}] + [{f: c} for f, c in grid], cls, w=w, steps=steps, progress=False
+        x, [{}] + [{f: c} for f, c in grid], cls, w=w, steps=steps, progress=False, seed=seed
     )
-    measured = [module.measure(img.cpu()) for img in images]
+    images = [img.cpu().numpy() for img in images]
+    measured = [module.measure(img) for img in images]
     out = {}
     for g, name in enumerate(model.factor_names):
         out[f"mae_recon_{name}"] = float(np.abs(measured[0][:, g] - sub["y"][:, g]).mean())
@@ -852,6 +915,10 @@ def counterfactual_mae(
         g = model.factor_names.index(f)
         low, high = rows[int(np.argmin(cs))], rows[int(np.argmax(cs))]
         out[f"effect_{f}"] = float((measured[high][:, g] - measured[low][:, g]).mean())
+    if classifier is not None and "digit" in sub:
+        right = [classifier.predict(img.reshape(len(img), -1)) == sub["digit"] for img in images]
+        out["digit_acc"] = float(np.mean(right))
+        out["digit_acc_recon"] = float(np.mean(right[0]))
     return out
 
 
