@@ -270,9 +270,10 @@ class CausalDiffAE(ZooModel):
     Departures from the released code, on purpose: mechanisms read the parents' z (not their
     u); labels are scaled to [0, 1] before the prior; the masked code is a null token, not
     zeros; u is sampled from q with its own variance; shapes follow the config (no global
-    REP_DIM, no hard-coded graph); factor dropout. Defaults are zoo-sized (k = 8, T = 200, 20 DDIM steps, a
-    small convolutional eps-net, 900 steps: minutes on 2 CPU cores); ``eps_net="mlp"`` is
-    faster per step and learns the codes, but does not decode usable images at that budget.
+    REP_DIM, no hard-coded graph); factor dropout. Defaults are zoo-sized (k = 8, T = 200,
+    20 DDIM steps, a small convolutional eps-net, 900 steps: minutes on 2 CPU cores);
+    ``eps_net="mlp"`` is faster per step and learns the codes, but does not decode usable
+    images at that budget.
     """
 
     name = "causal_diffae"
@@ -303,12 +304,12 @@ class CausalDiffAE(ZooModel):
         image_size: int | None = None  # None: the dataset's (16 morpho, 24 pendulum)
         n_classes: int | None = None  # class conditioning of the decoder (10 morpho, 0 pend.)
         block_dim: int = 8
-        label_scale: float = 0.5  # s, the std of p(z_i | y_i)
+        label_scale: float = 0.1  # s, the std of p(z_i | y_i) (at 0.5 the code was ignored)
         timesteps: int = 200
         beta_start: float = 1e-4
         beta_end: float = 0.02
         ddim_steps: int = 20
-        guidance: float = 1.0  # w
+        guidance: float = 2.0  # w (the recipe's; 1.0 moved the intervened factor less)
         # prediction step of a counterfactual: "noise" draws x_t ~ q(x_t | x_0) (seeded, the
         # same draw for the factual and every intervention) at t = cf_start T and decodes by
         # DDIM from there (the released code: cf_start = 1); "invert" is a DDIM inversion
