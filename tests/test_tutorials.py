@@ -1,6 +1,7 @@
 """Every tutorial notebook runs end to end in smoke mode (ZOO_SMOKE=1: tiny step counts)."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,32 @@ def test_tutorial_runs_in_smoke_mode(path, monkeypatch):
     ]
     assert not errors
     assert os.environ["ZOO_SMOKE"] == "1"
+
+
+#: what a developer's machine leaks into an output: a home, a virtual environment, packages
+MACHINE_PATH = re.compile(r"(/work/|/home/|/root/|/Users/|site-packages|\.venv/)")
+
+
+def _output_text(output) -> str:
+    """The readable text of an output (never image data: base64 may hold any letters)."""
+    if output.get("output_type") == "stream":
+        return output.get("text", "")
+    if output.get("output_type") == "error":
+        return "\n".join(output.get("traceback", []))
+    data = output.get("data", {})
+    return "\n".join(
+        str(data.get(kind, "")) for kind in ("text/plain", "text/html", "text/markdown")
+    )
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_committed_outputs_show_no_machine_paths(path):
+    nb = nbformat.read(path, as_version=4)
+    leaks = [
+        MACHINE_PATH.search(_output_text(out)).group(0)
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if MACHINE_PATH.search(_output_text(out))
+    ]
+    assert not leaks, f"{path.name}: outputs show {sorted(set(leaks))}"
