@@ -62,3 +62,69 @@ def test_glyph_set_is_cached_and_read_only():
     assert a is glyph_set(12, 3) and a.shape == (12, 3, 400)
     with pytest.raises(ValueError):
         a[0, 0, 0] = 1.0
+
+
+# ----- NIW-Meta on glyphs ------------------------------------------------------------------
+
+TINY_GLYPHS = dict(base_classes=30, val_classes=10, test_classes=10, per_class=8,
+                   pretrain_steps=5, num_episodes=20, test_episodes=6, sgld_chains=2,
+                   channels=4, feat_dim=4)  # fmt: skip
+
+
+def test_glyph_episodes_have_the_configured_shape_and_disjoint_class_pools():
+    import zoo
+
+    model = zoo.create("niw_meta_glyphs", ways=3, shots=2, queries=3, **TINY_GLYPHS)
+    data = model.default_data(seed=1)
+    assert data["x_support"].shape == (20, 6, 400) and data["y_query"].shape == (20, 9)
+    assert np.array_equal(data["y_support"][0].numpy(), [0, 0, 1, 1, 2, 2])
+    digits = model.digit_episodes(num=4, seed=0)
+    assert digits["x_query"].shape == (4, 9, 400) and 0 <= digits["x_query"].min()
+    pools = [model.pool(s) for s in ("base", "val", "test")]
+    assert [len(p) for p in pools] == [30, 10, 10]
+    flat = [p.reshape(len(p), -1) for p in pools]
+    assert not (flat[0][:, None] == flat[2][None]).all(-1).any()  # no test class is a base one
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(ways=11), "ways must be in [2, 10]"),
+        (dict(shots=5, queries=4), "shots + queries = 9 exceeds per_class = 8"),
+        (dict(base_classes=4990), "exceeds the glyph generator's 5000 distinct classes"),
+    ],
+)
+def test_episode_sizes_the_pools_cannot_fill_are_refused_before_training(overrides, message):
+    import zoo
+    from zoo.base import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        zoo.create("niw_meta_glyphs", **{**TINY_GLYPHS, **overrides})
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_digit_episodes_refuse_more_than_ten_ways():
+    import zoo
+    from zoo.base import ConfigError
+
+    model = zoo.create("niw_meta_glyphs", **{**TINY_GLYPHS, "ways": 10, "val_classes": 12,
+                                              "test_classes": 12})  # fmt: skip
+    model.digit_episodes(num=2)
+    wide = zoo.create("niw_meta_glyphs", **{**TINY_GLYPHS, "ways": 12, "val_classes": 12,
+                                             "test_classes": 12})  # fmt: skip
+    with pytest.raises(ConfigError, match="digit episodes need ways <= 10"):
+        wide.digit_episodes(num=2)
+
+
+def test_episode_logreg_separates_separable_supports():
+    import torch
+
+    from zoo.models.niw_meta.glyphs import episode_logreg_logits
+
+    torch.manual_seed(0)
+    means = torch.randn(4, 3, 6) * 3
+    fs = means.repeat_interleave(2, 1) + 0.1 * torch.randn(4, 6, 6)
+    ys = torch.arange(3).repeat_interleave(2)[None].expand(4, 6)
+    fq = means + 0.1 * torch.randn(4, 3, 6)
+    logits = episode_logreg_logits(fs, ys, fq, 3, l2=0.01)
+    assert (logits.argmax(-1) == torch.arange(3)).all()

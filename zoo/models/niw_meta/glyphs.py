@@ -1,0 +1,353 @@
+"""NIW-Meta few-shot classification on synthetic glyphs: many base classes, so learned
+features can transfer (the zoo's Omniglot setting).
+
+The model is :class:`~zoo.models.niw_meta.digits.NIWMetaDigits` (NIG prior over per-episode
+softmax heads, the SGLD quadratic local step) on a small convolutional feature network over
+``side x side`` glyph images from :mod:`zoo.datasets.glyphs`. The glyph classes are split in
+three disjoint blocks: ``base_classes`` for meta-training (and the supervised pre-training
+every method starts from), ``val_classes`` for validation episodes (every tuned setting of
+every arm), ``test_classes`` for meta-test episodes. :meth:`NIWMetaGlyphs.digit_episodes`
+gives an out-of-distribution test: the ten ``load_digits`` classes upsampled to the glyph
+frame (so at most 10 ways).
+
+As in the digits model, the feature network is a point estimate shared by all episodes and
+only the head is episode-wise (the spec's head-only step; the paper's theta is the whole
+network).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from zoo.base import ConfigError
+from zoo.datasets.glyphs import MAX_CLASSES, glyph_set
+from zoo.models.niw_meta.digits import (
+    EpisodePredictor,
+    NIWMetaDigits,
+    _digits_by_class,
+    _episode_batches,
+)
+from zoo.registry import register
+
+__all__ = [
+    "ConvFeatureNet",
+    "NIWMetaGlyphs",
+    "episodes_from_pool",
+    "episode_logreg_logits",
+    "train_anil",
+]
+
+DIGIT_CLASSES = 10
+
+
+def episodes_from_pool(
+    images: np.ndarray, num: int, ways: int, shots: int, queries: int, seed: int
+) -> dict[str, np.ndarray]:
+    """``num`` ``ways``-way episodes from a class pool ``images`` ``(C, n, P)``: ``shots``
+    support and ``queries`` query images per class (distinct images), labels ``0..ways-1``
+    in a random class order."""
+    classes, per_class, pixels = images.shape
+    if ways > classes or shots + queries > per_class:
+        raise ConfigError(
+            f"an episode of ways={ways}, shots + queries={shots + queries} cannot be filled "
+            f"from {classes} classes of {per_class} images each; valid range ways <= "
+            f"{classes}, shots + queries <= {per_class}"
+        )
+    rng = np.random.default_rng(seed)
+    cls = np.argsort(rng.random((num, classes)), axis=1)[:, :ways]  # (num, ways)
+    pick = np.argsort(rng.random((num, ways, per_class)), axis=2)[..., : shots + queries]
+    chosen = images[cls[..., None], pick]  # (num, ways, shots + queries, P)
+    xs = chosen[:, :, :shots].reshape(num, ways * shots, pixels)
+    xq = chosen[:, :, shots:].reshape(num, ways * queries, pixels)
+    ys = np.repeat(np.arange(ways), shots)[None].repeat(num, 0)
+    yq = np.repeat(np.arange(ways), queries)[None].repeat(num, 0)
+    return {"x_support": np.ascontiguousarray(xs), "y_support": ys,
+            "x_query": np.ascontiguousarray(xq), "y_query": yq}  # fmt: skip
+
+
+@functools.lru_cache(maxsize=2)
+def digit_pool(side: int) -> np.ndarray:
+    """The ten ``load_digits`` classes upsampled (bilinear) to ``side x side``: ``(10, n,
+    side * side)`` with ``n`` the smallest class's count (the classes are trimmed to it)."""
+    pools = _digits_by_class()
+    n = min(len(v) for v in pools.values())
+    x = torch.as_tensor(np.stack([pools[k][:n] for k in range(DIGIT_CLASSES)]))
+    up = nn.functional.interpolate(x.reshape(-1, 1, 8, 8), size=(side, side), mode="bilinear",
+                                   align_corners=False)  # fmt: skip
+    out = up.clamp(0, 1).reshape(DIGIT_CLASSES, n, side * side).numpy()
+    out.setflags(write=False)
+    return out
+
+
+class ConvFeatureNet(nn.Module):
+    """A small conv net: ``side x side`` image -> 3x3 conv (``channels``, stride 2) -> ReLU
+    -> 3x3 conv (``2 channels``, stride 2) -> ReLU -> linear ``feat_dim``, L2-normalised and
+    multiplied by ``scale`` (the digits model's cosine-type feature)."""
+
+    def __init__(self, side: int, channels: int, feat_dim: int, scale: float):
+        super().__init__()
+        out = (((side + 1) // 2) + 1) // 2
+        self.side, self.scale = side, scale
+        self.net = nn.Sequential(
+            nn.Conv2d(1, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(2 * channels * out * out, feat_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        h = self.net(x.reshape(-1, 1, self.side, self.side))
+        h = self.scale * nn.functional.normalize(h, dim=-1)
+        return h.reshape(lead + h.shape[-1:])
+
+
+def _pretrained_state(key: tuple, images: np.ndarray, steps: int) -> dict:
+    """Supervised pre-training on the base classes (a softmax over all of them, Adam,
+    batches of 128), from seed 0; the state dict is cached by ``key``."""
+    if key in _PRETRAINED:
+        return _PRETRAINED[key]
+    side, channels, feat_dim, scale = key[:4]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = ConvFeatureNet(side, channels, feat_dim, scale)
+        if steps:
+            classes, per_class, _ = images.shape
+            x = torch.as_tensor(images.reshape(classes * per_class, -1).copy())
+            y = torch.arange(classes).repeat_interleave(per_class)
+            head = nn.Linear(feat_dim, classes)
+            opt = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=3e-3)
+            generator = torch.Generator().manual_seed(0)
+            for _ in range(steps):
+                idx = torch.randint(len(y), (128,), generator=generator)
+                loss = nn.functional.cross_entropy(head(net(x[idx])), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    _PRETRAINED[key] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return _PRETRAINED[key]
+
+
+_PRETRAINED: dict[tuple, dict] = {}
+
+
+@register
+class NIWMetaGlyphs(NIWMetaDigits):
+    """NIW-Meta few-shot classifier on synthetic stroke glyphs (Kim & Hospedales, ICLR 2024):
+    the digits model's NIG prior over per-episode softmax heads and SGLD quadratic local
+    step, on a small conv feature network, meta-trained on hundreds of base glyph classes and
+    tested on held-out glyph classes (and on load_digits as out-of-distribution classes). See
+    the module doc of :mod:`zoo.models.niw_meta.glyphs`."""
+
+    name = "niw_meta_glyphs"
+    summary = "NIW-Meta few-shot glyphs: many base classes, conv features, SGLD local step"
+    paper = 7
+
+    tiny = {
+        "base_classes": 30,
+        "val_classes": 10,
+        "test_classes": 10,
+        "per_class": 8,
+        "pretrain_steps": 5,
+        "num_episodes": 40,
+        "test_episodes": 10,
+        "sgld_chains": 2,
+        "channels": 4,
+        "feat_dim": 4,
+    }
+
+    @dataclass
+    class Config(NIWMetaDigits.Config):
+        ways: int = 5
+        shots: int = 1
+        queries: int = 5
+        side: int = 20  # glyph images are side x side
+        base_classes: int = 600  # meta-training (and pre-training) glyph classes
+        val_classes: int = 200  # validation episodes' classes
+        test_classes: int = 300  # meta-test episodes' classes
+        per_class: int = 20  # images per glyph class
+        channels: int = 16  # first conv layer's channels (the second has twice as many)
+        feat_dim: int = 32
+        pretrain_steps: int = 300
+        num_episodes: int = 1000
+        test_episodes: int = 600
+        baseline_steps: int = 0  # evaluate's ProtoNet / MAML steps (0: skip)
+        train_features: bool = False  # False: the pre-trained features stay fixed (see doc)
+        batch_size: int = 16
+        epochs: float = 3.0
+
+    @property
+    def pixels(self) -> int:
+        return self.config.side**2
+
+    @property
+    def max_ways(self) -> int:
+        c = self.config
+        return min(c.base_classes, c.val_classes, c.test_classes)
+
+    def check_config(self) -> None:
+        c = self.config
+        total = c.base_classes + c.val_classes + c.test_classes
+        for key in ("base_classes", "val_classes", "test_classes"):
+            if getattr(c, key) < 2:
+                raise ConfigError(f"{key} must be >= 2, got {getattr(c, key)}")
+        if total > MAX_CLASSES:
+            raise ConfigError(
+                f"base_classes + val_classes + test_classes = {total} exceeds the glyph "
+                f"generator's {MAX_CLASSES} distinct classes; valid range [6, {MAX_CLASSES}]"
+            )
+        if not 8 <= c.side <= 64:
+            raise ConfigError(f"side must be in [8, 64], got {c.side}")
+        if c.channels < 1:
+            raise ConfigError(f"channels must be >= 1, got {c.channels}")
+        if c.shots + c.queries > c.per_class:
+            raise ConfigError(
+                f"shots + queries = {c.shots + c.queries} exceeds per_class = {c.per_class} "
+                f"images per glyph class; valid range shots + queries <= {c.per_class}"
+            )
+        super().check_config()
+
+    # ----- data ---------------------------------------------------------------------------
+
+    def glyphs(self) -> np.ndarray:
+        """The fixed glyph set ``(classes, per_class, side * side)`` (cached)."""
+        c = self.config
+        return glyph_set(c.base_classes + c.val_classes + c.test_classes, c.per_class, c.side)
+
+    def pool(self, split: str) -> np.ndarray:
+        """The images of the ``"base"``, ``"val"`` or ``"test"`` glyph classes."""
+        c = self.config
+        bounds = {"base": (0, c.base_classes),
+                  "val": (c.base_classes, c.base_classes + c.val_classes),
+                  "test": (c.base_classes + c.val_classes, None)}  # fmt: skip
+        if split not in bounds:
+            raise ConfigError(f"split must be one of {sorted(bounds)}, got '{split}'")
+        start, stop = bounds[split]
+        return self.glyphs()[start:stop]
+
+    def episodes(self, split: str, num: int, seed: int, ways: int | None = None) -> dict:
+        """``num`` validated episodes of the model's shape from the ``split`` class pool
+        (``"base"``, ``"val"``, ``"test"`` glyphs or ``"digits"``)."""
+        c = self.config
+        images = digit_pool(c.side) if split == "digits" else self.pool(split)
+        ways = c.ways if ways is None else ways
+        return self.validate(episodes_from_pool(images, num, ways, c.shots, c.queries, seed))
+
+    def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
+        """Meta-train episodes from the base glyph classes."""
+        return self.episodes("base", self.config.num_episodes, seed)
+
+    def novel_episodes(self, num: int | None = None, seed: int = 12345, images=None) -> dict:
+        """Meta-test episodes from the held-out test glyph classes."""
+        return self.episodes("test", self.config.test_episodes if num is None else num, seed)
+
+    def digit_episodes(self, num: int | None = None, seed: int = 12345) -> dict:
+        """Out-of-distribution test episodes: the ten load_digits classes in the glyph frame
+        (a one-line error if ``ways`` > 10)."""
+        c = self.config
+        if c.ways > DIGIT_CLASSES:
+            raise ConfigError(f"digit episodes need ways <= {DIGIT_CLASSES}, got {c.ways}")
+        return self.episodes("digits", c.test_episodes if num is None else num, seed)
+
+    # ----- features -----------------------------------------------------------------------
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of images ``x``; constants unless ``train_features`` (see module doc)."""
+        out = self.features_net(x)
+        return out if self.config.train_features else out.detach()
+
+    def initial_features(self) -> nn.Module:
+        """The conv net every method starts from, pre-trained (supervised, all base classes,
+        ``pretrain_steps``) once per configuration and copied."""
+        c = self.config
+        key = (c.side, c.channels, c.feat_dim, c.feature_scale, c.base_classes, c.per_class,
+               c.pretrain_steps)  # fmt: skip
+        net = ConvFeatureNet(c.side, c.channels, c.feat_dim, c.feature_scale)
+        net.load_state_dict(_pretrained_state(key, self.pool("base"), c.pretrain_steps))
+        return net
+
+
+# ----- baselines that need a feature network but not a likelihood --------------------------
+
+
+def episode_logreg_logits(
+    fs: torch.Tensor, ys: torch.Tensor, fq: torch.Tensor, ways: int, l2: float, steps: int = 100
+) -> torch.Tensor:
+    """A linear softmax head fitted per episode (batched): L2-penalised (``l2`` times the
+    squared weights) support cross-entropy minimised by L-BFGS from zero; returns query
+    logits ``(N, Q, ways)``. The pooled network fine-tuned per episode (its head)."""
+    fs, fq = fs.detach(), fq.detach()
+    n, _, h = fs.shape
+    w = torch.zeros(n, h + 1, ways, requires_grad=True)
+    ones_s = torch.ones(fs.shape[:-1] + (1,))
+    xs = torch.cat([fs, ones_s], -1)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        logits = xs @ w
+        loss = nn.functional.cross_entropy(logits.mT, ys, reduction="none").mean(-1).sum()
+        loss = loss + l2 * (w[:, :-1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    xq = torch.cat([fq, torch.ones(fq.shape[:-1] + (1,))], -1)
+    return (xq @ w).detach()
+
+
+def train_anil(model: NIWMetaGlyphs, data, *, steps: int, batch_size: int, inner_steps: int = 5,
+               inner_lr: float = 0.5, lr: float = 1e-3, seed: int = 0):  # fmt: skip
+    """MAML with the inner loop on the head (ANIL, Raghu et al. 2020): a linear ``ways``-way
+    head (learned initial weights) adapted per episode by ``inner_steps`` gradient steps on
+    the support cross-entropy with a meta-learned step size, differentiated through the
+    inner loop (second order in the head); the outer loop trains the feature network, the
+    head's initial value and the step size on query cross-entropy. Returns an
+    :class:`~zoo.models.niw_meta.digits.EpisodePredictor` whose ``logits(episodes,
+    inner_lr=None)`` adapts with the learned or a given step size."""
+    torch.manual_seed(seed)
+    c = model.config
+    net = model.initial_features()
+    w0 = torch.zeros(c.feat_dim + 1, c.ways, requires_grad=True)
+    log_lr = torch.tensor(float(np.log(inner_lr)), requires_grad=True)
+    opt = torch.optim.Adam([*net.parameters(), w0, log_lr], lr=lr)
+
+    def with_bias(f):
+        return torch.cat([f, torch.ones(f.shape[:-1] + (1,))], -1)
+
+    def adapted(episodes, create_graph, step_size=None):
+        step = log_lr.exp() if step_size is None else torch.as_tensor(step_size)
+        fs, fq = with_bias(net(episodes["x_support"])), with_bias(net(episodes["x_query"]))
+        w = w0.expand((len(fs),) + w0.shape)
+        if not create_graph:
+            w = w.detach().requires_grad_()
+            fs = fs.detach()
+        for _ in range(inner_steps):
+            loss = nn.functional.cross_entropy((fs @ w).mT, episodes["y_support"],
+                                               reduction="none").mean(-1).sum()  # fmt: skip
+            (grad,) = torch.autograd.grad(loss, w, create_graph=create_graph)
+            w = w - step * grad
+        return fq @ w
+
+    for batch in _episode_batches(data, batch_size, steps, seed):
+        logits = adapted(batch, create_graph=True)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch["y_query"].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def query_logits(episodes, inner_lr=None):
+        with torch.enable_grad():
+            return adapted(episodes, False, inner_lr).detach()
+
+    predictor = EpisodePredictor(query_logits)
+    predictor.inner_lr = float(log_lr.detach().exp())
+    return predictor
