@@ -138,6 +138,7 @@ def sgld_moments(
     a_min: float,
     a_max: float,
     preconditioner: torch.Tensor | float = 1.0,
+    init_sd: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``mbar`` and clipped inverse per-coordinate variance ``Abar`` of a detached SGLD
     run ``theta <- theta + eps/2 grad log_lik(theta) + sqrt(eps) xi`` on ``log_lik`` (a
@@ -145,8 +146,12 @@ def sgld_moments(
     ``init``, optionally preconditioned (``eps M grad / 2``, noise ``sqrt(eps M)``, ``M`` a
     fixed positive vector). Samples after ``burnin`` steps of all ``chains`` are pooled.
     Each step's graph is freed before the next (``theta`` is a fresh leaf), so memory does
-    not grow with ``steps`` and nothing reaches the caller's graph."""
+    not grow with ``steps`` and nothing reaches the caller's graph. ``init_sd``: chains
+    start dispersed, at ``init + init_sd * noise`` (a draw of the prior), instead of all at
+    ``init`` (whose spread after a few steps is the random walk's, not the target's)."""
     theta = init.detach().expand((chains,) + init.shape).clone()
+    if init_sd is not None:
+        theta = theta + init_sd.detach() * torch.randn_like(theta)
     kept = []
     with torch.enable_grad():
         for t in range(burnin + steps):

@@ -21,9 +21,15 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import torch
+from pyro import poutine
+from pyro.nn import PyroParam
 from torch import nn
+from torch.distributions import constraints
 
+from inference.data import full_batch
 from zoo.base import ConfigError
 from zoo.datasets.glyphs import MAX_CLASSES, glyph_set
 from zoo.models.niw_meta.digits import (
@@ -31,6 +37,7 @@ from zoo.models.niw_meta.digits import (
     NIWMetaDigits,
     _digits_by_class,
     _episode_batches,
+    sgld_moments,
 )
 from zoo.registry import register
 
@@ -43,6 +50,7 @@ __all__ = [
 ]
 
 DIGIT_CLASSES = 10
+THETAS = ("adapter", "head")
 
 
 def episodes_from_pool(
@@ -102,11 +110,14 @@ class ConvFeatureNet(nn.Module):
             nn.Linear(2 * channels * out * out, feat_dim),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's output before the normalisation, ``(..., feat_dim)``."""
         lead = x.shape[:-1]
         h = self.net(x.reshape(-1, 1, self.side, self.side))
-        h = self.scale * nn.functional.normalize(h, dim=-1)
         return h.reshape(lead + h.shape[-1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * nn.functional.normalize(self.raw(x), dim=-1)
 
 
 def _pretrained_state(key: tuple, images: np.ndarray, steps: int) -> dict:
@@ -179,9 +190,44 @@ class NIWMetaGlyphs(NIWMetaDigits):
         num_episodes: int = 1000
         test_episodes: int = 600
         baseline_steps: int = 0  # evaluate's ProtoNet / MAML steps (0: skip)
-        train_features: bool = False  # False: the pre-trained features stay fixed (see doc)
+        train_features: bool = True  # False: the pre-trained conv trunk stays fixed
+        theta: str = "adapter"  # "adapter" (top layer + prototype readout) or "head"
+        psi0: float = 0.004  # E_p[precision] = nu0 / psi0 = 1000: theta starts near m0
+        prior_precision_init: float = 1000.0  # the guide's initial E_q[precision]
+        sgld_step_size: float = 0.1
         batch_size: int = 16
         epochs: float = 3.0
+
+    def __init__(self, config=None, *, priors=None, **overrides):
+        super().__init__(config, priors=priors, **overrides)
+        # the prototype readout's log inverse temperature (a point estimate, like the trunk)
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    @property
+    def dim(self) -> int:
+        c = self.config
+        if c.theta == "head":
+            return super().dim
+        return c.feat_dim * (c.feat_dim + 1)
+
+    def coords(self, data) -> dict:
+        c = self.config
+        if c.theta == "head":
+            return super().coords(data)
+        names = [f"w{i}_{j}" for i in range(c.feat_dim) for j in range(c.feat_dim)]
+        return {"head": names + [f"b{j}" for j in range(c.feat_dim)]}
+
+    def default_guide(self):
+        guide = super().default_guide()
+        c = self.config
+        if c.theta == "adapter" and c.local_step == "sgld" and c.covariance == "diag":
+            # q(phi) starts at the identity adapter and prior precision prior_precision_init
+            # (the paper's gam0_init: theta_i ~ m0 early), Gamma shape 3
+            eye = torch.eye(c.feat_dim)
+            guide.m0 = PyroParam(torch.cat([eye.flatten(), torch.zeros(c.feat_dim)]))
+            guide.rate = PyroParam(torch.full((self.dim,), 3.0 / c.prior_precision_init),
+                                   constraint=constraints.positive)  # fmt: skip
+        return guide
 
     @property
     def pixels(self) -> int:
@@ -207,6 +253,11 @@ class NIWMetaGlyphs(NIWMetaDigits):
             raise ConfigError(f"side must be in [8, 64], got {c.side}")
         if c.channels < 1:
             raise ConfigError(f"channels must be >= 1, got {c.channels}")
+        if c.theta not in THETAS:
+            raise ConfigError(f"theta must be one of {THETAS}, got '{c.theta}'")
+        if c.theta == "adapter" and c.covariance != "diag":
+            raise ConfigError("theta='adapter' needs covariance='diag' (the paper's diagonal "
+                              f"NIW at scale), got '{c.covariance}'")  # fmt: skip
         if c.shots + c.queries > c.per_class:
             raise ConfigError(
                 f"shots + queries = {c.shots + c.queries} exceeds per_class = {c.per_class} "
@@ -259,9 +310,89 @@ class NIWMetaGlyphs(NIWMetaDigits):
     # ----- features -----------------------------------------------------------------------
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Features of images ``x``; constants unless ``train_features`` (see module doc)."""
-        out = self.features_net(x)
+        """``theta="head"``: the normalised features of images ``x``; ``"adapter"``: the
+        trunk's output before the episode's adapter. Constants unless ``train_features``."""
+        out = self.features_net(x) if self.config.theta == "head" else self.features_net.raw(x)
         return out if self.config.train_features else out.detach()
+
+    def adapt(self, h: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The episode's top layer: ``scale * normalize(h W + b)`` for trunk outputs ``h``
+        ``(..., n, H)`` and flat adapters ``theta`` ``(..., H * H + H)``."""
+        k = self.config.feat_dim
+        w = theta[..., : k * k].reshape(theta.shape[:-1] + (k, k))
+        out = h @ w + theta[..., k * k :].unsqueeze(-2)
+        return self.config.feature_scale * nn.functional.normalize(out, dim=-1)
+
+    def proto_logits(self, hs, ys, hq, theta) -> torch.Tensor:
+        """Prototype readout (ProtoNet's classifier, as in the paper's PMF runs): ``-s |f(x)
+        - c_k|^2`` with ``c_k`` the mean adapted support feature of class ``k`` and ``s`` the
+        learned inverse temperature; ``hq`` may be the support itself."""
+        fs, fq = self.adapt(hs, theta), self.adapt(hq, theta)
+        onehot = nn.functional.one_hot(ys, self.config.ways).to(fs.dtype)
+        protos = onehot.mT @ fs / onehot.sum(-2).unsqueeze(-1)
+        dist2 = ((fq.unsqueeze(-2) - protos.unsqueeze(-3)) ** 2).sum(-1)
+        return -self.log_scale.exp() * dist2
+
+    def likelihood(self, batch, theta: torch.Tensor) -> None:
+        if self.config.theta == "head":
+            return super().likelihood(batch, theta)
+        hs, ys = self.features(batch["x_support"]), batch["y_support"]
+        for part in ("support", "query"):
+            logits = self.proto_logits(hs, ys, self.features(batch[f"x_{part}"]), theta)
+            pyro.sample(
+                f"y_{part}", dist.Categorical(logits=logits).to_event(1), obs=batch[f"y_{part}"]
+            )
+
+    def support_moments(self, batch, prior_mean: torch.Tensor, prior_precision: torch.Tensor):
+        """``theta="adapter"``: the SGLD run on the support's prototype likelihood times the
+        prior ``N(m0, P^-1)``, preconditioned by ``P^-1``, its chains started at draws of
+        the prior (so their spread is the prior's where the support says nothing), and the
+        prior divided out (``Abar = 1/v - p``, ``Abar mbar = m/v - p m0``; where the run
+        shows no information, ``Abar = 0`` and the local posterior is the prior)."""
+        c = self.config
+        if c.theta == "head":
+            return super().support_moments(batch, prior_mean, prior_precision)
+        hs, ys = self.features(batch["x_support"]).detach(), batch["y_support"]
+        p = prior_precision.detach()
+        m0 = prior_mean.detach()
+        m0 = m0.expand(torch.broadcast_shapes(m0.shape, ys.shape[:1] + (self.dim,)))
+        scale = self.log_scale.detach()
+
+        def log_post(theta):  # (chains, B, D) -> (chains, B)
+            fs, fq = self.adapt(hs, theta), self.adapt(hs, theta)
+            onehot = nn.functional.one_hot(ys, c.ways).to(fs.dtype)
+            protos = onehot.mT @ fs / onehot.sum(-2).unsqueeze(-1)
+            logits = -scale.exp() * ((fq.unsqueeze(-2) - protos.unsqueeze(-3)) ** 2).sum(-1)
+            log_lik = dist.Categorical(logits=logits).log_prob(ys).sum(-1)
+            return log_lik - 0.5 * ((theta - m0) ** 2 * p).sum(-1)
+
+        mean, precision = sgld_moments(
+            log_post, m0, steps=c.sgld_steps, burnin=c.sgld_burnin, step_size=c.sgld_step_size,
+            chains=c.sgld_chains, a_min=1e-6, a_max=c.a_max + float(p.max()),
+            preconditioner=p.reciprocal(), init_sd=p.rsqrt(),
+        )  # fmt: skip
+        raw = precision - p
+        informed = raw > 1e-6 * p
+        abar = torch.where(informed, raw, torch.zeros_like(raw)).clamp(1e-6, c.a_max)
+        mbar = torch.where(informed, (precision * mean - p * m0) / raw.clamp_min(1e-12), m0)
+        return mbar, abar
+
+    def predict_proba(self, guide, data, num_samples: int | None = None, seed: int = 0):
+        """Query class probabilities ``(N, ways * queries, ways)`` given each episode's
+        support only: the mean over ``num_samples`` draws of the local posterior of the
+        prototype (``"adapter"``) or softmax-head (``"head"``) probabilities."""
+        if self.config.theta == "head":
+            return super().predict_proba(guide, data, num_samples, seed)
+        num_samples = self.config.test_samples if num_samples is None else num_samples
+        batch = full_batch(data)
+        total = 0.0
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(seed)
+            hs, hq = self.features(batch["x_support"]), self.features(batch["x_query"])
+            for _ in range(num_samples):
+                theta = poutine.trace(guide).get_trace(batch).nodes["theta"]["value"]
+                total = total + self.proto_logits(hs, batch["y_support"], hq, theta).softmax(-1)
+        return total / num_samples
 
     def initial_features(self) -> nn.Module:
         """The conv net every method starts from, pre-trained (supervised, all base classes,
