@@ -138,6 +138,7 @@ def sgld_moments(
     a_min: float,
     a_max: float,
     preconditioner: torch.Tensor | float = 1.0,
+    init_sd: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``mbar`` and clipped inverse per-coordinate variance ``Abar`` of a detached SGLD
     run ``theta <- theta + eps/2 grad log_lik(theta) + sqrt(eps) xi`` on ``log_lik`` (a
@@ -145,8 +146,12 @@ def sgld_moments(
     ``init``, optionally preconditioned (``eps M grad / 2``, noise ``sqrt(eps M)``, ``M`` a
     fixed positive vector). Samples after ``burnin`` steps of all ``chains`` are pooled.
     Each step's graph is freed before the next (``theta`` is a fresh leaf), so memory does
-    not grow with ``steps`` and nothing reaches the caller's graph."""
+    not grow with ``steps`` and nothing reaches the caller's graph. ``init_sd``: chains
+    start dispersed, at ``init + init_sd * noise`` (a draw of the prior), instead of all at
+    ``init`` (whose spread after a few steps is the random walk's, not the target's)."""
     theta = init.detach().expand((chains,) + init.shape).clone()
+    if init_sd is not None:
+        theta = theta + init_sd.detach() * torch.randn_like(theta)
     kept = []
     with torch.enable_grad():
         for t in range(burnin + steps):
@@ -282,12 +287,26 @@ class NIWMetaDigits(NIWBase):
     def __init__(self, config=None, *, priors=None, **overrides):
         super().__init__(config, priors=priors, **overrides)
         c = self.config
-        self.features_net = as_pyro_module(initial_features(c))
+        self.features_net = as_pyro_module(self.initial_features())
         self.encoder = NormalEncoder(c.ways * c.feat_dim, self.dim, (64,))
+
+    #: pixels per image (8x8 digits); a subclass with other images overrides it
+    pixels = 64
 
     @property
     def dim(self) -> int:
         return self.config.ways * (self.config.feat_dim + 1)
+
+    @property
+    def max_ways(self) -> int:
+        """The most classes an episode may have: the size of the smallest class pool episodes
+        are drawn from (the novel digits)."""
+        return len(NOVEL_CLASSES)
+
+    def initial_features(self) -> nn.Module:
+        """A fresh copy of the feature network every method starts from (see
+        :func:`initial_features`); ProtoNet and MAML call this too."""
+        return initial_features(self.config)
 
     def check_config(self) -> None:
         c = self.config
@@ -298,8 +317,8 @@ class NIWMetaDigits(NIWBase):
             raise ConfigError(f"local_step must be one of {LOCAL_STEPS}, got '{c.local_step}'")
         if c.sgld_target not in SGLD_TARGETS:
             raise ConfigError(f"sgld_target must be one of {SGLD_TARGETS}, got '{c.sgld_target}'")
-        if not 2 <= c.ways <= len(NOVEL_CLASSES):
-            raise ConfigError(f"ways must be in [2, {len(NOVEL_CLASSES)}], got {c.ways}")
+        if not 2 <= c.ways <= self.max_ways:
+            raise ConfigError(f"ways must be in [2, {self.max_ways}], got {c.ways}")
         self.check_nu0(dim, "ways * (feat_dim + 1)")
         for key in ("kappa0", "psi0", "sgld_step_size", "a_max", "feature_scale"):
             value = getattr(c, key)
@@ -322,7 +341,7 @@ class NIWMetaDigits(NIWBase):
         fields = {}
         for part, rows, what in (("support", c.shots, "support"), ("query", c.queries, "query")):
             fields[f"x_{part}"] = Field(
-                shape=(c.ways * rows, 64),
+                shape=(c.ways * rows, self.pixels),
                 doc=f"{what} images, pixels / 16",
                 support=dist.constraints.unit_interval,
             )
@@ -341,7 +360,7 @@ class NIWMetaDigits(NIWBase):
     def validate(self, data):
         """Episode-aware checks first (naming the episode and field), then the generic ones."""
         if isinstance(data, dict) and all(k in data for k in FIELDS):
-            _check_episodes(data, self.config)
+            _check_episodes(data, self.config, self.pixels)
         return super().validate(data)
 
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -510,7 +529,7 @@ class NIWMetaDigits(NIWBase):
 # ----- bad input ---------------------------------------------------------------------------
 
 
-def _check_episodes(data, c) -> None:
+def _check_episodes(data, c, pixels: int = 64) -> None:
     """Clear errors naming the episode(s) and field for malformed few-shot episodes."""
     arrays = {}
     for key in FIELDS:
@@ -524,7 +543,7 @@ def _check_episodes(data, c) -> None:
         xa, ya = arrays[xk], arrays[yk]
         if xa.ndim != 3 or ya.ndim != 2:
             raise DataError(
-                f"fields '{xk}' and '{yk}' must be (episodes, images, 64) and (episodes, "
+                f"fields '{xk}' and '{yk}' must be (episodes, images, {pixels}) and (episodes, "
                 f"images) arrays, got shapes {xa.shape} and {ya.shape}"
             )
         if xa.shape[:2] != ya.shape:
@@ -532,8 +551,8 @@ def _check_episodes(data, c) -> None:
                 f"field '{yk}' has shape {ya.shape} but '{xk}' has {xa.shape}: every "
                 f"episode needs one label per {part} image"
             )
-        if xa.shape[-1] != 64:
-            raise DataError(f"field '{xk}' has {xa.shape[-1]} pixels per image; expected 64")
+        if xa.shape[-1] != pixels:
+            raise DataError(f"field '{xk}' has {xa.shape[-1]} pixels per image; expected {pixels}")
         for key, arr in ((xk, xa), (yk, ya)):
             if arr.dtype.kind == "f":
                 bad = np.where(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1))[0]
@@ -619,21 +638,25 @@ def _episode_batches(data, batch_size: int, steps: int, seed: int):
 
 
 def train_protonet(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 32,
-                   lr: float = 1e-3, seed: int = 0):  # fmt: skip
+                   lr: float = 1e-3, seed: int = 0, learn_scale: bool = False):  # fmt: skip
     """Prototype network (Snell et al. 2017) with the same feature network: class prototypes
     are support-feature means, logits are negative squared distances, trained by episodic
-    query cross-entropy. Returns an :class:`EpisodePredictor` (``episodes -> query
-    probabilities``; its ``logits`` are the negative squared distances, temperature 1)."""
+    query cross-entropy. ``learn_scale``: the distances are multiplied by a learned scale
+    (a learned inverse temperature, as in TADAM), trained with the network. Returns an
+    :class:`EpisodePredictor` (``episodes -> query probabilities``; its ``logits`` are the
+    negative squared distances, times the learned scale if any)."""
     torch.manual_seed(seed)
     c = model.config
-    net = initial_features(c)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    net = model.initial_features()
+    log_scale = torch.zeros((), requires_grad=learn_scale)
+    params = [*net.parameters()] + ([log_scale] if learn_scale else [])
+    opt = torch.optim.Adam(params, lr=lr)
 
     def logits(batch):
         feats = net(batch["x_support"])
         onehot = nn.functional.one_hot(batch["y_support"], c.ways).to(feats.dtype)
         protos = onehot.mT @ feats / onehot.sum(-2).unsqueeze(-1)
-        return -(torch.cdist(net(batch["x_query"]), protos) ** 2)
+        return -log_scale.exp() * torch.cdist(net(batch["x_query"]), protos) ** 2
 
     for batch in _episode_batches(data, batch_size, steps, seed):
         loss = nn.functional.cross_entropy(logits(batch).flatten(0, 1), batch["y_query"].flatten())
