@@ -432,7 +432,7 @@ def _glyph_setting(ways: int, shots: int, seed: int, s) -> dict[str, float]:
         "pca_grid": [4],
         "pooled_l2_grid": [0.1],
     },
-    paper="Kim & Hospedales, ICLR 2024 (NIW-Meta), head-only version",
+    paper="Kim & Hospedales, ICLR 2024 (NIW-Meta), an episode-wise top-layer adapter",
     data="synthetic stroke glyphs (zoo.datasets.glyphs; disjoint base / validation / test "
     "classes) and load_digits upsampled as out-of-distribution classes",
     claim="Accuracy and ECE (15 bins) of 5- and 20-way, 1- and 5-shot episodes on held-out "
