@@ -715,8 +715,17 @@ def train_maml(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 16,
             params = [p - step * g for p, g in zip(params, grads, strict=True)]
         return forward(params, episodes["x_query"])
 
+    return meta_train_inner_loop(adapted_query_logits, opt, log_lr, data, batch_size, steps, seed)
+
+
+def meta_train_inner_loop(adapted, opt, log_lr, data, batch_size: int, steps: int, seed: int):
+    """The outer loop shared by MAML and its head-only form (ANIL): ``steps`` batches of
+    episodes, the query cross-entropy of ``adapted(batch, create_graph=True)`` (query
+    logits after the inner loop) minimised by ``opt``. Returns the
+    :class:`EpisodePredictor` whose ``logits(episodes, inner_lr=None)`` adapts with the
+    meta-learned step size ``exp(log_lr)`` (``predictor.inner_lr``) or a given one."""
     for batch in _episode_batches(data, batch_size, steps, seed):
-        logits = adapted_query_logits(batch, create_graph=True)
+        logits = adapted(batch, create_graph=True)
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch["y_query"].flatten())
         opt.zero_grad()
         loss.backward()
@@ -724,7 +733,7 @@ def train_maml(model: NIWMetaDigits, data, *, steps: int, batch_size: int = 16,
 
     def query_logits(episodes, inner_lr=None):
         with torch.enable_grad():
-            return adapted_query_logits(episodes, False, inner_lr).detach()
+            return adapted(episodes, False, inner_lr).detach()
 
     predictor = EpisodePredictor(query_logits)
     predictor.inner_lr = float(log_lr.detach().exp())

@@ -65,10 +65,9 @@ from inference.data import full_batch
 from zoo.base import ConfigError
 from zoo.datasets.glyphs import MAX_CLASSES, glyph_set
 from zoo.models.niw_meta.digits import (
-    EpisodePredictor,
     NIWMetaDigits,
     _digits_by_class,
-    _episode_batches,
+    meta_train_inner_loop,
     sgld_moments,
 )
 from zoo.registry import register
@@ -501,17 +500,4 @@ def train_anil(model: NIWMetaGlyphs, data, *, steps: int, batch_size: int, inner
             w = w - step * grad
         return fq @ w
 
-    for batch in _episode_batches(data, batch_size, steps, seed):
-        logits = adapted(batch, create_graph=True)
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch["y_query"].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    def query_logits(episodes, inner_lr=None):
-        with torch.enable_grad():
-            return adapted(episodes, False, inner_lr).detach()
-
-    predictor = EpisodePredictor(query_logits)
-    predictor.inner_lr = float(log_lr.detach().exp())
-    return predictor
+    return meta_train_inner_loop(adapted, opt, log_lr, data, batch_size, steps, seed)
