@@ -235,7 +235,13 @@ def test_resume_says_from_which_step_it_continues(schools_run, tmp_path, capsys)
     assert load_checkpoint(run / "checkpoint.pt")[1]["step"] == 30
     assert main([*argv, "--resume"]) == 0
     assert "resuming from step 30 of 30 (already complete" in capsys.readouterr().out
+    # a run whose config was written but no checkpoint yet starts from step 0 ...
     fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.json").write_text(json.dumps(record | {"steps": 3}))
     assert main(["train", "eight_schools", "--steps", "3", "--no-progress", "--out", str(fresh),
                  "--resume"]) == 0  # fmt: skip
     assert "no checkpoint in" in capsys.readouterr().out
+    # ... and a folder without a run is refused, never trained from scratch
+    assert main(["train", "eight_schools", "--out", str(tmp_path / "typo"), "--resume"]) == 2
+    assert not (tmp_path / "typo").exists()

@@ -168,7 +168,10 @@ def latent_activity(
             informative = list(active)
         else:
             collapsed = (kl_per_dim < kl_threshold).tolist()
-            carries = (kl_per_dim >= informative_kl).tolist()
+            if len(kl_per_dim) == len(active):
+                carries = (kl_per_dim >= informative_kl).tolist()
+            else:  # a joint q's one total KL: no per-dimension split to judge by
+                carries = [float(kl_per_dim.sum()) >= informative_kl] * len(active)
             informative = [a and c for a, c in zip(active, carries, strict=True)]
         out[name] = {
             "level": order.index(name) if name in order else None,
