@@ -211,7 +211,15 @@ def pretrain_features(net: nn.Module, feat_dim: int, steps: int, seed: int = 0) 
     pools = _digits_by_class()
     x = torch.as_tensor(np.concatenate([pools[k] for k in BASE_CLASSES]))
     y = torch.cat([torch.full((len(pools[k]),), i) for i, k in enumerate(BASE_CLASSES)])
-    head = nn.Linear(feat_dim, len(BASE_CLASSES))
+    train_softmax_backbone(net, x, y, feat_dim, steps, seed)
+
+
+def train_softmax_backbone(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, feat_dim: int, steps: int, seed: int
+) -> None:
+    """``steps`` Adam steps (lr 3e-3, batches of 128) of ``net`` under a linear softmax head
+    over the classes of ``y``: the supervised pre-training every few-shot method starts from."""
+    head = nn.Linear(feat_dim, int(y.max()) + 1)
     opt = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=3e-3)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):

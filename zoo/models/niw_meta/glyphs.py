@@ -69,6 +69,7 @@ from zoo.models.niw_meta.digits import (
     _digits_by_class,
     meta_train_inner_loop,
     sgld_moments,
+    train_softmax_backbone,
 )
 from zoo.registry import register
 
@@ -164,15 +165,7 @@ def _pretrained_state(key: tuple, images: np.ndarray, steps: int) -> dict:
             classes, per_class, _ = images.shape
             x = torch.as_tensor(images.reshape(classes * per_class, -1).copy())
             y = torch.arange(classes).repeat_interleave(per_class)
-            head = nn.Linear(feat_dim, classes)
-            opt = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=3e-3)
-            generator = torch.Generator().manual_seed(0)
-            for _ in range(steps):
-                idx = torch.randint(len(y), (128,), generator=generator)
-                loss = nn.functional.cross_entropy(head(net(x[idx])), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+            train_softmax_backbone(net, x, y, feat_dim, steps, seed=0)
     _PRETRAINED[key] = {k: v.detach().clone() for k, v in net.state_dict().items()}
     return _PRETRAINED[key]
 
