@@ -13,6 +13,7 @@ __all__ = [
     "mlp",
     "NormalEncoder",
     "GaussianEncoder",
+    "SequenceEncoder",
     "SCALE_MODES",
     "as_pyro_module",
     "split_last",
@@ -114,6 +115,42 @@ class GaussianEncoder(PyroModule):
             loc, raw_scale = out.split(self.latent_dim, dim=-1)
             return loc, nn.functional.softplus(raw_scale) + 1e-4, hidden
         return out, self.log_scale.exp().expand(out.shape), hidden
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, scale, _ = self.encode(x)
+        return loc, scale
+
+
+class SequenceEncoder(PyroModule):
+    """A sequence ``x`` (batch, time, input_dim) -> (loc, scale) of a diagonal Normal per
+    step (``per_step=True``: (batch, time, latent_dim), each step seeing the steps up to it)
+    or one per sequence (the last step's summary: (batch, latent_dim)), by a GRU. The
+    shared encoder of the zoo's sequential models: a VRNN's filtering guide, a summary of a
+    past trajectory. ``encode`` adds the GRU's hidden states as context."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        latent_dim: int,
+        hidden_dim: int = 64,
+        *,
+        per_step: bool = False,
+        num_layers: int = 1,
+    ):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.per_step = per_step
+        self.rnn = nn.GRU(input_dim, hidden_dim, num_layers=num_layers, batch_first=True)
+        self.head = nn.Linear(hidden_dim, 2 * latent_dim)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loc, scale, context)``."""
+        if x.dim() != 3:
+            raise ValueError(f"expected a (batch, time, features) sequence, got {tuple(x.shape)}")
+        states, _ = self.rnn(x)
+        hidden = states if self.per_step else states[:, -1]
+        loc, raw_scale = self.head(hidden).split(self.latent_dim, dim=-1)
+        return loc, nn.functional.softplus(raw_scale) + 1e-4, hidden
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, scale, _ = self.encode(x)

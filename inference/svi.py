@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,6 +220,7 @@ def fit(
     progress: bool = True,
     validate: bool | None = None,
     callback: Callable[[int, float], None] | None = None,
+    trainable: Callable[[str], bool] | Sequence[str] | None = None,
 ) -> FitResult:
     """Fit ``guide`` to ``model``'s posterior on ``data`` by minibatch SVI.
 
@@ -249,6 +250,11 @@ def fit(
         with ``resume=True`` training continues exactly from it when it exists.
     :param validate: Pyro's distribution argument checks (default: off unless the
         environment sets ``ZOO_VALIDATE=1``, as the test suite does).
+    :param trainable: train only some parameters, the rest held fixed: a predicate on the
+        qualified name (``"model.<name>"`` or ``"guide.<name>"``, names as in
+        ``named_parameters()``) or a sequence of such name prefixes. Online inference with
+        a frozen network, adapting only the environment-specific parts of a model, or one
+        stage of a staged schedule all train this way. ``None`` (default): every parameter.
     :raises TrainingDiverged: the loss became NaN/Inf; the parameters are restored to the
         last finite state before raising, and the last checkpoint on disk is left as it was.
     """
@@ -297,6 +303,8 @@ def fit(
     with pyro.validation_enabled(validate):
         loss_fn.initialize(_peek(loader), jit=(elbo == "jit"))
     params = [p for p in loss_fn.parameters() if p.requires_grad]
+    if trainable is not None:
+        params = _selected(model, guide, trainable, params)
     if not params:
         raise ValueError("the model and guide have no trainable parameters")
     opt = _optimizer(optimizer, params, lr, clip_norm, weight_decay)
@@ -428,6 +436,34 @@ def fit(
         loss_fn=loss_fn,
         lrs=lrs,
     )
+
+
+def _selected(
+    model: nn.Module,
+    guide: nn.Module,
+    trainable: Callable[[str], bool] | Sequence[str],
+    params: list[torch.Tensor],
+) -> list[torch.Tensor]:
+    """The parameters of ``params`` whose qualified name ``trainable`` accepts; a prefix
+    that matches no parameter is an error (a typo would otherwise train nothing)."""
+    named = [(f"{owner}.{name}", p) for owner, module in (("model", model), ("guide", guide))
+             for name, p in module.named_parameters()]  # fmt: skip
+    if callable(trainable):
+        keep = trainable
+    else:
+        prefixes = [trainable] if isinstance(trainable, str) else list(trainable)
+        unmatched = [x for x in prefixes if not any(n.startswith(x) for n, _ in named)]
+        if unmatched:
+            raise ValueError(
+                f"trainable prefix(es) {unmatched} match no parameter; names start with "
+                f"{sorted({n.rsplit('.', 1)[0] for n, _ in named})[:8]}"
+            )
+
+        def keep(name: str) -> bool:
+            return any(name.startswith(x) for x in prefixes)
+
+    chosen = {id(p) for n, p in named if keep(n)}
+    return [p for p in params if id(p) in chosen]
 
 
 def _peek(loader: Minibatches):

@@ -519,3 +519,18 @@ def test_cli_help_and_info_name_the_local_kinds(capsys):
     assert "guide kinds (global sites, --guide): ['default', 'delta'" in out
     assert main(["info", "eight_schools"]) == 0
     assert "--local-guide): none (no local latents)" in capsys.readouterr().out
+
+
+def test_sequence_encoder_is_causal_per_step():
+    import torch
+
+    from guides.encoders import SequenceEncoder
+
+    enc = SequenceEncoder(2, 3, 8, per_step=True)
+    x = torch.randn(4, 6, 2)
+    loc, scale = enc(x)
+    assert loc.shape == scale.shape == (4, 6, 3) and bool((scale > 0).all())
+    changed = x.clone()
+    changed[:, 4:] += 1.0  # the future must not change the earlier steps' posteriors
+    assert torch.allclose(enc(changed)[0][:, :4], loc[:, :4])
+    assert SequenceEncoder(2, 3, 8)(x)[0].shape == (4, 3)

@@ -16,16 +16,12 @@ import guides
 import zoo
 from inference.data import DataError, full_batch
 from inference.mcmc import nuts
+from inference.metrics import hungarian_accuracy, match_classes
 from inference.posterior import draw_latents
 from inference.svi import fit
 from tests.sites import latent_sites, traces
 from zoo.evidence.calibration import sbc_figures
-from zoo.models.latent_label_shift import (
-    hungarian_accuracy,
-    kmeans_baseline,
-    make_domains,
-    match_classes,
-)
+from zoo.models.latent_label_shift import kmeans_baseline, make_domains
 
 TINY = dict(num_classes=2, num_domains=3, num_codes=4, alpha=2.0)
 

@@ -18,9 +18,10 @@ from sklearn.decomposition import NMF
 
 import guides
 import zoo
+from inference.metrics import match_classes
 from inference.svi import fit
 from zoo.evidence import Figure, RunContext, recipe
-from zoo.models.latent_label_shift import ddfa_codes, make_domains, match_classes
+from zoo.models.latent_label_shift import ddfa_codes, make_domains
 
 
 def _label_mix(labels: np.ndarray, domain: np.ndarray, k: int, num_domains: int) -> np.ndarray:

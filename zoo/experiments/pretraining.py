@@ -12,9 +12,9 @@ from sklearn.cluster import KMeans
 
 import guides
 import zoo
+from inference.metrics import hungarian_accuracy
 from inference.svi import fit
 from zoo.evidence import Figure, RunContext, recipe
-from zoo.models.latent_label_shift import hungarian_accuracy
 from zoo.models.pretraining import (
     ROLE_TEST,
     ROLE_TRAIN,

@@ -25,10 +25,10 @@ import torch
 from pyro import poutine
 from pyro.infer import config_enumerate, infer_discrete
 from pyro.ops.indexing import Vindex
-from scipy.optimize import linear_sum_assignment
 from torch.distributions import constraints
 
 from inference.data import Field, full_batch
+from inference.metrics import hungarian_accuracy, match_classes
 from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
 
@@ -37,31 +37,11 @@ __all__ = [
     "SUPER_CLASSES",
     "make_domains",
     "ddfa_codes",
-    "hungarian_accuracy",
-    "match_classes",
     "kmeans_baseline",
 ]
 
 #: five super-classes of two visually different digits each (the paper's check)
 SUPER_CLASSES = ((0, 6), (1, 7), (2, 5), (3, 8), (4, 9))
-
-
-def match_classes(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Permutation ``perm`` with ``perm[predicted class] = true class`` maximizing
-    agreement (Hungarian algorithm on the confusion table)."""
-    table = np.zeros((num_classes, num_classes))
-    np.add.at(table, (pred, labels), 1)
-    rows, cols = linear_sum_assignment(-table)
-    perm = np.empty(num_classes, dtype=np.int64)
-    perm[rows] = cols
-    return perm
-
-
-def hungarian_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    """Accuracy of ``pred`` after the best one-to-one relabeling of its classes."""
-    pred, labels = np.asarray(pred), np.asarray(labels)
-    perm = match_classes(pred, labels, num_classes)
-    return float(np.mean(perm[pred] == labels))
 
 
 def make_domains(
