@@ -39,3 +39,15 @@ def test_interval_coverage_matches_the_level_for_calibrated_draws():
     draws, truth = rng.normal(size=(2000, 4000)), rng.normal(size=4000)
     assert interval_coverage(draws, truth, 0.9) == pytest.approx(0.9, abs=0.02)
     assert interval_coverage(0.3 * draws, truth, 0.9) < 0.5  # over-confident
+
+
+def test_markov_chains_follow_their_transitions():
+    from zoo.datasets.markov import empirical_transitions, grid_walk_transitions, sample_chains
+
+    t = grid_walk_transitions(3, stay=0.2)
+    assert np.allclose(t.sum(1), 1.0) and t[0, 8] == 0.0  # corners are not neighbours
+    chains = sample_chains(t, 400, 50, np.random.default_rng(0))
+    assert chains.shape == (400, 50)
+    assert np.abs(empirical_transitions(chains, 9) - t).max() < 0.03
+    with pytest.raises(ValueError, match="probability vector"):
+        sample_chains(np.array([[0.5, 0.4], [0.0, 1.0]]), 2, 3, np.random.default_rng(0))

@@ -1,3 +1,4 @@
 """Offline data generators and loaders shared by several models: the 8x8 digits as images
-(:mod:`~zoo.datasets.digits`), mini-dSprites, mini-MorphoMNIST and mini-Pendulum. A generator
+(:mod:`~zoo.datasets.digits`), mini-dSprites, mini-MorphoMNIST, mini-Pendulum, stroke glyphs
+and seeded Markov chains (:mod:`~zoo.datasets.markov`). A generator
 that only one model uses lives in that model's module or package."""
