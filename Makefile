@@ -26,12 +26,14 @@ demo: setup
 
 # one tutorial, executed into runs/tutorials/NAME.ipynb (the committed notebook keeps its
 # full-run outputs): `make tutorial NAME=eight_schools` in smoke mode (tiny step counts),
-# SMOKE=0 for the full run
+# SMOKE=0 for the full run. The inline backend keeps every figure in the stored outputs (under
+# Agg, plt.show() draws nothing into the notebook).
 tutorial: setup
 	@test -n "$(NAME)" || { echo "usage: make tutorial NAME=eight_schools [SMOKE=0]"; exit 2; }
 	@test -f tutorials/$(NAME).ipynb || { echo "no tutorial tutorials/$(NAME).ipynb"; exit 2; }
 	mkdir -p runs/tutorials
-	ZOO_SMOKE=$(if $(filter 0,$(SMOKE)),,1) MPLBACKEND=Agg $(VENV)/bin/jupyter execute \
+	ZOO_SMOKE=$(if $(filter 0,$(SMOKE)),,1) MPLBACKEND=module://matplotlib_inline.backend_inline \
+		$(VENV)/bin/jupyter execute \
 		tutorials/$(NAME).ipynb --output=../runs/tutorials/$(NAME)
 
 bench: setup
