@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # one BLAS/torch thread per pytest worker: two workers on two cores
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup test demo tutorial bench lint clean
+.PHONY: setup test demo tutorial bench lint clean docs docs-serve docs-check browser
 
 setup: $(STAMP)
 
@@ -19,7 +19,31 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q -n 2 --durations=15 tests
+	$(PY) -m pytest -q -n 2 --durations=15 tests --ignore=tests/browser
+
+# the documentation site: built into site/ from the repository alone (MkDocs, the docs extra)
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m zoo.site build
+
+docs-serve: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m zoo.site serve
+
+# a headless Chromium and its driver from Debian (never a browser download at run time)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		$(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
+
+# the built site in a real browser: cards, images, links, figures, search, no JS errors;
+# screenshots in build/screenshots/
+docs-check: docs browser
+	$(PY) -m pytest -q -p no:xdist tests/browser
 
 demo: setup
 	$(VENV)/bin/zoo train vae_digits  # a new run folder runs/vae_digits-<date>-<time> each time

@@ -1,0 +1,3 @@
+from zoo.site.build import main
+
+raise SystemExit(main())
