@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from pyro import poutine
-from pyro.distributions import Delta
+from pyro.distributions import Delta, Independent
 from torch import nn
 from torch.distributions import kl_divergence
 
@@ -135,6 +135,10 @@ def latent_activity(
         for name in sites:
             q, q_event = unwrap_independent(guide_trace.nodes[name]["fn"])
             p, _ = unwrap_independent(model_trace.nodes[name]["fn"])
+            if p.event_shape and not q.event_shape and q_event >= len(p.event_shape):
+                # a prior joint over the latent vector (a flow prior): compare the joints
+                q = Independent(q, len(p.event_shape))
+                q_event -= len(p.event_shape)
             with torch.no_grad():
                 if isinstance(q, Delta):
                     # a point-mass (MAP) encoder: no KL, activity from its point estimate
