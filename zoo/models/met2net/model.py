@@ -266,12 +266,15 @@ class Met2Net(ZooModel):
                 for stage, trainable in (("autoencoder", _not_translator),
                                          ("transition", ["model.trans"])):  # fmt: skip
                     self.stage = stage
+                    # stage II has no latent site for a guide family to reach
+                    self.local_sites = () if stage == "transition" else type(self).local_sites
                     result = fit(self, guide, data, config=c, steps=n, seed=seed + 7919 * r,
                                  progress=progress, trainable=trainable, **options)  # fmt: skip
                     losses[stage].extend(result.losses)
                 self.update_ema(momentum)
         finally:
             self.stage = "joint"
+            self.local_sites = type(self).local_sites
         return losses
 
     # ----- forecasting and evaluation -------------------------------------------------------
