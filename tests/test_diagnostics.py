@@ -19,7 +19,15 @@ from inference.diagnostics import (
     pointwise_khat,
     sbc,
 )
-from inference.diagnostics.plots import plot_elbo, plot_ppc, plot_rank_histogram, plot_trace
+from inference.diagnostics.plots import (
+    forest_figure,
+    pair_figure,
+    plot_elbo,
+    plot_ppc,
+    plot_rank_histogram,
+    plot_trace,
+    rank_figure,
+)
 from inference.diagnostics.sbc import ALTERNATIVES, SBCPowerWarning, sbc_power, uniformity_pvalue
 from inference.posterior import posterior
 from tests.mcmc_helpers import quiet_nuts
@@ -282,8 +290,17 @@ def test_plots_write_png_files(tmp_path, vae):
     mcmc = quiet_nuts(
         schools, eight, chains=2, warmup=30, draws=30, jit_compile=False, progress=False
     )
-    trace_idata = posterior(schools, eight, mcmc=mcmc)
+    named = dict(dims=schools.dims(), coords=schools.coords(eight))
+    trace_idata = posterior(schools, eight, mcmc=mcmc, **named)
     _check_png(plot_trace(trace_idata, tmp_path / "trace.png", var_names=["mu", "tau"]))
     _check_png(plot_trace(trace_idata, tmp_path / "trace_all.png"))
     for name in ("elbo", "ranks", "ppc", "trace", "trace_all"):
         assert (tmp_path / f"{name}.png").stat().st_size > 5000
+
+    # the figures a notebook shows inline: one panel per chain/variable as ArviZ draws them
+    assert len(rank_figure(trace_idata, ["mu", "tau"]).axes) == 2
+    vi_idata = posterior(schools, eight, guide=schools.guide, num_draws=50, **named)
+    forest = forest_figure({"NUTS": trace_idata, "VI": vi_idata}, ["mu", "tau"])
+    assert [t.get_text() for t in forest.axes[0].get_legend().get_texts()] == ["VI", "NUTS"]
+    pair = pair_figure(trace_idata, ["theta", "tau"], coords={"school": ["Choate"]})
+    assert len(pair.axes) == 1 and pair.axes[0].get_ylabel() == "tau"

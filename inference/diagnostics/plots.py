@@ -24,6 +24,10 @@ __all__ = [
     "plot_rank_histogram",
     "plot_trace",
     "save_figure",
+    "trace_figure",
+    "rank_figure",
+    "forest_figure",
+    "pair_figure",
 ]
 
 
@@ -188,18 +192,74 @@ def plot_rank_histogram(result, path: str | os.PathLike, *, max_panels: int = 12
     return _save(fig, path)
 
 
-def plot_trace(idata, path: str | os.PathLike, var_names: Sequence[str] | None = None) -> Path:
-    """ArviZ trace plot (densities per chain and draws in order), for MCMC runs."""
+def _names(idata, var_names: Sequence[str] | None) -> list[str]:
     names = list(var_names) if var_names is not None else list(idata.posterior.data_vars)
     if not names:
         raise ValueError("the InferenceData has no posterior variables")
-    fig = _figure(figsize=(10, 2.2 * len(names)))
-    axes = np.asarray(
-        [
-            [fig.add_subplot(len(names), 2, 2 * i + j + 1) for j in range(2)]
-            for i in range(len(names))
-        ]
+    return names
+
+
+def _grid(fig: Figure, rows: int, cols: int) -> np.ndarray:
+    return np.asarray(
+        [[fig.add_subplot(rows, cols, cols * i + j + 1) for j in range(cols)] for i in range(rows)]
     )
-    az.plot_trace(idata, var_names=names, axes=axes, compact=True, show=False)
+
+
+def trace_figure(idata, var_names: Sequence[str] | None = None) -> Figure:
+    """ArviZ trace plot (densities per chain, and the draws in order), for MCMC runs. Shown
+    inline when it is a notebook cell's value."""
+    names = _names(idata, var_names)
+    fig = _figure(figsize=(10, 2.2 * len(names)))
+    az.plot_trace(idata, var_names=names, axes=_grid(fig, len(names), 2), compact=True,
+                  show=False)  # fmt: skip
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def rank_figure(idata, var_names: Sequence[str] | None = None) -> Figure:
+    """ArviZ rank plot: each chain's rank histogram; all near uniform when chains mix."""
+    names = _names(idata, var_names)
+    fig = _figure(figsize=(4 * len(names), 3))
+    axes = _grid(fig, 1, len(names))[0]
+    az.plot_rank(idata, var_names=names, ax=axes, show=False)
+    fig.tight_layout()
+    return fig
+
+
+def forest_figure(
+    posteriors: dict, var_names: Sequence[str] | None = None, *, hdi_prob: float = 0.9
+) -> Figure:
+    """ArviZ forest plot of several posteriors side by side (``{label: idata}``): each
+    variable's median and ``hdi_prob`` interval per posterior."""
+    labels, datas = list(posteriors), list(posteriors.values())
+    names = _names(datas[0], var_names)
+    fig = _figure(figsize=(6, 1.0 + 0.45 * sum(int(np.prod(datas[0].posterior[n].shape[2:]))
+                                               for n in names) * len(datas) ** 0.5))  # fmt: skip
+    ax = fig.add_subplot(1, 1, 1)
+    az.plot_forest(datas, model_names=labels, var_names=names, combined=True, hdi_prob=hdi_prob,
+                   ax=ax, show=False)  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def pair_figure(
+    idata, var_names: Sequence[str], *, coords: dict | None = None, divergences: bool = True
+) -> Figure:
+    """ArviZ pair plot of ``var_names`` (``coords`` selects elements, e.g. one school) with
+    the divergent transitions marked: where they gather (the neck of a funnel) the sampler
+    cannot follow the geometry."""
+    names = list(var_names)
+    selected = idata.posterior.sel(coords or {})
+    count = sum(int(np.prod(selected[n].shape[2:])) for n in names)
+    fig = _figure(figsize=(2.4 * count, 2.4 * count))
+    axes = _grid(fig, count - 1, count - 1) if count > 1 else None
+    has_div = divergences and "sample_stats" in idata and "diverging" in idata.sample_stats
+    az.plot_pair(idata, var_names=names, coords=coords, divergences=has_div, ax=axes,
+                 show=False)  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def plot_trace(idata, path: str | os.PathLike, var_names: Sequence[str] | None = None) -> Path:
+    """:func:`trace_figure` saved as a PNG at ``path``."""
+    return _save(trace_figure(idata, var_names), path)
