@@ -301,7 +301,7 @@ def test_recommendation_is_the_cheapest_guide_that_meets_the_bar():
     assert not recommend(none_good)["good"] and "prefer NUTS" in recommend(none_good)["note"]
 
 
-def test_the_guide_table_and_its_check(tmp_path, capsys):
+def test_the_guide_table(tmp_path):
     from zoo.evidence.reference import recommend
 
     results = _reference_results(False, 0.5)
@@ -312,16 +312,11 @@ def test_the_guide_table_and_its_check(tmp_path, capsys):
     row = next(line for line in table.splitlines() if line.startswith("| `eight_schools`"))
     assert "**no**: worst R-hat 1.200" in row and "closest" not in row and "`mvn`" in row
     assert "`normal` k̂ 0.40 ± 0.01, mean err 0.50 ± 0.01" in row
-    readme = tmp_path / "README.md"
-    readme.write_text(f"{BEGIN}\n{END}\n")  # the guide table's markers missing
-    with pytest.raises(ValueError, match="no generated guide table"):
-        update_readme(readme, tmp_path)
-    assert readme.read_text() == f"{BEGIN}\n{END}\n"  # left as it was
-    readme.write_text(f"{BEGIN}\n{END}\n{GUIDES_BEGIN}\n{GUIDES_END}\n")
-    assert update_readme(readme, tmp_path) and stale_rows(readme, tmp_path) == []
-    readme.write_text(readme.read_text().replace("mean err 0.50", "mean err 0.05"))
-    assert main(["readme", "--check", "--readme", str(readme), "--results", str(tmp_path)]) == 1
-    assert "eight_schools" in capsys.readouterr().out
+    # the table is a page of the documentation site, with its links beside that page
+    from zoo.site.pages import _guide_table
+
+    page = "\n".join(_guide_table(tmp_path))
+    assert "(reference/eight_schools.md)" in page and GUIDES_BEGIN not in page
 
 
 def test_a_guide_kind_that_diverges_is_recorded_not_fatal(tmp_path, monkeypatch):

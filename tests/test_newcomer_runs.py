@@ -94,7 +94,7 @@ def test_nuts_report_lists_chains_warmup_and_draws(tmp_path):
     for row in ("| chains | 2 |", "| warmup steps per chain | 20 |", "| draws per chain | 20 |"):
         assert row in report
     assert "| steps |" not in report
-    # 2 x 20 draws cannot mix: the report flags it against the README's thresholds
+    # 2 x 20 draws cannot mix: the report flags it against the documented thresholds
     assert "smallest bulk ESS" in report and "below 400: too few effective draws" in report
     assert "worst R-hat" in report and "| r_hat |" not in report.split("## Posterior")[0]
 

@@ -398,7 +398,8 @@ def _steps_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"setting": "steps", "value": note}]
 
 
-#: the thresholds a NUTS report flags (the README's: R-hat above 1.01, bulk ESS below 400)
+#: the thresholds a NUTS report flags (docs/guides/diagnostics.md: R-hat above 1.01, bulk ESS
+#: below 400)
 RHAT_LIMIT, ESS_LIMIT = 1.01, 400
 
 

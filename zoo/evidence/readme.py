@@ -27,10 +27,12 @@ GUIDES_BEGIN = (
 GUIDES_END = "<!-- end of guide table -->"
 
 _HEADER = [
-    "| model | paper | default data | what is measured | headline: mean ± sd over seeds "
-    "| made by |",
-    "|---|---|---|---|---|---|",
+    "| model | paper | headline: mean ± sd over seeds | details |",
+    "|---|---|---|---|",
 ]
+
+#: headline figures a README row shows (the site and results/NAME.md show them all)
+ROW_FIGURES = 3
 
 
 def _cell(text: str) -> str:
@@ -38,30 +40,29 @@ def _cell(text: str) -> str:
 
 
 def _row(name: str, results_dir: Path) -> str:
+    """One short row: the model, its paper, its first headline figures, a link to the rest."""
     from zoo.evidence.recipes import find_recipe
 
     path = results_dir / f"{name}.json"
     found = find_recipe(name)
     if found is None:
-        return f"| `{name}` | | | no reproduce recipe yet | | |"
+        return f"| `{name}` | | no reproduce recipe yet | |"
     if not path.exists():
-        return (
-            f"| `{name}` | {_cell(found.paper)} | {_cell(found.data)} | {_cell(found.claim)} | "
-            f"not yet reproduced | `zoo reproduce {name}` |"
-        )
+        return f"| `{name}` | {_cell(found.paper)} | not yet reproduced | `zoo reproduce {name}` |"
     results = read_results(path)
     if results["quick"]:
         figures = "quick run only: not evidence"
     else:
         parts = []
-        for figure in results["headline"]:
+        for figure in results["headline"][:ROW_FIGURES]:
             entry = results["figures"][figure["key"]]
             parts.append(f"{figure['label']} {format_figure(entry, figure['digits'])}")
-        figures = "; ".join(parts) + f" ({len(results['seeds'])} seeds)"
+        more = len(results["headline"]) - ROW_FIGURES
+        figures = "; ".join(parts) + (f"; {more} more" if more > 0 else "")
+        figures += f" ({len(results['seeds'])} seeds)"
     return (
-        f"| `{name}` | {_cell(results['paper'])} | {_cell(results['data'])} | "
-        f"{_cell(results['claim'])} | {_cell(figures)} | `{results['command']}` "
-        f"([details](results/{name}.md)) |"
+        f"| `{name}` | {_cell(results['paper'])} | {_cell(figures)} | "
+        f"[results/{name}.md](results/{name}.md) |"
     )
 
 
@@ -130,11 +131,9 @@ def render_guide_table(results_dir: Path | str = "results") -> str:
     return "\n".join([GUIDES_BEGIN, "", *_GUIDE_HEADER, *rows, "", GUIDES_END])
 
 
-#: the generated blocks: markers, what the block is called, and how to render it
-_BLOCKS = (
-    (BEGIN, END, "model table", render_table),
-    (GUIDES_BEGIN, GUIDES_END, "guide table", render_guide_table),
-)
+#: the README's generated blocks: markers, what the block is called, and how to render it
+#: (the guide table is on the documentation site's results page)
+_BLOCKS = ((BEGIN, END, "model table", render_table),)
 
 
 def _split(
@@ -153,7 +152,7 @@ def _read(readme: Path) -> str:
 
 
 def update_readme(readme: Path | str = "README.md", results_dir: Path | str = "results") -> bool:
-    """Rewrite the README's generated blocks (the model table, the guide table) from the
+    """Rewrite the README's generated block (the model table) from the
     results files; True when one changed. A README without a block's markers is an error
     and is left as it was."""
     readme = Path(readme)

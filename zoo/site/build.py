@@ -123,7 +123,9 @@ def assemble(out: Path, root: Path = ROOT) -> Path:
     if missing:
         raise SiteError(f"docs/ is missing the hand-written page(s) {missing}")
     _write(src / "gallery.md", gallery_page(models))
-    _write(src / "results" / "index.md", results_index(models))
+    _write(src / "results" / "index.md", results_index(models, root / "results"))
+    for path in (root / "results" / "reference").glob("*.md"):
+        _write(src / "results" / "reference" / path.name, path.read_text())
     for p in PACKAGES:
         _write(src / "api" / f"{p}.md", package_api_page(p))
     families: list[str] = []

@@ -175,7 +175,7 @@ def package_api_page(package: str) -> str:
     return "\n".join(lines)
 
 
-def results_index(models: Iterable[ModelSources]) -> str:
+def results_index(models: Iterable[ModelSources], results_dir) -> str:
     """One row per model: its headline figures, linked to the whole results file."""
     lines = [
         "# Results",
@@ -194,4 +194,14 @@ def results_index(models: Iterable[ModelSources]) -> str:
         lines.append(
             f"| [{m.name}]({m.name}.md) | {_escape(figures) or 'not yet reproduced'} | {seeds} |"
         )
+    lines += ["", "## Which guide for which model", "", *_guide_table(results_dir)]
     return "\n".join(lines) + "\n"
+
+
+def _guide_table(results_dir) -> list[str]:
+    """The reference-posterior grades of each guide kind (:mod:`zoo.evidence.reference`),
+    linked to the reference pages beside this one."""
+    from zoo.evidence.readme import GUIDES_BEGIN, GUIDES_END, render_guide_table
+
+    text = render_guide_table(results_dir).replace("](results/reference/", "](reference/")
+    return [line for line in text.splitlines() if line not in (GUIDES_BEGIN, GUIDES_END)]
