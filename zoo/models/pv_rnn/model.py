@@ -17,9 +17,10 @@ sequence n has free *adaptive vectors* A_n in R^{T x 2Z},
 q(z_t^(n)) = N(tanh(A^mu_{n,t}), exp(A^sigma_{n,t})^2), initialised to the prior's
 pre-activations and indexed through the data plate's subsample. The meta-prior w weights
 the KL: ``poutine.scale(w)`` on z in the model *and* in the guide, so the ELBO's latent
-part is w * (log p - log q) = -w KL (w1 at t = 1). The loss is thus
-sum_t ||x_t - x_hat_t||^2 / (2 sigma_x^2) + w KL_t, the paper's (its per-unit 1/Z factor is
-absorbed in w).
+part is -(w/Z) KL (w1/Z at t = 1). The loss is thus the implementations'
+sum_t [||x_t - x_hat_t||^2 / (2 sigma_x^2) + w KL_t / Z], the KL divided by the number of
+stochastic units Z; with the default sigma_x = 1/sqrt(2) the data term is the plain squared
+error, so w means what it means in the paper.
 
 New sequences have no adaptive vectors: *error regression* infers them online
 (:meth:`PVRNN.error_regression`, by :func:`inference.online.sliding_window`): the network
@@ -98,7 +99,7 @@ class _WindowModel(nn.Module):
         x = batch["x"]
         with zoo_model.data_plate(batch):
             prior = SequencePrior(zoo_model.net, batch["h0"], x.shape[-2])
-            with poutine.scale(scale=zoo_model.config.w):
+            with poutine.scale(scale=zoo_model.kl_scale):
                 z = pyro.sample("z", prior)
             h, _ = prior.states(z)
             zoo_model.observe(h, x)
@@ -153,8 +154,9 @@ class PVRNN(ZooModel):
         w: float = 0.01
         #: the KL's weight at t = 1 (None: w)
         w1: float | None = None
-        #: sd of the observation noise (the squared error's scale)
-        sigma_x: float = 0.1
+        #: sd of the observation noise: 1/sqrt(2) makes the data term the paper's plain
+        #: squared error sum_t ||x_t - x_hat_t||^2
+        sigma_x: float = 0.7071
         #: "adaptive" (the paper) or "encoder" (a VRNN's filtering encoder)
         posterior: str = "adaptive"
         #: GRU units of the encoder (posterior="encoder")
@@ -166,7 +168,7 @@ class PVRNN(ZooModel):
         #: sd of the default data's observation noise
         noise: float = 0.02
         lr: float = 0.01
-        steps: int | None = 800
+        steps: int | None = 500
 
     def __init__(self, config=None, *, priors=None, **overrides):
         super().__init__(config, priors=priors, **overrides)
@@ -234,8 +236,15 @@ class PVRNN(ZooModel):
     # ----- model and guide -----------------------------------------------------------------
 
     @property
-    def w1(self) -> float:
-        return self.config.w if self.config.w1 is None else self.config.w1
+    def kl_scale(self) -> float:
+        """The scale of the z site in model and guide: w / Z."""
+        return self.config.w / self.config.latent
+
+    @property
+    def kl_scale1(self) -> float:
+        """The scale of the z1 site in model and guide: w1 / Z."""
+        w1 = self.config.w if self.config.w1 is None else self.config.w1
+        return w1 / self.config.latent
 
     def observe(self, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
         """The observation site x given internal states h (..., T, H)."""
@@ -246,11 +255,11 @@ class PVRNN(ZooModel):
         x = batch["x"]
         steps = x.shape[-2]
         with self.data_plate(batch):
-            with poutine.scale(scale=self.w1):
+            with poutine.scale(scale=self.kl_scale1):
                 z1 = pyro.sample("z1", self.prior("z1"))
             h1 = self.net.step(self.net.zero_state(z1.shape[:-1]), z1)
             prior = SequencePrior(self.net, h1, steps - 1)
-            with poutine.scale(scale=self.config.w):
+            with poutine.scale(scale=self.kl_scale):
                 z = pyro.sample("z", prior)
             h, _ = prior.states(z)
             self.observe(torch.cat([h1.unsqueeze(-2), h], -2), x)
@@ -274,9 +283,9 @@ class PVRNN(ZooModel):
     def local_guide(self, batch, global_values=None) -> None:
         loc, scale = self.posterior_params(batch)
         with self.data_plate(batch):
-            with poutine.scale(scale=self.w1):
+            with poutine.scale(scale=self.kl_scale1):
                 local.sample("z1", loc[..., 0, :], scale[..., 0, :])
-            with poutine.scale(scale=self.config.w):
+            with poutine.scale(scale=self.kl_scale):
                 local.sample("z", loc[..., 1:, :], scale[..., 1:, :], event_dim=2)
 
     def dims(self) -> dict[str, list[str]]:
@@ -346,14 +355,14 @@ class PVRNN(ZooModel):
 
         def new_window(end, previous):
             if previous is None:
-                return _WindowGuide(*first, c.w), {"h0": state["h"]}
+                return _WindowGuide(*first, self.kl_scale), {"h0": state["h"]}
             with torch.no_grad():
                 # the oldest step leaves the window: the start state moves past it on its
                 # posterior mean; the new step's vectors start at the prior's pre-activations
                 state["h"] = net.step(state["h"], torch.tanh(previous.mu[:, 0]))
                 mu = torch.cat([previous.mu[:, 1:], state["next"][0].unsqueeze(1)], 1)
                 sigma = torch.cat([previous.sigma[:, 1:], state["next"][1].unsqueeze(1)], 1)
-            return _WindowGuide(mu, sigma, c.w), {"h0": state["h"]}
+            return _WindowGuide(mu, sigma, self.kl_scale), {"h0": state["h"]}
 
         windows = sliding_window(
             _WindowModel(self),

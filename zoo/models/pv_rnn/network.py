@@ -20,6 +20,7 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 from pyro.nn import PyroModule
 from torch import nn
+from torch.distributions import Normal, kl_divergence, register_kl
 
 from guides.encoders import as_pyro_module
 
@@ -146,3 +147,13 @@ class SequencePrior(TorchDistribution):
         h0 = self.h0.expand(*torch.Size(sample_shape), *self.h0.shape)
         z, _ = self.net.generate(h0, self.steps)
         return z
+
+
+@register_kl(Normal, SequencePrior)
+def _kl_normal_sequence(q: Normal, p: SequencePrior) -> torch.Tensor:
+    """Per step and unit KL(q(z_t) || p(z_t | d_{t-1})), the history z_<t drawn once from
+    ``q`` (a per-element q, batch shape (..., T, Z)): what per-dimension diagnostics read."""
+    z = q.rsample()
+    _, d_prev = p.net.roll(z, p.h0)
+    pre_mu, pre_sigma = p.net.prior_params(d_prev)
+    return kl_divergence(q, Normal(torch.tanh(pre_mu), pre_sigma.exp()))
