@@ -16,7 +16,7 @@ The network's weights are point estimates. The posterior has no encoder: every t
 sequence n has free *adaptive vectors* A_n in R^{T x 2Z},
 q(z_t^(n)) = N(tanh(A^mu_{n,t}), exp(A^sigma_{n,t})^2), initialised to the prior's
 pre-activations and indexed through the data plate's subsample. The meta-prior w weights
-the KL: ``poutine.scale(w)`` on z in the model *and* in the guide, so the ELBO's latent
+the KL: ``poutine.scale(w / Z)`` on z in the model *and* in the guide, so the ELBO's latent
 part is -(w/Z) KL (w1/Z at t = 1). The loss is thus the implementations'
 sum_t [||x_t - x_hat_t||^2 / (2 sigma_x^2) + w KL_t / Z], the KL divided by the number of
 stochastic units Z; with the default sigma_x = 1/sqrt(2) the data term is the plain squared
