@@ -61,6 +61,9 @@ def _config(models, families: list[str]) -> dict:
             {"toc": {"permalink": True}},
             "pymdownx.superfences",
         ],
+        # MathJax 2 from the jupyter-server-mathjax package: formulas render offline
+        "extra_javascript": ["assets/mathjax-config.js", "assets/mathjax/MathJax.js"],
+        "extra_css": ["assets/zoo.css"],
         "plugins": [
             "search",
             {
@@ -140,6 +143,7 @@ def assemble(out: Path, root: Path = ROOT) -> Path:
         if m.family not in families:
             families.append(m.family)
             shutil.copyfile(m.tutorial, _mkparent(src / "tutorials" / m.tutorial.name))
+    _copy_mathjax(src / "assets")
     bench = root / "benchmarks" / "results.md"
     _write(src / "performance.md", bench.read_text() if bench.exists() else "# Performance\n")
     import yaml  # MkDocs' own dependency (the docs extra)
@@ -147,6 +151,30 @@ def assemble(out: Path, root: Path = ROOT) -> Path:
     config = out / "mkdocs.yml"
     _write(config, yaml.safe_dump(_config(models, families), sort_keys=False))
     return config
+
+
+#: MathJax 2's configuration: TeX between $...$ or $$...$$ (the notebooks' and docstrings'
+#: notation), HTML-CSS output with the fonts shipped beside it
+MATHJAX_CONFIG = """window.MathJax = {
+  config: ["TeX-AMS-MML_HTMLorMML-full.js"],
+  tex2jax: {inlineMath: [["$", "$"], ["\\\\(", "\\\\)"]], processEscapes: true},
+  messageStyle: "none",
+  menuSettings: {zoom: "Click"}
+};
+"""
+
+
+#: the generative stories are docstrings: keep their lines, wrap the long ones
+STYLE = ".story pre > code { white-space: pre-wrap; }\n"
+
+
+def _copy_mathjax(assets: Path) -> None:
+    import jupyter_server_mathjax
+
+    static = Path(jupyter_server_mathjax.__file__).parent / "static"
+    shutil.copytree(static, assets / "mathjax")
+    _write(assets / "mathjax-config.js", MATHJAX_CONFIG)
+    _write(assets / "zoo.css", STYLE)
 
 
 def _mkparent(path: Path) -> Path:

@@ -74,7 +74,8 @@ def model_page(m: ModelSources) -> str:
     lines = [f"# {m.name}", "", f"## {heading}", "", _escape(m.summary), ""]
     if m.image:
         lines += [f"![{m.name}](../gallery/{m.name}.png)", ""]
-    lines += ["## Generative story", "", "```text", m.story, "```", "", "## Headline figures", ""]
+    lines += ["## Generative story", "", '<div class="story" markdown>', "", "```text", m.story,
+              "```", "", "</div>", "", "## Headline figures", ""]  # fmt: skip
     figures = m.headline()
     if figures:
         seeds = len(m.results.get("seeds", []))

@@ -95,11 +95,11 @@ def model_sources(root: Path) -> list[ModelSources]:
 
 
 def _story(cls: type) -> str:
-    """The generative story: the class docstring, else its module's."""
+    """The generative story: the model's module docstring (where the zoo writes the math)
+    followed by the class docstring, when they differ."""
     import inspect
     import sys
 
-    doc = inspect.getdoc(cls) or ""
-    if len(doc.splitlines()) < 4:
-        doc = inspect.getdoc(sys.modules[cls.__module__]) or doc
-    return doc
+    module_doc = inspect.getdoc(sys.modules[cls.__module__]) or ""
+    class_doc = inspect.getdoc(cls) or ""
+    return "\n\n".join(d for d in dict.fromkeys((module_doc, class_doc)) if d)
