@@ -63,6 +63,12 @@ def test_fast_emission_matches_a_normal():
     slow = dist.Normal(loc, scale).to_event(1).log_prob(value)
     assert fast.shape == slow.shape == (3, 5, 4)
     assert torch.allclose(fast, slow, atol=1e-4)
+    # under a leading dimension of draws (vectorized particles, posterior draws)
+    loc, scale = torch.randn(6, 1, 1, 4, 7), torch.rand(6, 1, 1, 1) + 0.5
+    fast = IsoNormal(loc, scale).log_prob(value)
+    slow = dist.Normal(loc, scale.unsqueeze(-1)).to_event(1).log_prob(value)
+    assert fast.shape == slow.shape == (6, 3, 5, 4)
+    assert torch.allclose(fast, slow, atol=1e-3)
 
 
 def test_summed_states_match_enumeration_and_pyro_discrete_hmm():

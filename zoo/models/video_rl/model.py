@@ -37,6 +37,25 @@ from zoo.registry import register
 __all__ = ["VideoRL", "IsoNormal", "StateHMM"]
 
 
+def _cross(value: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+    """Inner products of frames ``value`` (V..., D) with states ``loc`` (L..., S, D), shaped
+    (broadcast(V, L)..., S), as one batched matrix product over the dimensions where ``loc``
+    varies (particles, draws), the others flattened into rows: never (..., S, D)."""
+    n = max(value.dim() - 1, loc.dim() - 2)
+    v = value.reshape((1,) * (n - value.dim() + 1) + value.shape)
+    m = loc.reshape((1,) * (n - loc.dim() + 2) + loc.shape)
+    outer = [i for i in range(n) if m.shape[i] > 1]
+    inner = [i for i in range(n) if m.shape[i] == 1]
+    v = v.expand(tuple(m.shape[i] if i in outer else v.shape[i] for i in range(n)) + v.shape[-1:])
+    groups = math.prod(m.shape[i] for i in outer)
+    rows = v.permute(outer + inner + [n]).reshape(groups, -1, v.shape[-1])
+    table = m.permute(outer + inner + [n, n + 1]).reshape(groups, *m.shape[-2:])
+    cross = torch.bmm(rows, table.transpose(1, 2))
+    cross = cross.reshape([m.shape[i] for i in outer] + [v.shape[i] for i in inner] + [-1])
+    order = outer + inner
+    return cross.permute([order.index(i) for i in range(n)] + [n])
+
+
 class IsoNormal(dist.TorchDistribution):
     """``Normal(loc, scale I)`` over the last dimension (event_dim 1, one scale per batch
     element). Its log density is computed as ``|x|^2 - 2 x.mu + |mu|^2`` with one matrix
@@ -79,18 +98,10 @@ class IsoNormal(dist.TorchDistribution):
             self._validate_sample(value)
         dim = self.loc.shape[-1]
         var = self.scale.pow(2)
-        loc = self.loc
-        if (
-            value.dim() >= 2
-            and value.shape[-2] == 1
-            and loc.dim() >= 2
-            and all(n == 1 for n in loc.shape[:-2])
-        ):
-            # every frame against every state (S, D) at once: one (frames, D) x (D, S) product
-            table = loc.reshape(loc.shape[-2:])
-            cross = (value.reshape(-1, dim) @ table.T).reshape(value.shape[:-2] + (-1,))
-            square = value.pow(2).sum(-1) - 2 * cross + table.pow(2).sum(-1)
-            square = square.reshape(torch.broadcast_shapes(value.shape[:-1], self.batch_shape))
+        if value.dim() >= 2 and value.shape[-2] == 1 and self.loc.dim() >= 2:
+            # every frame against every state: batched (frames, D) x (D, S) products
+            cross = _cross(value.squeeze(-2), self.loc)
+            square = value.pow(2).sum(-1) - 2 * cross + self.loc.pow(2).sum(-1)
         else:
             square = (value - self.loc).pow(2).sum(-1)
         return -0.5 * square / var - dim * (self.scale.log() + 0.5 * math.log(2 * math.pi))
@@ -145,6 +156,7 @@ class VideoRL(ZooModel):
     paper = 22
     max_plate_nesting = 1
     static_structure = True
+    idata_rows = 20  # episodes of 2,000 pixels: the run's idata holds 20 of them
 
     tiny = {"grid": 2, "horizon": 6, "episodes": 40, "steps": 20}
 
