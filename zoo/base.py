@@ -105,6 +105,9 @@ class ZooModel(PyroModule):
     local_sites: ClassVar[tuple[str, ...]] = ()
     #: plates nested in the model (for vectorized particles and draws)
     max_plate_nesting: ClassVar[int] = 1
+    #: rows a run's ``idata.nc`` covers (with few draws, as for local latents) for a model
+    #: whose rows are large (episodes of frames); None: every row, or the local-latent cap
+    idata_rows: ClassVar[int | None] = None
     #: engines the model is small enough for
     supports_nuts: ClassVar[bool] = False
     #: keyword arguments of :func:`inference.mcmc.nuts` the model's posterior needs

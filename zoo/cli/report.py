@@ -32,8 +32,8 @@ def _idata(model, guide, data, record, *, mcmc=None):
     from inference.posterior import posterior
 
     seed = int(record.get("seed", 0))
-    if model.local_sites:
-        rows = min(num_rows(data), LOCAL_IDATA_ROWS)
+    if model.local_sites or model.idata_rows is not None:
+        rows = min(num_rows(data), model.idata_rows or LOCAL_IDATA_ROWS)
         data = {k: v[:rows] for k, v in data.items()}
         draws = LOCAL_IDATA_DRAWS
     else:
