@@ -103,6 +103,21 @@ def test_decoder_recovers_the_agent_from_iid_noise_videos():
     assert decoded.shape == test["state"].shape
 
 
+def test_the_default_guide_starts_the_means_at_frames_and_decodes():
+    """What ``zoo train video_rl`` does: one fit of the default guide, whose means start at
+    distinct frames of the first batch (a start from the prior's draws decoded ~0.5 at full
+    size); one start, so a looser bar than the restarts above."""
+    model = zoo.create("video_rl", noise="iid", **SMALL)
+    train, test = model.split(model.default_data(0), 0)
+    guide = model.guide
+    pyro.set_rng_seed(0)
+    start = guide.median(full_batch(train))["means"]  # the first call sets the start
+    frames = train["x"].reshape(-1, start.shape[-1])
+    assert all(bool((frames == row).all(-1).any()) for row in start)
+    fit(model, guide, train, steps=150, lr=0.05, seed=0, progress=False)
+    assert model.evaluate(guide, test)["accuracy"] > 0.8
+
+
 def test_exogenous_distractors_break_the_forward_model_but_not_decodability():
     """The paper's failure mode: with temporally correlated blobs the HMM's states follow
     the distractors; a supervised read-out of one frame still finds the agent."""

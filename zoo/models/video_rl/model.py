@@ -255,10 +255,12 @@ class VideoRL(ZooModel):
             "sigma": dist.HalfNormal(1.0),
         }
 
-    def _globals(self):
+    def _globals(self, frames: torch.Tensor):
         s, d = self.num_states, self.side**2
         trans = pyro.sample("trans", self.prior("trans").expand([s]).to_event(1))
-        means = pyro.sample("means", self.prior("means").expand([s, d]).to_event(2))
+        # the frames ride along in the site's infer dict, for the default guide's data start
+        means = pyro.sample("means", self.prior("means").expand([s, d]).to_event(2),
+                            infer={"frames": frames.detach().reshape(-1, d)})  # fmt: skip
         sigma = pyro.sample("sigma", self.prior("sigma"))
         return trans, means, sigma
 
@@ -274,8 +276,8 @@ class VideoRL(ZooModel):
         return StateHMM(initial, logits, emission)
 
     def model(self, batch) -> None:
-        trans, means, sigma = self._globals()
         x = batch["x"]
+        trans, means, sigma = self._globals(x)
         with self.data_plate(batch):
             pyro.sample("x", self.hmm(trans, means, sigma, x.shape[-2]), obs=x)
 
@@ -283,8 +285,8 @@ class VideoRL(ZooModel):
     def enumerated_model(self, batch) -> None:
         """The same joint with each state s_t a site, enumerated in parallel by
         ``TraceEnum_ELBO`` (``pyro.markov``: s_t depends on s_{t-1} only)."""
-        trans, means, sigma = self._globals()
         x = batch["x"]
+        trans, means, sigma = self._globals(x)
         uniform = torch.full((self.num_states,), 1.0 / self.num_states, device=x.device)
         with self.data_plate(batch):
             state = None
@@ -301,7 +303,7 @@ class VideoRL(ZooModel):
         c = self.config
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            trans, means, sigma = poutine.block(self._globals)()
+            trans, means, sigma = poutine.block(self._globals)(torch.zeros(0, self.side**2))
             state = torch.empty(c.episodes, c.horizon, dtype=torch.long)
             state[:, 0] = torch.randint(self.num_states, (c.episodes,))
             for t in range(1, c.horizon):
@@ -383,13 +385,23 @@ class VideoRL(ZooModel):
 
     def default_guide(self) -> torch.nn.Module:
         """MAP (AutoDelta) on the globals; the states are summed out or enumerated, never
-        guided. The means start at draws from their prior (breaking the label symmetry);
-        :meth:`init_values` gives a start from the data."""
-        from pyro.infer.autoguide import init_to_median, init_to_sample
+        guided. The means start at S distinct random frames of the first batch (as
+        :meth:`init_values` does for the whole data; random, hence seeded by the fit's
+        seed): a start from the prior's draws lands in far worse optima."""
+        from pyro.infer.autoguide import init_to_median
 
         import guides
 
         def init(site):
-            return init_to_sample(site) if site["name"] == "means" else init_to_median(site)
+            if site["name"] != "means":
+                return init_to_median(site)
+            frames = site["infer"]["frames"]
+            pick = torch.randperm(len(frames), device=frames.device)[: self.num_states]
+            if len(pick) < self.num_states:
+                raise DataError(
+                    f"video_rl needs at least {self.num_states} frames in a batch "
+                    f"to start its {self.num_states} state means, got {len(pick)}"
+                )
+            return frames[pick].clone()
 
         return guides.build("delta", self, init_loc_fn=init)
