@@ -154,10 +154,11 @@ def assemble(out: Path, root: Path = ROOT) -> Path:
 
 
 #: MathJax 2's configuration: TeX between $...$ or $$...$$ (the notebooks' and docstrings'
-#: notation), HTML-CSS output with the fonts shipped beside it
+#: notation), HTML-CSS output with the one web font the package ships (STIX-Web)
 MATHJAX_CONFIG = """window.MathJax = {
   config: ["TeX-AMS-MML_HTMLorMML-full.js"],
   tex2jax: {inlineMath: [["$", "$"], ["\\\\(", "\\\\)"]], processEscapes: true},
+  "HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null},
   messageStyle: "none",
   menuSettings: {zoom: "Click"}
 };
