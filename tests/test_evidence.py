@@ -27,11 +27,13 @@ from zoo.evidence.results import summarise
 REPO = Path(__file__).resolve().parents[1]
 CALLS = []
 REF_CALLS = []
+#: the seed at which the stand-in recipe breaks (not a setting: a rerun's settings are equal)
+BREAK_AT: dict[str, int] = {}
 
 
 def _fake(seed, ctx):
     CALLS.append(seed)
-    if ctx.settings["fail"]:
+    if ctx.settings["fail"] or BREAK_AT.get("seed") == seed:
         raise RuntimeError("the experiment broke")
     (ctx.artifacts / "draws.txt").write_text(str(seed))
     return {"value": seed + ctx.settings["size"], "other": float("nan")}
@@ -122,7 +124,51 @@ def test_a_failed_run_keeps_the_older_results(tmp_path, fake, capsys):
     after = {p.name: p.read_bytes() for p in tmp_path.glob("eight_schools*") if p.is_file()}
     assert after == before
     assert (tmp_path / "eight_schools" / "draws.txt").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture
+def clean_commit(monkeypatch):
+    """Runs that record a commit of a clean tree, whatever the checkout's state."""
+    from zoo.evidence import results as results_module
+
+    origin = {**results_module.provenance(), "commit": "a" * 40, "uncommitted_changes": False}
+    monkeypatch.setattr(results_module, "provenance", lambda: dict(origin))
+    return origin
+
+
+def test_an_interrupted_run_keeps_its_finished_seeds(
+    tmp_path, fake, capsys, clean_commit, monkeypatch
+):
+    monkeypatch.setitem(BREAK_AT, "seed", 2)  # seeds 0 and 1 finish, seed 2 breaks
+    with pytest.raises(RuntimeError, match="broke"):
+        main(["reproduce", "eight_schools", "--out", str(tmp_path)])
+    assert CALLS == [0, 1, 2] and not (tmp_path / "eight_schools.json").exists()
+    BREAK_AT.clear()
+    CALLS.clear()
+    assert main(["reproduce", "eight_schools", "--out", str(tmp_path)]) == 0
+    assert CALLS == [2]  # only the seed that had not finished
+    assert "seed 1 kept from the interrupted run" in capsys.readouterr().err
+    results = json.loads((tmp_path / "eight_schools.json").read_text())
+    assert results["figures"]["value"]["values"] == [100.0, 101.0, 102.0]
+    assert sorted(p.name for p in (tmp_path / "eight_schools").iterdir()) == ["draws.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing left over
+
+
+@pytest.mark.parametrize("change", ["settings", "commit", "dirty tree"])
+def test_a_changed_run_keeps_nothing(tmp_path, fake, clean_commit, change, monkeypatch):
+    monkeypatch.setitem(BREAK_AT, "seed", 2)
+    with pytest.raises(RuntimeError):
+        main(["reproduce", "eight_schools", "--out", str(tmp_path)])
+    BREAK_AT.clear()
+    if change == "settings":
+        fake.settings["size"] = 7
+    elif change == "commit":
+        clean_commit["commit"] = "b" * 40
+    else:
+        clean_commit["uncommitted_changes"] = True
+    CALLS.clear()
+    assert main(["reproduce", "eight_schools", "--out", str(tmp_path)]) == 0
+    assert CALLS == [0, 1, 2]
 
 
 def test_quick_runs_go_to_their_own_folder_and_say_so(tmp_path, fake, monkeypatch, capsys):

@@ -4,6 +4,7 @@ requests before any training and never replacing a good file with a failed run."
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import shutil
 import sys
@@ -76,7 +77,12 @@ def reproduce(
 ) -> tuple[Path, Path]:
     """Run model ``name``'s recipe over seeds ``0..seeds-1``; write ``NAME.json`` and
     ``NAME.md`` (and ``NAME/`` with the recipe's artifacts) into ``out``. Returns the two
-    file paths. Files from an earlier run are replaced only once every seed has finished."""
+    file paths. Files from an earlier run are replaced only once every seed has finished.
+
+    Each finished seed is saved beside them (``.NAME.progress.json``, the artifacts in
+    ``.NAME.staging/``): a run that stopped (Ctrl-C, a crash, a machine that went away) and
+    is started again from the same commit of a clean tree with the same settings keeps
+    those seeds and runs only the others. Both are removed when the run completes."""
     import pyro
 
     from zoo.evidence.recipes import RunContext
@@ -85,49 +91,88 @@ def reproduce(
     found, seed_list, folder = check_request(name, seeds, quick, out)
     settings = found.settings_for(quick)
     origin = provenance()  # the code that runs is the code at the start
-    staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}.artifacts-"))
-    try:
-        context = RunContext(quick=quick, settings=dict(settings), artifacts=staging)
-        per_seed: list[dict[str, float | None]] = []
-        started = time.perf_counter()
-        for seed in seed_list:
-            tick = time.perf_counter()
-            pyro.set_rng_seed(seed)
-            figures = found.run(seed, context)
-            per_seed.append({k: _as_float(k, v) for k, v in figures.items()})
-            print(
-                f"{name}: seed {seed} done in {time.perf_counter() - tick:.1f} s",
-                file=log or sys.stderr,
-            )
-        wall = time.perf_counter() - started
-        keys = list(dict.fromkeys(k for figures in per_seed for k in figures))
-        missing = [f.key for f in found.headline if f.key not in keys]
-        if missing:
-            raise KeyError(f"recipe {name} returned no headline figure {missing}")
-        command = f"zoo reproduce {name} --seeds {len(seed_list)}" + (" --quick" if quick else "")
-        results: dict[str, Any] = {
-            "format": FORMAT_VERSION,
-            "model": name,
-            "command": command,
-            "quick": quick,
-            "claim": found.claim,
-            "paper": found.paper,
-            "data": found.data,
-            "seeds": seed_list,
-            "settings": {k: _jsonable(v) for k, v in settings.items()},
-            "headline": [
-                {"key": f.key, "label": f.label, "digits": f.digits} for f in found.headline
-            ],
-            "figures": {k: summarise([fig.get(k) for fig in per_seed]) for k in keys},
-            "wall_time_s": round(wall, 1),
-            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
-            **origin,
-        }
-        paths = write_results(results, folder)
-        _publish_artifacts(staging, folder / name)
-        return paths
-    finally:
+    progress = folder / f".{name}.progress.json"
+    key = _resume_key(name, quick, settings, origin)
+    done = _finished_seeds(progress, key, seed_list)
+    staging = folder / f".{name}.staging"
+    if not done or not staging.is_dir():
+        done = {}  # artifacts of the kept seeds are gone: run every seed again
         shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    context = RunContext(quick=quick, settings=dict(settings), artifacts=staging)
+    per_seed: list[dict[str, float | None]] = []
+    seconds: dict[int, float] = {}
+    for seed in seed_list:
+        if seed in done:
+            per_seed.append(done[seed]["figures"])
+            seconds[seed] = done[seed]["seconds"]
+            print(f"{name}: seed {seed} kept from the interrupted run of the same commit",
+                  file=log or sys.stderr)  # fmt: skip
+            continue
+        tick = time.perf_counter()
+        pyro.set_rng_seed(seed)
+        figures = found.run(seed, context)
+        per_seed.append({k: _as_float(k, v) for k, v in figures.items()})
+        seconds[seed] = time.perf_counter() - tick
+        done[seed] = {"figures": per_seed[-1], "seconds": seconds[seed]}
+        _save_progress(progress, key, done)
+        print(f"{name}: seed {seed} done in {seconds[seed]:.1f} s", file=log or sys.stderr)
+    keys = list(dict.fromkeys(k for figures in per_seed for k in figures))
+    missing = [f.key for f in found.headline if f.key not in keys]
+    if missing:
+        raise KeyError(f"recipe {name} returned no headline figure {missing}")
+    command = f"zoo reproduce {name} --seeds {len(seed_list)}" + (" --quick" if quick else "")
+    results: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "model": name,
+        "command": command,
+        "quick": quick,
+        "claim": found.claim,
+        "paper": found.paper,
+        "data": found.data,
+        "seeds": seed_list,
+        "settings": {k: _jsonable(v) for k, v in settings.items()},
+        "headline": [{"key": f.key, "label": f.label, "digits": f.digits} for f in found.headline],
+        "figures": {k: summarise([fig.get(k) for fig in per_seed]) for k in keys},
+        "wall_time_s": round(sum(seconds.values()), 1),  # the seeds' own times, kept ones too
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+        **origin,
+    }
+    paths = write_results(results, folder)
+    _publish_artifacts(staging, folder / name)
+    progress.unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    return paths
+
+
+def _resume_key(name: str, quick: bool, settings: dict, origin: dict) -> dict | None:
+    """What a kept seed must share with this run: the recipe, its settings and the commit
+    of a clean tree. ``None`` (nothing is ever kept) when the tree has uncommitted changes
+    or git cannot say: the code that made a kept seed could not be named."""
+    if origin.get("uncommitted_changes") is not False or origin.get("commit") in (None, "unknown"):
+        return None
+    return {"model": name, "quick": quick, "commit": origin["commit"],
+            "settings": {k: _jsonable(v) for k, v in settings.items()}}  # fmt: skip
+
+
+def _finished_seeds(progress: Path, key: dict | None, seed_list: list[int]) -> dict[int, dict]:
+    """Seeds an interrupted run with the same ``key`` finished (see :func:`_resume_key`)."""
+    if key is None or not progress.is_file():
+        return {}
+    try:
+        saved = json.loads(progress.read_text())
+    except (OSError, ValueError):
+        return {}
+    if saved.get("key") != key:
+        return {}
+    return {int(s): v for s, v in saved.get("seeds", {}).items() if int(s) in seed_list}
+
+
+def _save_progress(progress: Path, key: dict | None, done: dict[int, dict]) -> None:
+    from zoo.cli.runfiles import write_text  # one-step replace
+
+    seeds = {str(s): v for s, v in done.items()}
+    write_text(progress, json.dumps({"key": key, "seeds": seeds}, indent=1) + "\n")
 
 
 def _publish_artifacts(staging: Path, target: Path) -> None:
