@@ -80,3 +80,28 @@ def test_committed_outputs_show_no_machine_paths(path):
         if MACHINE_PATH.search(_output_text(out))
     ]
     assert not leaks, f"{path.name}: outputs show {sorted(set(leaks))}"
+
+
+def _figure_cells(nb) -> tuple[int, int]:
+    """``(cells that store an image, cells whose stored output is only a figure's repr)``:
+    a ``<Figure size ...>`` text without its image means the plot was drawn under a
+    non-inline backend and lost."""
+    images = lost = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        data = [out.get("data", {}) for out in cell.get("outputs", [])]
+        if any("image/png" in d or "image/svg+xml" in d for d in data):
+            images += 1
+        elif any(str(d.get("text/plain", "")).startswith("<Figure size") for d in data):
+            lost += 1
+    return images, lost
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_executed_tutorial_stores_its_figures(path):
+    """Every tutorial shows at least one figure, and none was lost to a non-inline backend
+    (``make tutorial`` executes with the inline one)."""
+    images, lost = _figure_cells(nbformat.read(path, as_version=4))
+    assert images, f"{path.name} stores no figure: re-execute it with `make tutorial`"
+    assert not lost, f"{path.name}: {lost} figure(s) shown as text only"
