@@ -35,7 +35,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from inference.data import DATA_PLATE, Batch
-from inference.elbos import ELBOS, PairLoss, make_elbo
+from inference.elbos import ELBOS, JIT_ELBOS, PairLoss, make_elbo
 from inference.svi import load_pair_state
 
 __all__ = [
@@ -58,7 +58,7 @@ ACCELERATORS = ("cpu", "gpu")
 LIGHTNING_ELBOS = tuple(
     name
     for name, (cls, _) in ELBOS.items()
-    if name != "jit" and hasattr(cls, "differentiable_loss")
+    if name not in JIT_ELBOS and hasattr(cls, "differentiable_loss")
 )
 #: Lightning strategies that keep a full replica of the parameters on every rank
 DDP_STRATEGIES = ("auto", "single_device")

@@ -20,8 +20,8 @@ from tqdm import tqdm  # text bars everywhere: tqdm.auto warns in notebooks with
 
 from inference.checkpoint import load_checkpoint, save_checkpoint
 from inference.config import OPTIMIZERS, TrainConfig
-from inference.data import Minibatches, full_batch
-from inference.elbos import ELBO_NAMES, PairLoss, make_elbo, resolve_elbo
+from inference.data import Batch, Minibatches, full_batch
+from inference.elbos import ELBO_NAMES, JIT_ELBOS, PairLoss, choose_elbo, make_elbo
 
 __all__ = ["fit", "FitResult", "TrainingDiverged", "OPTIMIZERS", "SCHEDULES", "restore"]
 
@@ -44,6 +44,8 @@ class FitResult:
     seconds: float
     loss_fn: PairLoss
     lrs: list[float] = field(default_factory=list)
+    elbo: str = ""  # the estimator used (``auto`` resolved)
+    elbo_reason: str = ""  # why it was chosen
 
     @property
     def final_loss(self) -> float:
@@ -235,8 +237,12 @@ def fit(
     :param steps: optimisation steps; or ``epochs`` passes over the data.
     :param batch_size: rows per step (``None``: the whole data set).
     :param elbo: one of ``trace``, ``jit`` (Trace_ELBO compiled by the PyTorch JIT),
-        ``meanfield``, ``renyi``, ``iwae``, ``graph``, ``enum``; ``auto`` (default) takes
-        ``jit`` for models that declare ``static_structure`` and ``trace`` otherwise.
+        ``meanfield``, ``jit_meanfield`` (the KL of every latent site in closed form),
+        ``renyi``, ``iwae``, ``graph``, ``enum``; ``auto`` (default) chooses with
+        :func:`inference.elbos.choose_elbo`: enumeration where the model enumerates, the
+        analytic KL where every site has one, the sampled KL otherwise, JIT-compiled for
+        models that declare ``static_structure``. ``FitResult.elbo`` and ``elbo_reason``
+        say which and why.
     :param num_particles: ELBO particles, vectorized unless ``vectorize_particles=False``.
     :param optimizer: ``adam``, ``adamw`` or ``clipped_adam``; ``clip_norm`` clips the
         global gradient norm (per-parameter for ``clipped_adam``).
@@ -285,12 +291,15 @@ def fit(
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but CUDA is not available")
-    elbo = resolve_elbo(elbo, model)
     pyro.set_rng_seed(seed)
     model.to(device)
     guide.to(device)
     data = {k: v.to(device) for k, v in data.items()}
     loader = Minibatches(data, batch_size, seed=seed)
+    with pyro.validation_enabled(validate):
+        choice = choose_elbo(elbo, model, guide, _peek(loader))
+    elbo = choice.name
+    pyro.set_rng_seed(seed)  # the choice traced the pair once: training starts from the seed
     total = steps if steps is not None else int(math.ceil(epochs * loader.steps_per_epoch))
 
     elbo_obj = make_elbo(
@@ -301,7 +310,7 @@ def fit(
     )
     loss_fn = PairLoss(model, guide, elbo, elbo_obj, list(data), loader.size)
     with pyro.validation_enabled(validate):
-        loss_fn.initialize(_peek(loader), jit=(elbo == "jit"))
+        loss_fn.initialize(_peek(loader), jit=elbo in JIT_ELBOS)
     params = [p for p in loss_fn.parameters() if p.requires_grad]
     if trainable is not None:
         params = _selected(model, guide, trainable, params)
@@ -435,6 +444,8 @@ def fit(
         seconds=time.perf_counter() - start,
         loss_fn=loss_fn,
         lrs=lrs,
+        elbo=elbo,
+        elbo_reason=choice.reason,
     )
 
 
@@ -464,6 +475,11 @@ def _selected(
 
     chosen = {id(p) for n, p in named if keep(n)}
     return [p for p in params if id(p) in chosen]
+
+
+def first_batch(data: Mapping[str, torch.Tensor], batch_size: int | None, seed: int = 0) -> Batch:
+    """The first batch :func:`fit` trains on with these settings."""
+    return _peek(Minibatches(data, batch_size, seed=seed))
 
 
 def _peek(loader: Minibatches):

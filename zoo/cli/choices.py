@@ -26,7 +26,9 @@ GUIDE_KINDS = ("default", "normal", "lowrank", "mvn", "flow", "delta")
 #: ``--local-guide``: :data:`guides.local.LOCAL_KINDS`
 LOCAL_KINDS = ("normal", "mvn", "flow")
 #: ``--elbo``: :data:`inference.elbos.ELBO_NAMES`
-ELBO_NAMES = ("auto", "trace", "jit", "meanfield", "renyi", "iwae", "graph", "enum")
+ELBO_NAMES = (
+    "auto", "trace", "jit", "meanfield", "jit_meanfield", "renyi", "iwae", "graph", "enum",
+)  # fmt: skip
 #: ``--accelerator``: :data:`inference.lightning.ACCELERATORS` (the CLI adds ``cuda``)
 ACCELERATORS = ("cpu", "gpu")
 #: ``--engine`` (owned here; :mod:`zoo.cli.runs` imports it)

@@ -427,13 +427,20 @@ def _mixing_rows(summary: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _elbo_text(record: Mapping[str, Any]) -> Any:
+    """The estimator and, for runs that record it, why ``auto`` chose it."""
+    if record.get("elbo") and record.get("elbo_reason") not in (None, "asked for"):
+        return f"{record['elbo']} ({record['elbo_reason']})"
+    return record.get("elbo")
+
+
 def _report_text(record: Mapping[str, Any], diag: Mapping[str, Any]) -> str:
     lines = [f"# Run report: {record['model']}", ""]
     setup = [
         {"setting": "engine", "value": record.get("engine")},
         {"setting": "guide", "value": record.get("guide")},
         {"setting": "local guide", "value": record.get("local_guide", "normal")},
-        {"setting": "elbo", "value": record.get("elbo")},
+        {"setting": "elbo", "value": _elbo_text(record)},
         *_steps_rows(record),
         {"setting": "seed", "value": record.get("seed")},
         {"setting": "config", "value": json.dumps(record.get("config"))},

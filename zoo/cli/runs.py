@@ -35,7 +35,7 @@ import torch
 
 import guides
 from inference.data import DataError, holdout_split
-from inference.elbos import ELBO_NAMES, resolve_elbo
+from inference.elbos import ELBO_NAMES
 from zoo import registry
 from zoo.base import ZooModel
 from zoo.cli.choices import DEFAULT_NUTS_DRAWS, ENGINES, TRAINERS  # one source: the light module
@@ -402,15 +402,23 @@ def train_run(
         "lr": lr,
         **({"optimizer": optim} if engine == "svi" else {}),
         "engine": engine,
-        "elbo": resolve_elbo(elbo, model) if engine == "svi" else None,
+        "elbo": None,
         "chains": chains if engine == "nuts" else None,
         "checkpoint_every": checkpoint_every if engine == "svi" else None,
         "device": device,
         "data": source,
         "rows": {"train": num_rows(train), "test": num_rows(test) if test is not None else 0},
     }
+    if engine == "svi":
+        from inference.elbos import choose_elbo
+        from inference.svi import first_batch
+
+        # resolved before anything is written, so a resume compares like with like; Lightning
+        # runs the loss eagerly (no JIT)
+        batch = first_batch(train, batch_size, seed)
+        choice = choose_elbo(elbo, model, model_guide, batch, jit=trainer != "lightning")
+        record["elbo"], record["elbo_reason"] = choice.name, choice.reason
     if trainer == "lightning":
-        record["elbo"] = "trace" if elbo == "auto" else elbo  # Lightning runs eagerly
         record["trainer"] = trainer
         record["lightning"] = {
             "devices": devices,
@@ -513,7 +521,7 @@ def train_run(
             train,
             steps=total,
             batch_size=batch_size,
-            elbo=elbo,
+            elbo=record["elbo"],
             lr=lr,
             **optim,
             checkpoint=run_dir / "checkpoint.pt",

@@ -1,0 +1,91 @@
+"""``elbo="auto"`` takes the analytic KL where every latent site has one, enumeration where
+the model enumerates, the sampled KL otherwise, and says why; an analytic estimator asked
+for where a KL has no closed form is refused before training."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import zoo
+from inference.data import full_batch
+from inference.elbos import choose_elbo, kl_forms
+from inference.svi import fit
+
+
+class _Toy(torch.nn.Module):
+    """z ~ prior (Normal, or Student-t: no closed-form KL from a Normal), x ~ N(z, 1); an optional enumerated class c."""
+
+    static_structure = True
+
+    def __init__(self, prior="normal", enumerate_class=False):
+        super().__init__()
+        self.prior, self.enumerate_class = prior, enumerate_class
+
+    def forward(self, batch):
+        with pyro.plate("data", batch.size, subsample=batch.index):
+            p = dist.Normal(0.0, 1.0) if self.prior == "normal" else dist.StudentT(3.0, 0.0, 1.0)
+            z = pyro.sample("z", p)
+            if self.enumerate_class:
+                c = pyro.sample(
+                    "c", dist.Categorical(torch.ones(2) / 2), infer={"enumerate": "parallel"}
+                )
+                z = z + c.float()
+            pyro.sample("x", dist.Normal(z, 1.0), obs=batch["x"])
+
+
+class _Guide(torch.nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.loc = torch.nn.Parameter(torch.zeros(n))
+
+    def forward(self, batch):
+        with pyro.plate("data", batch.size, subsample=batch.index):
+            pyro.sample("z", dist.Normal(self.loc[batch.index], 1.0))
+
+
+def _batch():
+    return full_batch({"x": torch.randn(8)})
+
+
+def test_auto_takes_the_analytic_kl_where_every_site_has_one():
+    choice = choose_elbo("auto", _Toy(), _Guide(8), _batch())
+    assert choice.name == "jit_meanfield"
+    assert "closed-form KL" in choice.reason and "z" in choice.reason
+    assert choose_elbo("auto", _Toy(), _Guide(8), _batch(), jit=False).name == "meanfield"
+
+
+def test_auto_samples_the_kl_where_a_site_has_no_closed_form():
+    forms = kl_forms(_Toy("student"), _Guide(8), _batch())
+    assert forms.sampled == ("z",) and forms.closed == ()
+    choice = choose_elbo("auto", _Toy("student"), _Guide(8), _batch())
+    assert choice.name == "jit" and "no closed-form KL at z" in choice.reason
+
+
+def test_auto_enumerates_where_the_model_enumerates():
+    choice = choose_elbo("auto", _Toy(enumerate_class=True), _Guide(8), _batch())
+    assert choice.name == "enum" and "enumerates c" in choice.reason
+
+
+def test_an_analytic_estimator_without_a_closed_form_is_refused_before_training():
+    model, guide = _Toy("student"), _Guide(8)
+    before = guide.loc.detach().clone()
+    with pytest.raises(ValueError, match=r"elbo 'meanfield' needs a closed-form KL .* z .*jit"):
+        fit(model, guide, {"x": torch.randn(8)}, steps=5, elbo="meanfield", progress=False)
+    assert torch.equal(guide.loc.detach(), before)
+
+
+def test_fit_reports_the_estimator_it_chose():
+    model = zoo.create("vae_digits", hidden=(16,))
+    result = fit(model, model.guide, model.default_data(), steps=2, batch_size=32,
+                 progress=False)  # fmt: skip
+    assert result.elbo == "jit_meanfield" and "closed-form KL" in result.elbo_reason
+    explicit = fit(model, model.guide, model.default_data(), steps=2, batch_size=32,
+                   elbo="trace", progress=False)  # fmt: skip
+    assert (explicit.elbo, explicit.elbo_reason) == ("trace", "asked for")
+
+
+def test_a_zoo_model_with_a_sampled_kl_keeps_the_sampled_estimator():
+    model = zoo.create("pv_rnn", **zoo.get("pv_rnn").tiny)
+    batch = full_batch(model.default_data(seed=0))
+    assert choose_elbo("auto", model, model.default_guide(), batch).name in ("jit", "trace")
