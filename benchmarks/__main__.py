@@ -12,12 +12,15 @@ from benchmarks import format_table
 
 BENCHMARKS = (
     "benchmarks.vae_step",
+    "benchmarks.vs_pythae",
+    "benchmarks.elbo_choice",
     "benchmarks.nuts_ess",
     "benchmarks.numpyro_compare",
     "benchmarks.gp_prior",
     "benchmarks.memory",
     "benchmarks.niw_maml",
     "benchmarks.mm_gpvae_fourier",
+    "benchmarks.time_to_result",
 )
 
 

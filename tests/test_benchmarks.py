@@ -2,13 +2,21 @@
 
 import math
 
-from benchmarks import format_table, gp_prior, numpyro_compare, vae_step
+from benchmarks import (
+    elbo_choice,
+    format_table,
+    gp_prior,
+    numpyro_compare,
+    time_to_result,
+    vae_step,
+    vs_pythae,
+)
 
 
 def test_vae_step_benchmark_reports_a_ratio_per_variant():
     result = vae_step.run(quick=True)
     ratios = [row["ratio to hand"] for row in result["rows"]]
-    assert len(ratios) == 3 and ratios[0] == 1.0
+    assert len(ratios) == 4 and ratios[0] == 1.0
     assert all(math.isfinite(r) and r > 0 for r in ratios)
     assert "| hand-written PyTorch |" in format_table(result)
 
@@ -23,3 +31,27 @@ def test_numpyro_comparison_is_skipped_without_numpyro(monkeypatch):
     monkeypatch.setattr(numpyro_compare, "available", lambda: False)
     result = numpyro_compare.run(quick=True)
     assert "not installed" in result["notes"]
+
+
+def test_pythae_comparison_is_skipped_without_pythae(monkeypatch):
+    monkeypatch.setattr(vs_pythae, "available", lambda: False)
+    assert "not installed" in vs_pythae.run(quick=True)["notes"]
+
+
+def test_elbo_choice_compares_auto_with_the_sampled_kl_per_model():
+    rows = elbo_choice.run(quick=True)["rows"]
+    assert [row["model"] for row in rows] == ["vae_digits", "eight_schools"]
+    for row in rows:
+        assert row["auto picks"] == "jit_meanfield" and "(jit)" in row["sampled KL"]
+        assert row["better per second"].split()[0] in ("auto", "sampled")
+
+
+def test_time_to_result_names_the_slowest_stage_and_flags_slow_runs(monkeypatch):
+    monkeypatch.setattr(time_to_result, "reproduce_seconds", lambda name: (1200.0, 3))
+    row = time_to_result._row("m", {"setup": 2.0, "training": 400.0, "report": 30.0,
+                                    "total": 432.0})  # fmt: skip
+    assert row["slowest stage"] == "training (400 s)"
+    assert "over 5 min" in row["zoo train, s"] and "over 15 min" in row["zoo reproduce, s"]
+    assert row["per seed, s"] == "400"
+    failed = time_to_result._row("m", {"error": "ValueError: bad"})
+    assert failed["zoo train, s"].startswith("failed: ValueError")

@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -303,6 +304,7 @@ def train_run(
         is kept).
     """
     # --- every check first; nothing is written until all pass ---
+    clock = _StageClock()
     model_cls = registry.get(name)
     if engine not in ENGINES:
         raise ValueError(f"unknown engine '{engine}'; valid engines: {list(ENGINES)}")
@@ -468,6 +470,7 @@ def train_run(
             )
 
     # --- all checks passed: write and train ---
+    clock.lap("setup")
     if data_path is not None and rank_zero:
         rows = record["rows"]
         print(
@@ -493,8 +496,11 @@ def train_run(
             init_values=model.nuts_init(train),
             **model.nuts_options,
         )
+        clock.lap("training")
         truth = _known_truth(model, source, data, seed)
         write_outputs(run_dir, record, model, None, train, test, mcmc=mcmc, truth=truth)
+        clock.lap("report")
+        clock.write(run_dir)
         return run_dir
 
     if trainer == "lightning":
@@ -534,11 +540,32 @@ def train_run(
         )
     write_metrics(run_dir / "metrics.csv", result.losses, result.lrs)
     record["steps_trained"] = result.steps
+    clock.lap("training")
     truth = _known_truth(model, source, data, seed)
     write_outputs(
         run_dir, record, model, model_guide, train, test, losses=result.losses, truth=truth
     )
+    clock.lap("report")
+    clock.write(run_dir)
     return run_dir
+
+
+class _StageClock:
+    """Wall time of a run's stages (set-up and checks, training, the report's posterior
+    draws and diagnostics), written to ``timings.json`` in the run folder."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = round(now - self.last, 3)
+        self.last = now
+
+    def write(self, run_dir: Path) -> None:
+        total = round(self.last - self.start, 3)
+        write_text(run_dir / "timings.json", json.dumps({**self.stages, "total": total}) + "\n")
 
 
 @contextlib.contextmanager

@@ -42,10 +42,10 @@ means and log-scales (``"average"``; on our simulation it let one latent group c
 2 of 4 fits, the product of experts in none of 5);
 a learned linear map over time (T -> F in the Fourier form, initialised at the projection
 onto the basis; T -> T in the time form, initialised at the identity) gives q, a diagonal
-Normal over zeta (Fourier) or z (time). Train with ``elbo="meanfield"`` (CLI: ``--elbo
-meanfield``; ``auto`` takes ``trace``, a Monte Carlo KL) for the analytic KL (Normal-Normal,
-resp. MVN-MVN): the authors' code evaluates its prior term at mu + exp(log sigma) instead
-of E[zeta^2] = mu^2 + sigma^2; we use the proper KL.
+Normal over zeta (Fourier) or z (time). ``elbo="auto"`` takes the meanfield ELBO: the
+analytic KL of the latents (Normal-Normal, resp. MVN-MVN), the length-scales' sampled term
+with their Jacobian: the authors' code evaluates its prior term at mu + exp(log sigma)
+instead of E[zeta^2] = mu^2 + sigma^2; we use the proper KL.
 
 **Kernel swap.** A kernel is not a distribution, so it is swapped as a config key,
 ``kernel="rbf" | "matern52" | "matern32" | "matern12" | "periodic" | "rq"`` (CLI:
