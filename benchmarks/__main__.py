@@ -24,13 +24,48 @@ BENCHMARKS = (
 )
 
 
+def replace_section(text: str, section: str) -> str:
+    """``text`` (a results.md) with the ``## title`` section of ``section`` replaced, or
+    appended when it has none."""
+    title = section.splitlines()[0]
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == title]
+    if not starts:
+        return text.rstrip("\n") + "\n\n" + section
+    start = starts[0]
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return (
+        "".join(lines[:start]) + section + ("\n" if end < len(lines) else "") + "".join(lines[end:])
+    )
+
+
 def main() -> None:
     import importlib
 
     parser = argparse.ArgumentParser(description="Run the latent-zoo benchmarks.")
     parser.add_argument("--quick", action="store_true", help="few steps, for a smoke run")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results.md")))
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated benchmark modules (e.g. vs_pythae,elbo_choice): run these and "
+        "replace their sections in --out, keeping the others",
+    )
     args = parser.parse_args()
+    if args.only:
+        chosen = [f"benchmarks.{name.strip()}" for name in args.only.split(",") if name.strip()]
+        unknown = sorted(set(chosen) - set(BENCHMARKS))
+        if unknown:
+            parser.error(f"unknown benchmark(s) {unknown}; valid: {list(BENCHMARKS)}")
+        out = Path(args.out)
+        text = out.read_text() if out.is_file() else ""
+        for name in chosen:
+            table = format_table(importlib.import_module(name).run(quick=args.quick))
+            print(table)
+            text = replace_section(text, table)
+        out.write_text(text)
+        print(f"updated {out}")
+        return
     sections = [
         "# latent-zoo benchmarks",
         "",

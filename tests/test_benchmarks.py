@@ -55,3 +55,14 @@ def test_time_to_result_names_the_slowest_stage_and_flags_slow_runs(monkeypatch)
     assert row["per seed, s"] == "400"
     failed = time_to_result._row("m", {"error": "ValueError: bad"})
     assert failed["zoo train, s"].startswith("failed: ValueError")
+
+
+def test_only_replaces_the_chosen_sections_of_the_results_file():
+    from benchmarks.__main__ import replace_section
+
+    text = "# results\n\n## A\n\nold a\n\n## B\n\nold b\n"
+    assert (
+        replace_section(text, "## A\n\nnew a\n") == "# results\n\n## A\n\nnew a\n\n## B\n\nold b\n"
+    )
+    assert replace_section(text, "## B\n\nnew b\n").endswith("## B\n\nnew b\n")
+    assert replace_section(text, "## C\n\nc\n").endswith("old b\n\n## C\n\nc\n")

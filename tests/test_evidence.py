@@ -203,6 +203,22 @@ def test_the_readme_agrees_with_results():
     assert not stale, "README model table is stale; run `zoo readme`:\n" + "\n".join(stale)
 
 
+def test_the_performance_block_copies_the_pythae_section(tmp_path):
+    from zoo.evidence.readme import render_performance
+
+    (tmp_path / "results").mkdir()
+    block = render_performance(tmp_path / "results")
+    assert "not measured yet" in block
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "results.md").write_text(
+        "# b\n\n## vae_digits SVI step\n\nx\n\n## vae_digits against pythae: held-out\n\n"
+        "notes\n\n| trainer |\n|---|\n| zoo |\n\n## other\n\ny\n"
+    )
+    block = render_performance(tmp_path / "results")
+    assert "### vae_digits against pythae: held-out" in block and "| zoo |" in block
+    assert "## other" not in block and "SVI step" not in block
+
+
 @pytest.mark.parametrize("name", zoo.list_models())
 def test_every_model_reproduces_at_quick_size(name, tmp_path, capsys):
     assert find_recipe(name) is not None, f"{name} has no recipe in zoo/experiments/"
