@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 
@@ -80,7 +81,11 @@ class _MeanFieldELBO(infer.TraceMeanField_ELBO):
                 )
             site["fn"] = _PointWithDensity(fn.v, log_density=fn.log_density,
                                            event_dim=fn.event_dim)  # fmt: skip
-        return super()._differentiable_loss_particle(model_trace, guide_trace)
+        with warnings.catch_warnings():
+            # torch notes that (_PointWithDensity, Distribution) and Pyro's (Delta,
+            # Distribution) both match; it takes the more specific one, ours
+            warnings.filterwarnings("ignore", message="Ambiguous kl_divergence")
+            return super()._differentiable_loss_particle(model_trace, guide_trace)
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         surrogate = 0.0
@@ -133,8 +138,14 @@ class KLForms:
 
 def kl_forms(model: nn.Module, guide: nn.Module, batch: Batch) -> KLForms:
     """Trace ``guide`` and ``model`` (replayed on the guide's draws) once on ``batch`` and
-    sort the latent sites by whether ``KL(q || p)`` has a closed form."""
-    with torch.no_grad(), poutine.block():
+    sort the latent sites by whether ``KL(q || p)`` has a closed form. Neither the modules
+    nor the random stream are changed."""
+    try:  # a copy, so that a lazily built guide's parameters are not created here
+        model, guide = copy.deepcopy((model, guide))
+    except Exception:  # noqa: BLE001 - a module that cannot be copied is traced as it is
+        pass
+    # the caller's random stream is left where it was: training draws what it drew before
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
         guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(batch))
         model_trace = prune_subsample_sites(
             poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)

@@ -299,7 +299,6 @@ def fit(
     with pyro.validation_enabled(validate):
         choice = choose_elbo(elbo, model, guide, _peek(loader))
     elbo = choice.name
-    pyro.set_rng_seed(seed)  # the choice traced the pair once: training starts from the seed
     total = steps if steps is not None else int(math.ceil(epochs * loader.steps_per_epoch))
 
     elbo_obj = make_elbo(

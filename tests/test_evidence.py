@@ -17,6 +17,8 @@ from zoo.evidence.readme import (
     END,
     GUIDES_BEGIN,
     GUIDES_END,
+    PERF_BEGIN,
+    PERF_END,
     render_guide_table,
     render_table,
     stale_rows,
@@ -183,7 +185,10 @@ def test_readme_generation_and_its_check(tmp_path, fake, capsys):
     results = tmp_path / "results"
     assert main(["reproduce", "eight_schools", "--out", str(results)]) == 0
     readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\n{BEGIN}\n{END}\n\n{GUIDES_BEGIN}\n{GUIDES_END}\n\ntail\n")
+    readme.write_text(
+        f"# title\n\n{BEGIN}\n{END}\n\n{GUIDES_BEGIN}\n{GUIDES_END}\n\n{PERF_BEGIN}\n{PERF_END}"
+        "\n\ntail\n"
+    )
     assert stale_rows(readme, results)  # empty table: stale
     assert update_readme(readme, results) and not update_readme(readme, results)
     text = readme.read_text()
