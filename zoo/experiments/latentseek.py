@@ -4,10 +4,12 @@ the model's self-reward, against a random-perturbation control with the same dec
 
 Per seed: the 10 000 strings "a+b=c$" (a, b < 100) in a seeded order, the first ``train``
 to train the language model on (SVI on the bias site, the GRU's weights point estimates,
-``steps`` Adam steps), the next ``val`` prompts to tune on and the next ``test`` prompts to
-report on (no pair of the validation or test prompts is in the training strings). The
-self-reward head is trained on the frozen model's own answers to the training prompts,
-labelled by the checker.
+``steps`` Adam steps with a cosine learning-rate decay: a constant rate leaves the greedy
+accuracy swinging by 10 points between nearby steps, and the spec asks for a base of about
+60%, which 4000 decayed steps give), the next ``val`` prompts to tune on and the next
+``test`` prompts to report on (no pair of the validation or test prompts is in the training
+strings). The self-reward head is trained on the frozen model's own answers to the training
+prompts, labelled by the checker.
 
 Arms on the test prompts, each from the same greedy decode and the same budget of
 ``iterations`` decodes after it, each prompt stopping once its reward passes -0.2:
@@ -60,8 +62,9 @@ def _tune(model, tokens, run, grid, **kwargs):
         "val": 500,
         "test": 1000,
         "hidden": 64,
-        "steps": 8000,
+        "steps": 4000,
         "lr": 3e-3,
+        "lr_schedule": "cosine",
         "batch_size": 128,
         "iterations": 10,
         "seek_tokens": 3,
@@ -113,6 +116,7 @@ def latentseek(seed: int, ctx: RunContext) -> dict[str, float]:
         steps=s["steps"],
         lr=s["lr"],
         batch_size=s["batch_size"],
+        lr_schedule=s["lr_schedule"],
         seed=seed,
         progress=False,
     )
