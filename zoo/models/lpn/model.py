@@ -40,9 +40,9 @@ Two training objectives (``objective``):
 Data: the spec's pattern tasks (:mod:`zoo.models.lpn.tasks`): 4 x 4 grids, a marker pixel, a
 2 x 2 pattern pasted at the marker, 4 pairs per task. One change for the zoo's budget: the
 patterns draw from colours 1-3 by default (81 programs), not 1-9 (6561), with which the
-2-D latent space was barely learnt in 2000 steps at 9 colours (exact match near 0 at every test step
-count); ``pattern_colours=9`` restores the spec's tasks. ``evaluate`` predicts
-each task's last pair from the others (their encoder means, then 0/10/100 ascent steps).
+2-D latent space was barely learnt in 2000 steps (exact match near 0 at every test step
+count); ``pattern_colours=9`` restores the spec's tasks. ``evaluate`` predicts each task's
+last pair from the others (their encoder means, then 0/10/100 ascent steps).
 """
 
 from __future__ import annotations
