@@ -9,8 +9,9 @@ Two uses share it:
   encoder and decoder learn through the refinement, second order) or, by default, the update
   is added as a constant so the encoder learns to start where the steps end (first order);
 - **posterior search over a frozen model** (:func:`search`): a latent per instance moved by
-  Adam towards a higher objective (a log likelihood, or a reward under a proximity prior as
-  in LatentSeek), each instance stopping once its own ``done`` test holds.
+  Adam (or plain gradient steps) towards a higher objective (a log likelihood, or a reward
+  under a proximity prior as in LatentSeek), each instance stopping once its own ``done``
+  test holds.
 
 Both take gradients with respect to the latent only (``torch.autograd.grad`` with the latent
 as the sole input), so no network parameter receives a gradient, and :func:`search` also
@@ -30,9 +31,12 @@ from torch import nn
 
 from inference.online import frozen
 
-__all__ = ["SearchResult", "refine", "search"]
+__all__ = ["OPTIMIZERS", "SearchResult", "refine", "search"]
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
+
+#: the optimizers of :func:`search`: Adam (per coordinate) or plain gradient ascent
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
 def _values(objective: Objective, z: torch.Tensor) -> torch.Tensor:
@@ -105,17 +109,24 @@ def search(
     lr: float,
     modules: Iterable[nn.Module] = (),
     done: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    optimizer: str = "adam",
 ) -> SearchResult:
-    """Maximise ``objective`` over a latent per instance, from ``z0``, by ``steps`` Adam steps.
+    """Maximise ``objective`` over a latent per instance, from ``z0``, by ``steps`` Adam steps
+    (``optimizer="sgd"``: plain gradient ascent ``z <- z + lr * grad``, the update of
+    :func:`refine`, with the best latent seen kept, as the latent program network's test-time
+    search does).
 
     ``modules`` (the networks the objective runs through) are out of autograd for the call and
     come back as they were; nothing is trained. ``done(z, values)`` gives a boolean per
     instance; an instance for which it holds keeps its latent from then on (LatentSeek's stop
-    once the reward is reached). Adam acts per coordinate, so instances move independently.
+    once the reward is reached). Both optimizers act per coordinate, so instances move
+    independently.
     """
     _check(steps, lr)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
     z = z0.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([z], lr=lr, maximize=True)
+    optimizer = OPTIMIZERS[optimizer]([z], lr=lr, maximize=True)
     stopped_at = torch.full(z.shape[:1], -1, dtype=torch.long)
     history = []
     with contextlib.ExitStack() as stack, torch.enable_grad():

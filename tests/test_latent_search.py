@@ -90,3 +90,21 @@ def test_bad_settings_are_refused(kwargs, message):
 def test_an_objective_without_one_value_per_instance_is_refused():
     with pytest.raises(ValueError, match=r"one value per instance, shape \(3,\)"):
         search(lambda z: z.sum(), torch.zeros(3, 2), steps=2, lr=0.1)
+
+
+def test_search_with_plain_gradient_steps_is_refine_with_the_best_kept():
+    target = torch.tensor([[1.0, -2.0], [0.5, 0.0]])
+    objective = _quadratic(target)
+    z0 = torch.zeros(2, 2)
+    result = search(objective, z0, steps=7, lr=0.1, optimizer="sgd")
+    assert torch.allclose(result.latent, refine(z0, objective, steps=7, lr=0.1))
+    assert torch.allclose(result.best, result.latent)  # a concave climb: the last is the best
+    # too large a step overshoots and diverges: the best stays the start
+    wild = search(objective, z0, steps=5, lr=1.5, optimizer="sgd")
+    assert (wild.history[-1] < wild.history[0]).all()
+    assert torch.equal(wild.best, z0) and torch.equal(wild.best_value, wild.history[0])
+
+
+def test_an_unknown_optimizer_is_refused():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        search(_quadratic(torch.zeros(1, 1)), torch.zeros(1, 1), steps=2, lr=0.1, optimizer="lbfgs")
