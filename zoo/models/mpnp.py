@@ -82,8 +82,8 @@ VARIANTS = ("mpnp", "np", "cnp")
 FIELDS = ("x", "y", "num_context", "num_points")
 
 
-def _particle_mean(value: torch.Tensor, rows: int) -> torch.Tensor:
-    """``value`` (*particles, rows) averaged over its leading (particle) dimensions and
+def _particle_mean(value: torch.Tensor) -> torch.Tensor:
+    """``value`` (*particles, tasks) averaged over its leading (particle) dimensions and
     given back to every particle: the sum over particles divided by their count."""
     lead = value.dim() - 1
     if lead <= 0:
@@ -332,7 +332,7 @@ class MPNP(ZooModel):
                 amortized = self.decode(x, theta_c).log_prob(y).masked_fill(~valid, 0.0).sum(-1)
                 pseudo = self.decode(x, theta_p).log_prob(y).masked_fill(~valid, 0.0).sum(-1)
                 pyro.factor("amortized", amortized)
-                pyro.factor("pseudo", _particle_mean(pseudo, len(batch["x"])))
+                pyro.factor("pseudo", _particle_mean(pseudo))
             pyro.sample("y", py.mask(valid).to_event(1), obs=y)
 
     def local_guide(self, batch, global_values=None) -> None:
