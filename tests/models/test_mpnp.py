@@ -101,7 +101,7 @@ def test_iwae_loss_is_the_papers_three_terms():
         wrong = -(torch.logsumexp(ll(0.5 * (theta_c + theta_p)) + ll(theta_p), 0)
                   - math.log(K) + ll(theta_c)).sum()  # fmt: skip
     assert loss == pytest.approx(float(hand), rel=1e-5)
-    assert abs(float(wrong) - loss) > 1e-3 * abs(loss)
+    assert abs(float(wrong) - loss) > 0.1  # (the exact form agrees to ~0.01 here)
 
 
 def test_np_guide_gives_the_np_elbo():
