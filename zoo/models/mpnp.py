@@ -13,7 +13,8 @@ functional uncertainty. Per task (``variant="mpnp"``, the default)::
     theta = mean(R_c U R')                           (context plus pseudo-context)
     y_t  ~ Normal(mu(x_t, theta), sigma(x_t, theta)^2)   (every point of the task observed)
 
-and the loss (the paper's Eqs. 16-19) is L_marg + L_amort + L_pseudo with K draws of eps::
+and the loss is L_marg + L_amort + L_pseudo with K draws of eps (the three terms as the
+spec reads the paper's objective; the authors' code was not available to check against)::
 
     L_marg   = -log (1/K) sum_k prod_t p(y_t | x_t, theta(Z_c U Z'_k))
     L_amort  = -sum_t log p(y_t | x_t, theta(Z_c))
