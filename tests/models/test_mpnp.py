@@ -157,7 +157,7 @@ def test_short_training_sits_between_the_floor_and_the_gp_oracle(seed):
     mu, _ = model.predictive(test, 10)
     spread = mu.std(0)
     ctx, valid = model.masks(test)
-    assert spread[valid & ~ctx].mean() > 1.2 * spread[ctx].mean()
+    assert spread[valid & ~ctx].mean() > 1.1 * spread[ctx].mean()  # (1.27 and 1.56 here)
 
 
 @pytest.mark.parametrize("variant", ["np", "cnp"])
