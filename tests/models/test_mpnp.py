@@ -17,6 +17,7 @@ import zoo
 from guides.sets import masked_mean
 from inference.data import DataError, full_batch
 from inference.elbos import make_elbo
+from inference.posterior import posterior
 from inference.svi import fit
 from tests.sites import latent_sites, traces
 from zoo.datasets.gp_tasks import gp_predictive, gp_tasks, kernel_matrix
@@ -173,6 +174,9 @@ def test_baseline_variants_train_and_score(variant):
     assert all(math.isfinite(v) for v in scores.values())
     model_trace, _ = traces(model, model.guide, full_batch(data))
     assert latent_sites(model_trace) == ({"z"} if variant == "np" else set())
+    # ArviZ's groups for a model with or without latents (the CNP has none)
+    idata = posterior(model, {k: v[:8] for k, v in data.items()}, guide=model.guide, num_draws=5)
+    assert idata.posterior_predictive["y"].shape == (1, 5, 8, model.config.max_points)
 
 
 def test_zoo_train_objective_is_the_one_particle_bound():
