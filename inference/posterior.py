@@ -83,17 +83,20 @@ def _sum_to(log_prob: torch.Tensor, keep: int) -> torch.Tensor:
     )
 
 
-def _replay(model: nn.Module, draws: Mapping[str, torch.Tensor], batch, names, mpn: int):
+def _replay(
+    model: nn.Module, draws: Mapping[str, torch.Tensor], batch, names, mpn: int, num_draws: int
+):
     """Deterministic sites, posterior predictive and log densities given latent draws, from
-    one vectorized trace of the model conditioned on the draws."""
-    num = len(next(iter(draws.values())))
+    one vectorized trace of the model conditioned on the draws (a model without latent
+    sites, a conditional neural process, is traced ``num_draws`` times as it is)."""
+    num = len(next(iter(draws.values()))) if draws else num_draws
     out: dict[str, dict[str, torch.Tensor]] = {"deterministic": {}, "predictive": {}, "log_lik": {}}
     with torch.no_grad():
-        trace = Predictive(
-            model,
-            posterior_samples=dict(draws),
-            parallel=True,
-        ).get_vectorized_trace(batch)
+        if draws:
+            predictive = Predictive(model, posterior_samples=dict(draws), parallel=True)
+        else:
+            predictive = Predictive(model, num_samples=num, parallel=True)
+        trace = predictive.get_vectorized_trace(batch)
         lp = torch.zeros(num, device=batch.index.device)
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site):
@@ -191,7 +194,8 @@ def posterior(
     else:
         chains = 1
         draws = draw_latents(model, guide, data, num_draws)
-    replay = _replay(model, _as_traced(draws, model, guide, batch), batch, names, mpn)
+    num = num_draws if mcmc is None else chains * per_chain
+    replay = _replay(model, _as_traced(draws, model, guide, batch), batch, names, mpn, num)
     posterior_vars = _np({**draws, **replay["deterministic"]}, chains)
     sample_stats["lp"] = replay["lp"].cpu().numpy().reshape(chains, -1)
     observed = {k: batch[k].cpu().numpy() for k in names["observed"] if k in batch}
