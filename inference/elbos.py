@@ -30,6 +30,7 @@ __all__ = [
     "PairLoss",
 ]
 
+
 class _PointWithDensity(pyro.distributions.Delta):
     """A guide's Delta whose log-density counts (an autoguide's constrained value): it has
     no closed-form KL, so the meanfield ELBO takes its sampled term log p(v) - log q(v)."""
