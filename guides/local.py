@@ -61,6 +61,7 @@ from torch.distributions import constraints
 from torch.distributions.transforms import ReshapeTransform, Transform
 
 __all__ = [
+    "LocalOnlyGuide",
     "LOCAL_KINDS",
     "LocalFamily",
     "LocalDriver",
@@ -524,6 +525,18 @@ class LocalDriver(PyroModule):
                     f"local guide '{self.local.kind}' cannot reach site(s) {missing} of model "
                     f"'{model.name}': its local_guide draws them without guides.local.sample"
                 )
+
+
+class LocalOnlyGuide(LocalDriver):
+    """The own guide of a model without global latents: its amortized local guide and
+    nothing else, so it never traces the model and runs under any ELBO."""
+
+    def forward(self, batch, *args, **kwargs):
+        self.run_local(batch)
+        return {}
+
+    def median(self, batch):
+        return {}
 
 
 def using(guide: Any):

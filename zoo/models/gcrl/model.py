@@ -32,7 +32,7 @@ from torch.distributions import constraints
 
 from guides import local
 from guides.encoders import NormalEncoder, mlp
-from guides.local import LocalDriver
+from guides.local import LocalOnlyGuide
 from inference.data import Field
 from inference.metrics import displacement_errors, hungarian_accuracy
 from zoo.base import ConfigError, TrainConfig, ZooModel
@@ -71,16 +71,9 @@ def _transforms(stack: nn.ModuleList, dim: int) -> list:
     return out
 
 
-class GCRLGuide(LocalDriver):
+class GCRLGuide(LocalOnlyGuide):
     """The model's own guide: the amortized q(z | X) q(s | X) and nothing else (the model
     has no global latents), so it never traces the model and runs under any ELBO."""
-
-    def forward(self, batch, *args, **kwargs):
-        self.run_local(batch)
-        return {}
-
-    def median(self, batch):
-        return {}
 
 
 @register

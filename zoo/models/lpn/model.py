@@ -61,7 +61,7 @@ from torch.distributions import constraints
 
 from guides import local
 from guides.encoders import NormalEncoder, mlp
-from guides.local import LocalDriver
+from guides.local import LocalOnlyGuide
 from inference.data import Field
 from inference.latent_search import refine, search
 from zoo.base import ConfigError, TrainConfig, ZooModel
@@ -81,16 +81,9 @@ def one_hot(grid: torch.Tensor) -> torch.Tensor:
     return nn.functional.one_hot(grid.long(), COLOURS).float().flatten(-3)
 
 
-class LPNGuide(LocalDriver):
+class LPNGuide(LocalOnlyGuide):
     """The model's own guide: its amortised (and, for ``objective="elbo"``, refined) q(z) and
     nothing else (the model has no global latents)."""
-
-    def forward(self, batch, *args, **kwargs):
-        self.run_local(batch)
-        return {}
-
-    def median(self, batch):
-        return {}
 
 
 @register
