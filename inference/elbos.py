@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import pyro
 import pyro.distributions  # noqa: F401  (registers Pyro's KL pairs with torch)
 import torch
 from pyro import infer, poutine
+from pyro.infer.autoguide import AutoGuide
 from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 from torch.distributions import kl_divergence, register_kl
@@ -137,12 +139,34 @@ class KLForms:
     enumerated: tuple[str, ...]  # model sites marked for enumeration and absent from the guide
 
 
+def _copy_pair(model: nn.Module, guide: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """Deep copies of ``model`` and ``guide``. An AutoGuide's ``__getstate__`` drops its
+    model and parent (it is written for pickling) on the original as well: both are put back
+    on the original, and the copy runs the copied model where there is one."""
+    autos = [m for m in guide.modules() if isinstance(m, AutoGuide)]
+    saved = [(m, m._model, m.master) for m in autos]
+    memo: dict = {}
+    try:
+        copied = copy.deepcopy((model, guide), memo)
+    finally:
+        for m, inner, master in saved:
+            m._model, m.master = inner, master
+    for m, inner, master in saved:
+        twin = memo.get(id(m))
+        if twin is not None:
+            target = inner[0] if inner else None
+            twin._model = (memo.get(id(target), target),)
+            parent = master() if master is not None else None
+            twin.master = None if parent is None else weakref.ref(memo.get(id(parent), parent))
+    return copied
+
+
 def kl_forms(model: nn.Module, guide: nn.Module, batch: Batch) -> KLForms:
     """Trace ``guide`` and ``model`` (replayed on the guide's draws) once on ``batch`` and
     sort the latent sites by whether ``KL(q || p)`` has a closed form. Neither the modules
     nor the random stream are changed."""
     try:  # a copy, so that a lazily built guide's parameters are not created here
-        model, guide = copy.deepcopy((model, guide))
+        model, guide = _copy_pair(model, guide)
     except Exception:  # noqa: BLE001 - a module that cannot be copied is traced as it is
         pass
     # the caller's random stream is left where it was: training draws what it drew before
