@@ -14,6 +14,9 @@ BASE = ["train", "eight_schools", "--guide", "mvn", "--prior", "tau=HalfNormal(5
 
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
+    # ArviZ's single-chain notice from an earlier, successful run's report: seen once in
+    # some xdist orders even inside quiet_arviz (cause not found); not part of the error
+    err = [line for line in err if not line.startswith("Shape validation failed")]
     assert len(err) == 1, err
     return err[0]
 

@@ -17,13 +17,23 @@ __all__ = ["summary", "divergences", "loo", "min_ess_bulk", "quiet_arviz"]
 def quiet_arviz():
     """ArviZ's warnings (a single-chain R-hat, ...) silenced: its logger is a ``Logger``
     built outside the logging registry, so ``logging.getLogger("arviz")`` does not reach it."""
-    logger = getattr(az, "_log", None) or logging.getLogger("arviz")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = {id(x): x for x in (getattr(az, "_log", None), logging.getLogger("arviz")) if x}
+    below_error = _BelowError()
+    levels = {key: logger.level for key, logger in loggers.items()}
+    for logger in loggers.values():
+        logger.setLevel(logging.ERROR)
+        logger.addFilter(below_error)  # also holds if something resets the level meanwhile
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for key, logger in loggers.items():
+            logger.removeFilter(below_error)
+            logger.setLevel(levels[key])
+
+
+class _BelowError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
 
 
 def summary(idata, var_names: list[str] | None = None):
