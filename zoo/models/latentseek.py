@@ -136,6 +136,9 @@ class LatentSeek(ZooModel):
     summary = "LatentSeek: test-time policy gradient on a frozen GRU LM's answer hidden states"
     paper = 10
     static_structure = True
+    #: the run report replays the GRU over every row for each posterior draw: 200 strings
+    #: with few draws keep `zoo train` quick (the bias is one global vector)
+    idata_rows = 200
 
     tiny = {"num_strings": 300, "hidden": 16, "embed": 8, "steps": 20, "seek_steps": 2}
 
