@@ -12,6 +12,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from inference.data import steps_per_epoch
+
 __all__ = ["TrainConfig", "TrainConfigError", "OPTIMIZERS", "TRAIN_FIELDS"]
 
 #: optimizers of :func:`inference.svi.fit`; ``auto`` is AdamW when ``weight_decay > 0``
@@ -82,8 +84,7 @@ class TrainConfig:
         if self.steps is not None:
             return self.steps
         if self.epochs is not None:
-            per_epoch = max(1, rows // min(self.batch_size or rows, rows))
-            return max(1, math.ceil(self.epochs * per_epoch))
+            return max(1, math.ceil(self.epochs * steps_per_epoch(rows, self.batch_size)))
         return self.DEFAULT_STEPS
 
 

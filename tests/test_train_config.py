@@ -57,7 +57,7 @@ def test_optimizer_auto_and_the_step_budget():
         "clipped_adam"
     )
     assert TrainConfig().total_steps(100) == TrainConfig.DEFAULT_STEPS
-    assert TrainConfig(epochs=2.0, batch_size=30).total_steps(100) == 6  # 3 batches a pass
+    assert TrainConfig(epochs=2.0, batch_size=30).total_steps(100) == 8  # 4 batches a pass
     assert TrainConfig(epochs=2.0, batch_size=500).total_steps(100) == 2  # batch > rows
     assert TrainConfig(steps=7, epochs=2.0).total_steps(100) == 7  # steps take precedence
 
