@@ -16,6 +16,7 @@ BENCHMARKS = (
     "benchmarks.elbo_choice",
     "benchmarks.nuts_ess",
     "benchmarks.numpyro_compare",
+    "benchmarks.nuts_peers",
     "benchmarks.gp_prior",
     "benchmarks.memory",
     "benchmarks.niw_maml",

@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from benchmarks import (
     elbo_choice,
     format_table,
@@ -68,3 +70,21 @@ def test_only_replaces_the_chosen_sections_of_the_results_file():
     )
     assert replace_section(text, "## B\n\nnew b\n").endswith("## B\n\nnew b\n")
     assert replace_section(text, "## C\n\nc\n").endswith("old b\n\n## C\n\nc\n")
+
+
+def test_nuts_peers_is_skipped_without_numpyro(monkeypatch):
+    from benchmarks import nuts_peers
+
+    monkeypatch.setattr(nuts_peers, "available", lambda: False)
+    assert "not installed" in nuts_peers.run(quick=True)["notes"]
+
+
+def test_nuts_peers_twins_have_the_zoo_models_log_joint():
+    """Where NumPyro is installed (the bench extra): each NumPyro twin scores a prior draw
+    as the zoo model does, so the benchmark times the same posterior on both sides."""
+    pytest.importorskip("numpyro")
+    from benchmarks import nuts_peers
+
+    for name in nuts_peers.CASES:
+        zoo_value, twin_value = nuts_peers.check_twin(name)
+        assert twin_value == pytest.approx(zoo_value, rel=1e-4)
