@@ -9,11 +9,14 @@ from pyro.nn import PyroModule
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 
+from inference.relative import relative_projection
+
 __all__ = [
     "mlp",
     "NormalEncoder",
     "GaussianEncoder",
     "SequenceEncoder",
+    "RelativeEncoder",
     "SCALE_MODES",
     "as_pyro_module",
     "split_last",
@@ -151,6 +154,79 @@ class SequenceEncoder(PyroModule):
         hidden = states if self.per_step else states[:, -1]
         loc, raw_scale = self.head(hidden).split(self.latent_dim, dim=-1)
         return loc, nn.functional.softplus(raw_scale) + 1e-4, hidden
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, scale, _ = self.encode(x)
+        return loc, scale
+
+
+class RelativeEncoder(PyroModule):
+    """x -> (loc, scale) of a diagonal Normal read from a *relative representation* of x
+    (Moschella et al., ICLR 2023): a trunk embeds x, ``e = E(x)``, and the heads see
+
+        r(x) = LayerNorm([cos(e, sg(E(a_k)))]_k),   k = 1..K,
+
+    the cosine similarities of ``e`` to the embeddings of K fixed anchor samples (a buffer,
+    the same samples in every run; ``sg``: no gradient through the anchors, as in the
+    paper's code). ``r`` is unchanged by any orthogonal map and positive scale of the
+    embedding space (:func:`inference.relative.relative_projection`), so what a decoder
+    learns from it transfers between training runs. With ``relative=False`` the heads see
+    ``e`` itself: the absolute encoder of the same widths (``embed_dim = K`` makes the two
+    the same size). ``encode`` returns the representation the heads read as context.
+
+    Keep the trunk free of BatchNorm: anchors and rows must be embedded by the same function
+    (batch statistics would differ between the anchor batch and the data batch).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        latent_dim: int,
+        anchors: torch.Tensor,
+        hidden: Sequence[int] = (256, 256),
+        embed_dim: int = 64,
+        *,
+        relative: bool = True,
+        layer_norm: bool = True,
+        detach_anchors: bool = True,
+    ):
+        super().__init__()
+        anchors = torch.as_tensor(anchors, dtype=torch.float32)
+        if anchors.dim() != 2 or anchors.shape[1] != input_dim or len(anchors) < 2:
+            raise ValueError(
+                f"anchors must be (K >= 2, {input_dim}) rows of data, got {tuple(anchors.shape)}"
+            )
+        self.latent_dim = latent_dim
+        self.relative = relative
+        self.detach_anchors = detach_anchors
+        self.register_buffer("anchors", anchors.clone())
+        self.trunk = mlp([input_dim, *hidden, embed_dim])
+        width = len(anchors) if relative else embed_dim
+        self.norm = as_pyro_module(nn.LayerNorm(width)) if relative and layer_norm else None
+        self.head = as_pyro_module(nn.Linear(width, 2 * latent_dim))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The absolute embedding ``e = E(x)``, (batch, embed_dim)."""
+        return self.trunk(x)
+
+    def represent(self, x: torch.Tensor) -> torch.Tensor:
+        """What the heads read: ``r(x)`` (batch, K), or ``e`` when not relative."""
+        e = self.trunk(x)
+        if not self.relative:
+            return e
+        a = self.trunk(self.anchors)
+        r = relative_projection(e, a.detach() if self.detach_anchors else a)
+        return self.norm(r) if self.norm is not None else r
+
+    def heads(self, rep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, scale)`` from a representation (another run's, for stitching)."""
+        loc, raw_scale = self.head(rep).split(self.latent_dim, dim=-1)
+        return loc, nn.functional.softplus(raw_scale) + 1e-4
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loc, scale, representation)``."""
+        rep = self.represent(x)
+        return (*self.heads(rep), rep)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, scale, _ = self.encode(x)

@@ -6,10 +6,12 @@ from inference.diagnostics.khat import guide_khat, khat_verdict, pointwise_khat
 from inference.diagnostics.latent_mi import LatentMI, latent_mi
 from inference.diagnostics.sbc import SBCPowerWarning, SBCResult, sbc, sbc_power
 from inference.diagnostics.summary import divergences, loo, summary
+from inference.relative import RelativeSimilarity, relative_similarity
 
 __all__ = [
     "InfoMEC",
     "LatentMI",
+    "RelativeSimilarity",
     "SBCPowerWarning",
     "SBCResult",
     "collapse_table",
@@ -21,6 +23,7 @@ __all__ = [
     "latent_mi",
     "loo",
     "pointwise_khat",
+    "relative_similarity",
     "sbc",
     "sbc_power",
     "summary",
