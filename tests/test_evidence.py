@@ -14,6 +14,8 @@ from zoo.evidence import Figure, Recipe, find_recipe, recipes
 from zoo.evidence import reference as reference_part
 from zoo.evidence.readme import (
     BEGIN,
+    CHECKS_BEGIN,
+    CHECKS_END,
     END,
     GUIDES_BEGIN,
     GUIDES_END,
@@ -186,8 +188,8 @@ def test_readme_generation_and_its_check(tmp_path, fake, capsys):
     assert main(["reproduce", "eight_schools", "--out", str(results)]) == 0
     readme = tmp_path / "README.md"
     readme.write_text(
-        f"# title\n\n{BEGIN}\n{END}\n\n{GUIDES_BEGIN}\n{GUIDES_END}\n\n{PERF_BEGIN}\n{PERF_END}"
-        "\n\ntail\n"
+        f"# title\n\n{BEGIN}\n{END}\n\n{CHECKS_BEGIN}\n{CHECKS_END}\n\n{GUIDES_BEGIN}\n"
+        f"{GUIDES_END}\n\n{PERF_BEGIN}\n{PERF_END}\n\ntail\n"
     )
     assert stale_rows(readme, results)  # empty table: stale
     assert update_readme(readme, results) and not update_readme(readme, results)

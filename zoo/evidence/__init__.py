@@ -7,6 +7,7 @@ Recipes live in :mod:`zoo.experiments`, one module per model family, and registe
 """
 
 from zoo.evidence.recipes import (
+    Check,
     Figure,
     Recipe,
     RunContext,
@@ -16,4 +17,13 @@ from zoo.evidence.recipes import (
     recipe,
 )
 
-__all__ = ["Figure", "Recipe", "RunContext", "find_recipe", "get_recipe", "list_recipes", "recipe"]
+__all__ = [
+    "Check",
+    "Figure",
+    "Recipe",
+    "RunContext",
+    "find_recipe",
+    "get_recipe",
+    "list_recipes",
+    "recipe",
+]

@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zoo.evidence.checks import Check
+
 __all__ = [
+    "Check",
     "Figure",
     "Recipe",
     "RunContext",
@@ -70,6 +73,8 @@ class Recipe:
     :param claim: what the experiment measures and against what, in words (no figures:
         figures come only from results files).
     :param seeds: the default number of seeds (at least 3).
+    :param checks: the paper's claims, each tested on the results file (``zoo readme``
+        prints them with their verdict: met, not met, or level within noise).
     """
 
     model: str
@@ -81,6 +86,7 @@ class Recipe:
     data: str
     claim: str
     seeds: int = 3
+    checks: tuple[Check, ...] = ()
 
     def settings_for(self, quick: bool) -> dict[str, Any]:
         merged = dict(self.settings)
@@ -106,6 +112,7 @@ def recipe(
     data: str,
     claim: str,
     seeds: int = 3,
+    checks: list[Check] | tuple[Check, ...] = (),
 ) -> Callable[[Run], Run]:
     """Decorator: register ``run`` as model ``model``'s headline experiment."""
 
@@ -124,6 +131,7 @@ def recipe(
             data=data,
             claim=claim,
             seeds=seeds,
+            checks=tuple(checks),
         )
         return run
 

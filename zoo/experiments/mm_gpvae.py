@@ -15,7 +15,7 @@ import torch
 import zoo
 from inference.metrics import affine_r2
 from inference.svi import fit
-from zoo.evidence import Figure, RunContext, recipe
+from zoo.evidence import Check, Figure, RunContext, recipe
 from zoo.models.mm_gpvae import PRESETS, rbf_gram
 
 GROUPS = ("s", "n", "b")
@@ -215,6 +215,34 @@ def _arm(overrides: dict, s: dict, data: dict, truth: dict, rates, seed: int) ->
     "and pixels together, no time structure); z_b's R^2 against the zoom |1 + z_b| the "
     "images show and the per-frame ceiling of that non-injective zoom; the same model on "
     "the paper preset with one 3 throughout.",
+    checks=[
+        Check("shared latent z_s: matched R^2 at least 0.9", "mm_gpvae/r2_s", ">=", 0.9),
+        Check("neural-only latent z_n: matched R^2 at least 0.9", "mm_gpvae/r2_n", ">=", 0.9),
+        Check(
+            "image-only latent z_b: matched R^2 at least 0.9",
+            "mm_gpvae/r2_b",
+            ">=",
+            0.9,
+            why="the images show z_b only through the zoom |1 + z_b|, which is not injective; "
+            "the results file gives its R^2 against that zoom and the per-frame ceiling",
+        ),
+        Check("cross-assigned R^2 at most 0.2", "mm_gpvae/cross_r2_max", "<=", 0.2),
+        Check(
+            "learned length-scales within 25% of the truth",
+            "mm_gpvae/lengthscale_abs_rel_error_max",
+            "<=",
+            0.25,
+            why="they come out short of the truth; the cause is not established",
+        ),
+        Check(
+            "shared latent: recovered from both modalities at least as well as from spikes alone",
+            "mm_gpvae/r2_all_to_s",
+            ">=",
+            "spikes_only/r2_all_to_s",
+            why="the spikes-only GP-VAE recovers z_s better at the same budget; why the "
+            "images do not help here is not established",
+        ),
+    ],
 )
 def mm_gpvae(seed: int, ctx: RunContext) -> dict[str, float]:
     s = ctx.settings

@@ -195,8 +195,17 @@ def results_index(models: Iterable[ModelSources], results_dir) -> str:
         lines.append(
             f"| [{m.name}]({m.name}.md) | {_escape(figures) or 'not yet reproduced'} | {seeds} |"
         )
+    lines += ["", "## The papers' claims, checked", "", *_checks_table(results_dir)]
     lines += ["", "## Which guide for which model", "", *_guide_table(results_dir)]
     return "\n".join(lines) + "\n"
+
+
+def _checks_table(results_dir) -> list[str]:
+    """Each recipe's paper checks with their verdicts (:mod:`zoo.evidence.checks`)."""
+    from zoo.evidence.readme import CHECKS_BEGIN, CHECKS_END, render_checks
+
+    text = render_checks(results_dir)
+    return [line for line in text.splitlines() if line not in (CHECKS_BEGIN, CHECKS_END)]
 
 
 def _guide_table(results_dir) -> list[str]:
