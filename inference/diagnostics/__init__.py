@@ -6,12 +6,14 @@ from inference.diagnostics.khat import guide_khat, khat_verdict, pointwise_khat
 from inference.diagnostics.latent_mi import LatentMI, latent_mi
 from inference.diagnostics.sbc import SBCPowerWarning, SBCResult, sbc, sbc_power
 from inference.diagnostics.summary import divergences, loo, summary
+from inference.diagnostics.traversal import TraversalPurity, traversal_purity
 
 __all__ = [
     "InfoMEC",
     "LatentMI",
     "SBCPowerWarning",
     "SBCResult",
+    "TraversalPurity",
     "collapse_table",
     "divergences",
     "guide_khat",
@@ -24,4 +26,5 @@ __all__ = [
     "sbc",
     "sbc_power",
     "summary",
+    "traversal_purity",
 ]
