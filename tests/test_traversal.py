@@ -162,3 +162,20 @@ def test_bad_sprite_inputs():
         measure(np.zeros((2, 100)))
     with pytest.raises(ValueError, match="n must be a positive integer"):
         sprites(0)
+
+
+def test_a_reference_marks_tiny_movements_inactive():
+    """R^2 has no units: a decoder that moves its output a thousandth of the data's spread
+    scores the same R^2 as one that moves it fully; the reference's spread tells them apart."""
+    base = torch.randn(20, 3, generator=torch.Generator().manual_seed(2))
+    data = torch.randn(500, 3, generator=torch.Generator().manual_seed(3))
+    full = traversal_purity(identity, torch.eye(3), base, COORDS, reference=data)
+    tiny = traversal_purity(lambda z: 1e-3 * z, torch.eye(3), base, COORDS)
+    tiny_ref = traversal_purity(lambda z: 1e-3 * z, torch.eye(3), base, COORDS, reference=data)
+    assert full.active.all() and tiny.active.all()
+    assert tiny.r2 == pytest.approx(full.r2, abs=1e-6)
+    assert not tiny_ref.active.any() and math.isnan(tiny_ref.mean_purity)
+    assert np.diag(full.size) == pytest.approx([6.0, 6.0, 6.0], rel=0.1)  # 6 sds over -3..3
+    assert np.diag(full.slope) == pytest.approx([1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="must vary in every measured factor"):
+        traversal_purity(identity, torch.eye(3), base, COORDS, reference=torch.zeros(5, 3))

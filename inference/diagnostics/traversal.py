@@ -16,7 +16,11 @@ pixel scores little. ``purity`` is 1 when a direction moves one factor only and 
 moves all ``F`` alike (the Householder projector paper's check, Song et al. ICCV 2023, with
 factors read back by ground-truth functions). A direction that moves nothing has a purity of
 noise: directions whose total effect ``sum_f R2`` is below ``min_effect`` are marked inactive
-and left out of ``mean_purity``.
+and left out of ``mean_purity``. R2 has no units, so a decoder that barely changes its output
+(an untrained one) can still score high R2 with tiny, smooth changes; pass ``reference``
+outputs (real data) and a direction is also inactive unless it moves some factor by at least
+``min_size`` of that factor's standard deviation in the reference over the whole traversal
+(``size[k, f] = |slope| * (max alpha - min alpha) / sd_ref(f)``).
 
 Two ways to propose directions for any decoder sit beside it: the closed-form factorisation
 of a first linear layer (:func:`closed_form_directions`, the eigenvectors of ``W^T W``;
@@ -55,7 +59,9 @@ class TraversalPurity:
     r2: np.ndarray  # (K, F): R^2 of each factor's measurement on the step along each direction
     purity: np.ndarray  # (K,): max_f R2 / sum_f R2 (NaN where inactive)
     effect: np.ndarray  # (K,): sum_f R2
-    active: np.ndarray  # (K,) bool: effect >= min_effect
+    active: np.ndarray  # (K,) bool: effect >= min_effect (and max size >= min_size)
+    slope: np.ndarray  # (K, F): change of each measured factor per unit step
+    size: np.ndarray | None  # (K, F): |slope| * alpha range / reference sd (with reference)
     values: np.ndarray = field(repr=False)  # (K, B, A, F) measured factors
 
     @property
@@ -106,6 +112,8 @@ def traversal_purity(
     *,
     alphas: Array | None = None,
     min_effect: float = 0.05,
+    reference: Array | None = None,
+    min_size: float = 0.5,
     chunk: int = 4096,
 ) -> TraversalPurity:
     """Per-direction R^2 of each measured factor on the traversal step, and purity.
@@ -117,6 +125,8 @@ def traversal_purity(
     :param measurements: factor name -> function from outputs ``(M, ...)`` to ``(M,)`` values.
     :param alphas: step sizes along each unit direction (default ``linspace(-3, 3, 13)``).
     :param min_effect: a direction whose ``sum_f R2`` is below this is inactive.
+    :param reference: outputs ``(N, ...)`` (real data) whose measured spread sets the scale
+        of ``size``; a direction moving no factor by ``min_size`` sds is then inactive.
     """
     z0 = _matrix(base, "base")
     dirs = _matrix(directions, "directions").to(z0.dtype)  # decode sees the base's dtype
@@ -140,6 +150,8 @@ def traversal_purity(
             raise ValueError(f"measurement '{name}' is not callable")
     if not (isinstance(min_effect, int | float) and 0 <= min_effect < 1):
         raise ValueError(f"min_effect must be in [0, 1), got {min_effect!r}")
+    if not (isinstance(min_size, int | float) and min_size >= 0):
+        raise ValueError(f"min_size must be a number >= 0, got {min_size!r}")
     if not callable(decode):
         raise ValueError("decode must be callable: latents (M, d) -> outputs (M, ...)")
 
@@ -175,11 +187,30 @@ def traversal_purity(
     var_s = (step**2).sum()
     r2 = np.where(var_m > 1e-12, cov**2 / (var_s * np.maximum(var_m, 1e-300)), 0.0)
     r2 = np.clip(r2, 0.0, 1.0)
+    slope = cov / var_s
     effect = r2.sum(axis=1)
     active = effect >= min_effect
+    size = None
+    if reference is not None:
+        spread = np.array([np.std(_measured(measurements[n], reference, n)) for n in names])
+        if (spread <= 0).any():
+            raise ValueError("reference outputs must vary in every measured factor")
+        span = float(steps.max() - steps.min())
+        size = np.abs(slope) * span / spread
+        active &= size.max(axis=1) >= min_size
     with np.errstate(invalid="ignore", divide="ignore"):
         purity = np.where(active, r2.max(axis=1) / np.where(effect > 0, effect, 1.0), np.nan)
-    return TraversalPurity(names, steps.numpy(), r2, purity, effect, active, values)
+    return TraversalPurity(
+        names, steps.double().numpy(), r2, purity, effect, active, slope, size, values
+    )
+
+
+def _measured(fn: Callable[[Array], Array], outputs: Array, name: str) -> np.ndarray:
+    with torch.no_grad():
+        m = np.asarray(fn(outputs), dtype=np.float64).reshape(-1)
+    if not np.isfinite(m).all():
+        raise ValueError(f"measurement '{name}' returned NaN or inf on the reference")
+    return m
 
 
 def closed_form_directions(weight: Array, k: int) -> np.ndarray:
