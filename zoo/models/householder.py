@@ -245,15 +245,18 @@ class HouseholderVAE(ZooModel):
     # ----- the paper's protocol and check ---------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, trained: HouseholderVAE, **overrides) -> HouseholderVAE:
+    def from_pretrained(
+        cls, trained: HouseholderVAE, *, priors=None, **overrides
+    ) -> HouseholderVAE:
         """A Householder model initialised from a trained ``projector="linear"`` one: the
         encoder and the rest of the decoder copied, the projection from the top ``rank``
         singular vectors of the trained first layer (:meth:`HouseholderProjector.init_from`),
-        ready for a short fine-tune."""
+        ready for a short fine-tune (``priors`` and config ``overrides`` as for the
+        constructor)."""
         if trained.config.projector != "linear":
             raise ValueError("from_pretrained needs a model with projector='linear'")
         config = {**trained.config_dict(), **overrides, "projector": "householder"}
-        model = cls(config)
+        model = cls(config, priors=priors)
         model.encoder.load_state_dict(trained.encoder.state_dict())
         model.body.load_state_dict(trained.body.state_dict())
         model.projection.init_from(trained.projection)
