@@ -79,7 +79,8 @@ def test_fine_tune_from_a_trained_vae_keeps_its_elbo_and_moves_the_factors(train
     untrained = zoo.create("householder", **SMALL)
     start, trained_elbo, random = _elbo(tuned, test), _elbo(base, test), _elbo(untrained, test)
     # the start is the trained model with its first layer cut to rank 4: far nearer to it
-    # than to an untrained model (measured: about -70 vs -1700 nats from the trained ELBO)
+    # than to an untrained model (measured, seeds 0/1: 91/79 nats below the trained ELBO,
+    # the untrained model 12,650/12,050 below)
     assert trained_elbo - start < 0.2 * (trained_elbo - random)
     fit(tuned, tuned.guide, train, config=tuned.config, seed=seed, progress=False)
     end = _elbo(tuned, test)
@@ -88,8 +89,9 @@ def test_fine_tune_from_a_trained_vae_keeps_its_elbo_and_moves_the_factors(train
     # every direction moves something, and the four directions reach every factor at all
     # (a random basis of an untrained decoder moves none: its effects are below min_effect)
     assert result.active.all()
-    assert result.mean_purity > 0.45  # chance (all four alike) is 0.25
-    assert min(result.coverage.values()) > 0.02
+    # measured, seeds 0/1: purity 0.65/0.74, smallest coverage 0.11/0.11
+    assert result.mean_purity > 0.55  # chance (all four alike) is 0.25
+    assert min(result.coverage.values()) > 0.05
     assert not untrained.purity(untrained.directions(), test, rows=50).active.all()
 
 
