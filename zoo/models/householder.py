@@ -135,7 +135,7 @@ class HouseholderVAE(ZooModel):
     """
 
     name = "householder"
-    summary = "Householder projector: a rank-r orthogonal first decoder layer, purer traversals"
+    summary = "Householder projector: VAE whose first decoder layer is rank-r orthogonal"
     paper = 35
     local_sites = ("z",)
     static_structure = True
