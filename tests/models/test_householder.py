@@ -59,6 +59,7 @@ def trained():
     """A linear-projector VAE per seed (800 steps), and its held-out rows."""
     out = {}
     for seed in (0, 1):
+        torch.manual_seed(seed)  # the networks' initialisation
         model = zoo.create("householder", projector="linear", steps=800, **SMALL)
         data = model.default_data(seed)
         train, test = holdout_split(data, 0.1, seed)
@@ -75,6 +76,7 @@ def _elbo(model, test):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fine_tune_from_a_trained_vae_keeps_its_elbo_and_moves_the_factors(trained, seed):
     base, train, test = trained[seed]
+    torch.manual_seed(seed)
     tuned = HouseholderVAE.from_pretrained(base, steps=300)
     untrained = zoo.create("householder", **SMALL)
     start, trained_elbo, random = _elbo(tuned, test), _elbo(base, test), _elbo(untrained, test)
@@ -86,12 +88,15 @@ def test_fine_tune_from_a_trained_vae_keeps_its_elbo_and_moves_the_factors(train
     end = _elbo(tuned, test)
     assert end > start and end > trained_elbo - 25.0  # "at a similar ELBO"
     result = tuned.purity(tuned.directions(), test, rows=100)
-    # every direction moves something, and the four directions reach every factor at all
-    # (a random basis of an untrained decoder moves none: its effects are below min_effect)
+    # every direction moves some factor by half a data sd or more, and the four directions
+    # reach every factor (an untrained decoder's directions move nothing that far). Measured,
+    # seeds 0/1: purity 0.60/0.56 (chance, all four alike: 0.25), smallest coverage
+    # 0.13/0.06. Random rotations of the same directions inside their subspace score
+    # 0.47-0.76, so this checks that the directions move the factors, not that V_r is purer
+    # than another basis of its subspace (the recipe measures that, see results/).
     assert result.active.all()
-    # measured, seeds 0/1: purity 0.65/0.74, smallest coverage 0.11/0.11
-    assert result.mean_purity > 0.55  # chance (all four alike) is 0.25
-    assert min(result.coverage.values()) > 0.05
+    assert result.mean_purity > 0.45
+    assert min(result.coverage.values()) > 0.03
     assert not untrained.purity(untrained.directions(), test, rows=50).active.all()
 
 
