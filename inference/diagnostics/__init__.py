@@ -6,6 +6,7 @@ from inference.diagnostics.khat import guide_khat, khat_verdict, pointwise_khat
 from inference.diagnostics.latent_mi import LatentMI, latent_mi
 from inference.diagnostics.sbc import SBCPowerWarning, SBCResult, sbc, sbc_power
 from inference.diagnostics.summary import divergences, loo, summary
+from inference.diagnostics.traversal import TraversalPurity, traversal_purity
 from inference.relative import RelativeSimilarity, relative_similarity
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "RelativeSimilarity",
     "SBCPowerWarning",
     "SBCResult",
+    "TraversalPurity",
     "collapse_table",
     "divergences",
     "guide_khat",
@@ -27,4 +29,5 @@ __all__ = [
     "sbc",
     "sbc_power",
     "summary",
+    "traversal_purity",
 ]

@@ -1,4 +1,5 @@
 """Offline data generators and loaders shared by several models: the 8x8 digits as images
-(:mod:`~zoo.datasets.digits`), mini-dSprites, mini-MorphoMNIST, mini-Pendulum, stroke glyphs
+(:mod:`~zoo.datasets.digits`), mini-dSprites, continuous sprites with measurement functions
+(:mod:`~zoo.datasets.sprites`), mini-MorphoMNIST, mini-Pendulum, stroke glyphs
 and seeded Markov chains (:mod:`~zoo.datasets.markov`). A generator
 that only one model uses lives in that model's module or package."""
