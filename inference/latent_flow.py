@@ -339,8 +339,8 @@ class ZoneLatent(dist.TorchDistribution):
             batch_shape=batch_shape,
         )
 
-    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
-        shape = self._extended_shape(sample_shape)
+    def rsample(self, sample_shape=()) -> torch.Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))
         noise = torch.randn(shape, dtype=self.anchors.dtype, device=self.anchors.device)
         z, log_r = _forward(
             self.anchors, noise, self.reference, self.steps, self.t0, self.solver, self.power
@@ -348,7 +348,7 @@ class ZoneLatent(dist.TorchDistribution):
         self._draw = (z, log_r)
         return z
 
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape=()) -> torch.Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape)
 

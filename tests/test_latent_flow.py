@@ -119,7 +119,7 @@ def test_zone_assignment_names_the_anchor_a_latent_flows_to():
 def test_flow_times_run_from_t0_to_one():
     times = flow_times(10, 1e-4, 2.0)
     assert times[0] == pytest.approx(1e-4) and times[-1] == 1.0
-    assert all(b > a for a, b in zip(times, times[1:]))
+    assert all(b > a for a, b in zip(times[:-1], times[1:], strict=True))
 
 
 @pytest.mark.parametrize(
