@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import pyro.distributions as dist
 import torch
 from scipy import stats
-from torch.distributions import constraints
+from torch.distributions import constraints, register_kl
 
 __all__ = [
     "LatentFlowError",
@@ -98,9 +98,9 @@ def anchor_mean(
     weights (see :func:`log_weights`)."""
     logw = log_weights(x, t, anchors, own)
     w = logw.exp()
-    mean = w[:, : anchors.shape[0]] @ anchors
+    mean = w[..., : anchors.shape[0]] @ anchors
     if own is not None:
-        mean = mean + w[:, -1:] * own
+        mean = mean + w[..., -1:] * own
     return mean, logw
 
 
@@ -366,6 +366,23 @@ class ZoneLatent(dist.TorchDistribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         gauss = -0.5 * value.pow(2).sum(-1) - 0.5 * value.shape[-1] * math.log(2 * math.pi)
         return gauss + math.log(self.num_anchors) + self.log_responsibility(value)
+
+
+@register_kl(ZoneLatent, dist.Normal)
+def _kl_zone_normal(q: ZoneLatent, p: dist.Normal) -> torch.Tensor:
+    """KL(q || p) per row for a factorised Normal ``p`` over the latent's coordinates (as
+    diagnostics unwrap it): ``log N + E[log r] + E[log N(z; 0, I) - log p(z)]``, the last
+    term by 16 draws (none is needed for p = N(0, I): the first two are then exact)."""
+    z = q.sample((16,))
+    log_p = p.log_prob(z)
+    log_p = log_p.sum(-1) if log_p.shape == z.shape else log_p
+    return (q.log_prob(z) - log_p).mean(0)
+
+
+@register_kl(ZoneLatent, dist.Independent)
+def _kl_zone_independent(q: ZoneLatent, p: dist.Independent) -> torch.Tensor:
+    z = q.sample((16,))
+    return (q.log_prob(z) - p.log_prob(z)).mean(0)
 
 
 @dataclass(frozen=True)
