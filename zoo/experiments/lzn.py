@@ -101,6 +101,9 @@ def _logistic(x_train, y_train, x_test, y_test, grid, seed) -> dict[str, float]:
         Figure("lzn/moment_cov_p", "LZN latents N(0, I) covariance test p", 2),
         Figure("lzn/gen_recognised", "LZN prior samples recognised", 2),
         Figure("vae/gen_recognised", "VAE prior samples recognised", 2),
+        Figure("lzn/gen_class_entropy", "LZN samples' class entropy (nats; log 10 = 2.30)", 2),
+        Figure("vae/gen_class_entropy", "VAE samples' class entropy (nats)", 2),
+        Figure("noise/gen_recognised", "noise about the mean digit recognised (floor)", 2),
         Figure("lzn/gen_label_agreement", "LZN samples: recogniser = label anchor", 2),
     ],
     settings={
