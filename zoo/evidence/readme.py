@@ -164,8 +164,9 @@ def render_performance(results_dir: Path | str = "results") -> str:
     return "\n".join([PERF_BEGIN, "", "\n\n".join(body), "", PERF_END])
 
 
-def render_checks(results_dir: Path | str = "results") -> str:
-    """The README's paper-checks block: every recipe check read on its results file."""
+def render_checks(results_dir: Path | str = "results", models: list[str] | None = None) -> str:
+    """The README's paper-checks block: every recipe check read on its results file (only
+    those of ``models`` when given, as a tutorial shows its own)."""
     from zoo.evidence.checks import evaluate_check
     from zoo.evidence.recipes import find_recipe, list_recipes
 
@@ -176,7 +177,7 @@ def render_checks(results_dir: Path | str = "results") -> str:
         "| verdict |",
         "|---|---|---|---|---|",
     ]
-    for name in list_recipes():
+    for name in list_recipes() if models is None else models:
         recipe = find_recipe(name)
         path = Path(results_dir) / f"{name}.json"
         if recipe is None or not recipe.checks or not path.is_file():
