@@ -41,9 +41,10 @@ browser:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
 # the built site in a real browser: cards, images, links, figures, search, no JS errors;
-# screenshots in build/screenshots/
+# screenshots in build/screenshots/; and the assembled site's sources (tests/test_site.py,
+# which `make test` skips without the docs extra)
 docs-check: docs browser
-	$(PY) -m pytest -q -p no:xdist tests/browser
+	$(PY) -m pytest -q -p no:xdist tests/browser tests/test_site.py
 
 demo: setup
 	$(VENV)/bin/zoo train vae_digits  # a new run folder runs/vae_digits-<date>-<time> each time

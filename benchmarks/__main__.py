@@ -17,6 +17,7 @@ BENCHMARKS = (
     "benchmarks.nuts_ess",
     "benchmarks.numpyro_compare",
     "benchmarks.nuts_peers",
+    "benchmarks.nuts_options",
     "benchmarks.gp_prior",
     "benchmarks.memory",
     "benchmarks.niw_maml",
@@ -59,10 +60,13 @@ def main() -> None:
         if unknown:
             parser.error(f"unknown benchmark(s) {unknown}; valid: {list(BENCHMARKS)}")
         out = Path(args.out)
-        text = out.read_text() if out.is_file() else ""
+        tables = []
         for name in chosen:
-            table = format_table(importlib.import_module(name).run(quick=args.quick))
-            print(table)
+            tables.append(format_table(importlib.import_module(name).run(quick=args.quick)))
+            print(tables[-1])
+        # read only now: another run may have replaced other sections while these ran
+        text = out.read_text() if out.is_file() else ""
+        for table in tables:
             text = replace_section(text, table)
         out.write_text(text)
         print(f"updated {out}")

@@ -126,7 +126,7 @@ def trained():
     for seed in (0, 1):
         torch.manual_seed(seed)
         pyro.set_rng_seed(seed)
-        model = zoo.create("lpn", grid=3, tasks=3000, hidden=(64, 64), steps=800, refine_steps=1)
+        model = zoo.create("lpn", grid=3, tasks=3000, hidden=(64, 64), steps=1200, refine_steps=1)
         data = model.default_data(seed)
         fit(model, model.guide, data, config=model.config, seed=seed, progress=False)
         held = model.tasks(2000, seed=seed + 100)

@@ -145,7 +145,7 @@ PERF_BEGIN = (
 )
 PERF_END = "<!-- end of performance -->"
 #: the benchmark sections the README shows (the rest are on the site's performance page)
-PERF_SECTIONS = ("## vae_digits against pythae",)
+PERF_SECTIONS = ("## vae_digits against pythae", "## NUTS min-ESS per CPU-second against NumPyro")
 
 
 def render_performance(results_dir: Path | str = "results") -> str:
