@@ -34,23 +34,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pyro
-import pyro.distributions as dist
 import torch
 
-from guides import local
 from guides.encoders import RelativeEncoder, mlp
-from inference.data import DataError, Field
-from inference.evaluation import elbo_per_row, iwae_per_row
 from inference.relative import anchor_indices, latent_means
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import ConfigError, TrainConfig
 from zoo.datasets.digits import (
-    LIKELIHOODS,
     digit_images,
-    greyscale_hint,
-    image_field,
-    pixel_likelihood,
 )
+from zoo.models.vae_digits import DigitImageVAE
 from zoo.registry import register
 
 #: rows of load_digits the anchors are drawn from
@@ -58,14 +50,12 @@ NUM_DIGITS = 1797
 
 
 @register
-class RelRep(ZooModel):
+class RelRep(DigitImageVAE):
     """Rel-VAE (relative-representation encoder) on load_digits. See the module doc."""
 
     name = "relrep"
     summary = "Rel-VAE: encoder reads cosines to fixed anchor digits (stitchable across runs)"
     paper = 9
-    local_sites = ("z",)
-    static_structure = True
 
     tiny = {
         "num_anchors": 8,
@@ -114,47 +104,17 @@ class RelRep(ZooModel):
         self.decoder = mlp([c.latent_dim, *c.hidden, 64])
 
     def check_config(self) -> None:
+        super().check_config()  # likelihood, latent_dim, hidden
         c = self.config
-        if c.likelihood not in LIKELIHOODS:
-            raise ConfigError(f"likelihood must be one of {LIKELIHOODS}, got '{c.likelihood}'")
         if not 2 <= c.num_anchors <= NUM_DIGITS:
             raise ConfigError(f"num_anchors must be in 2..{NUM_DIGITS}, got {c.num_anchors}")
-        for key in ("embed_dim", "latent_dim"):
-            if getattr(c, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(c, key)}")
+        if c.embed_dim < 1:
+            raise ConfigError(f"embed_dim must be >= 1, got {c.embed_dim}")
         if c.relative and c.num_anchors < c.embed_dim:
             raise ConfigError(
                 f"num_anchors ({c.num_anchors}) must be >= embed_dim ({c.embed_dim}): fewer "
                 "anchors than embedding dimensions lose directions of e"
             )
-        if any(h < 1 for h in c.hidden):
-            raise ConfigError(f"hidden sizes must be >= 1, got {c.hidden}")
-
-    def data_error_hint(self, error: DataError) -> str | None:
-        return greyscale_hint(error, self.config.likelihood)
-
-    def data_spec(self) -> dict[str, Field]:
-        return {"x": image_field(self.config.likelihood)}
-
-    def default_priors(self) -> dict[str, dist.Distribution]:
-        return {"z": dist.Normal(0.0, 1.0).expand([self.config.latent_dim]).to_event(1)}
-
-    def model(self, batch) -> None:
-        with self.data_plate(batch):
-            z = pyro.sample("z", self.prior("z"))
-            likelihood = pixel_likelihood(self.decoder(z), self.config.likelihood)
-            pyro.sample("x", likelihood, obs=batch["x"])
-
-    def local_guide(self, batch, global_values=None) -> None:
-        with self.data_plate(batch):
-            loc, scale, context = local.encode(self, batch["x"])
-            local.sample("z", loc, scale, context=context)
-
-    def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
-        return self.validate({"x": digit_images(self.config.likelihood)})
-
-    def dims(self) -> dict[str, list[str]]:
-        return {"z": ["image", "latent"], "x": ["image", "pixel"]}
 
     # ----- stitching --------------------------------------------------------------------------
 
@@ -196,8 +156,5 @@ class RelRep(ZooModel):
         decoder's means at the guide's posterior mean of z (whatever the guide)."""
         with self.inference_mode():
             probs = torch.sigmoid(self.decoder(latent_means(self, guide, data, "z")))
-        return {
-            "elbo_per_image": float(elbo_per_row(self, guide, data, num_particles=10).mean()),
-            "iwae100_per_image": float(iwae_per_row(self, guide, data, num_particles=100).mean()),
-            "reconstruction_mse": float(((probs - data["x"]) ** 2).mean()),
-        }
+        mse = float(((probs - data["x"]) ** 2).mean())
+        return super().evaluate(guide, data) | {"reconstruction_mse": mse}

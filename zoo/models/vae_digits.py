@@ -35,33 +35,14 @@ from zoo.datasets.digits import (
 from zoo.registry import register
 
 
-@register
-class VAEDigits(ZooModel):
-    """VAE with an MLP encoder and decoder on load_digits. See the module doc."""
+class DigitImageVAE(ZooModel):
+    """What every VAE on the digit images shares (not registered): the image site, the
+    N(0, I) prior of z, the model p(z) p(x | decoder(z)), the local guide from
+    ``self.encoder``, the data and the ELBO/IWAE evaluation. A subclass sets its Config
+    (with ``latent_dim``, ``hidden``, ``likelihood``) and builds ``encoder`` and ``decoder``."""
 
-    name = "vae_digits"
-    summary = "VAE with MLP encoder and decoder on the 8x8 digits"
-    paper = None
     local_sites = ("z",)
     static_structure = True
-
-    tiny = {"latent_dim": 2, "hidden": (16,), "steps": 20}
-
-    @dataclass
-    class Config(TrainConfig):
-        holdout: float = 0.15
-        latent_dim: int = 10
-        hidden: tuple[int, ...] = (256, 256)
-        likelihood: str = "bernoulli"
-        batch_size: int = 128
-        lr: float = 1e-3
-        epochs: float = 300.0
-
-    def __init__(self, config=None, *, priors=None, **overrides):
-        super().__init__(config, priors=priors, **overrides)
-        hidden = list(self.config.hidden)
-        self.decoder = mlp([self.config.latent_dim, *hidden, 64])
-        self.encoder = NormalEncoder(64, self.config.latent_dim, hidden)
 
     def check_config(self) -> None:
         c = self.config
@@ -98,6 +79,40 @@ class VAEDigits(ZooModel):
     def dims(self) -> dict[str, list[str]]:
         return {"z": ["image", "latent"], "x": ["image", "pixel"]}
 
+    def evaluate(self, guide, data) -> dict:
+        """ELBO and 100-sample IWAE bound per image (nats) on ``data``."""
+        return {
+            "elbo_per_image": float(elbo_per_row(self, guide, data, num_particles=10).mean()),
+            "iwae100_per_image": float(iwae_per_row(self, guide, data, num_particles=100).mean()),
+        }
+
+
+@register
+class VAEDigits(DigitImageVAE):
+    """VAE with an MLP encoder and decoder on load_digits. See the module doc."""
+
+    name = "vae_digits"
+    summary = "VAE with MLP encoder and decoder on the 8x8 digits"
+    paper = None
+
+    tiny = {"latent_dim": 2, "hidden": (16,), "steps": 20}
+
+    @dataclass
+    class Config(TrainConfig):
+        holdout: float = 0.15
+        latent_dim: int = 10
+        hidden: tuple[int, ...] = (256, 256)
+        likelihood: str = "bernoulli"
+        batch_size: int = 128
+        lr: float = 1e-3
+        epochs: float = 300.0
+
+    def __init__(self, config=None, *, priors=None, **overrides):
+        super().__init__(config, priors=priors, **overrides)
+        hidden = list(self.config.hidden)
+        self.decoder = mlp([self.config.latent_dim, *hidden, 64])
+        self.encoder = NormalEncoder(64, self.config.latent_dim, hidden)
+
     def figures(self, guide, data, *, idata=None) -> dict:
         """New digits and reconstructions (the default image figures), and a traversal of
         each latent dimension over the prior's -2.5..2.5 from the first image's code."""
@@ -108,10 +123,3 @@ class VAEDigits(ZooModel):
             grid = torch.linspace(-2.5, 2.5, 7)
             out["traversal"] = lambda: traversal_figure(self, guide, data, "z", grid)
         return out
-
-    def evaluate(self, guide, data) -> dict:
-        """ELBO and 100-sample IWAE bound per image (nats) on ``data``."""
-        return {
-            "elbo_per_image": float(elbo_per_row(self, guide, data, num_particles=10).mean()),
-            "iwae100_per_image": float(iwae_per_row(self, guide, data, num_particles=100).mean()),
-        }
