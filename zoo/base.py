@@ -108,6 +108,9 @@ class ZooModel(PyroModule):
     #: rows a run's ``idata.nc`` covers (with few draws, as for local latents) for a model
     #: whose rows are large (episodes of frames); None: every row, or the local-latent cap
     idata_rows: ClassVar[int | None] = None
+    #: data fields that may be left out (ground-truth factors kept for diagnostics): checked
+    #: when given, not required
+    optional_fields: ClassVar[tuple[str, ...]] = ()
     #: engines the model is small enough for
     supports_nuts: ClassVar[bool] = False
     #: keyword arguments of :func:`inference.mcmc.nuts` the model's posterior needs
@@ -212,8 +215,11 @@ class ZooModel(PyroModule):
 
     def validate(self, data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Check user data against :meth:`data_spec`; return it as tensors."""
+        spec = self.data_spec()
+        if isinstance(data, Mapping):
+            spec = {k: f for k, f in spec.items() if k in data or k not in self.optional_fields}
         try:
-            return validate_data(data, self.data_spec())
+            return validate_data(data, spec)
         except DataError as error:
             hint = self.data_error_hint(error)
             if hint is None:

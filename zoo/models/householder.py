@@ -4,7 +4,6 @@ orthogonal matrix built from Householder reflections; see :class:`HouseholderVAE
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +15,7 @@ from torch.distributions import constraints
 
 from guides import local
 from guides.encoders import NormalEncoder, as_pyro_module, mlp
-from inference.data import Field, validate_data
+from inference.data import Field
 from inference.diagnostics.traversal import closed_form_directions, traversal_purity
 from inference.evaluation import elbo_per_row
 from zoo.base import ConfigError, TrainConfig, ZooModel
@@ -138,6 +137,8 @@ class HouseholderVAE(ZooModel):
     summary = "Householder projector: VAE whose first decoder layer is rank-r orthogonal"
     paper = 35
     local_sites = ("z",)
+    #: images alone are enough to train; the ground-truth factors are checked when given
+    optional_fields = ("factors",)
     static_structure = True
 
     tiny = {"num_rows": 256, "hidden": (16, 32), "steps": 20, "batch_size": 64}
@@ -206,13 +207,6 @@ class HouseholderVAE(ZooModel):
     @property
     def observed_sites(self) -> tuple[str, ...]:
         return ("x",)
-
-    def validate(self, data: Mapping[str, object]) -> dict[str, torch.Tensor]:
-        """Images alone are enough to train; ``factors`` are checked when given."""
-        spec = self.data_spec()
-        if isinstance(data, Mapping) and "factors" not in data:
-            spec = {"x": spec["x"]}
-        return validate_data(data, spec)
 
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
         images, factors = sprites(self.config.num_rows, seed=int(seed))

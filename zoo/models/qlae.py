@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyro
@@ -24,7 +23,7 @@ from torch.distributions import constraints
 
 from guides import local
 from guides.encoders import NormalEncoder, mlp
-from inference.data import Field, validate_data
+from inference.data import Field
 from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.datasets.dsprites import FACTOR_NAMES, mini_dsprites
 from zoo.registry import register
@@ -108,6 +107,8 @@ class QLAE(ZooModel):
     summary = "Quantized-latent autoencoder: per-dimension scalar codebooks, InfoMEC"
     paper = 12
     local_sites = ("z",)
+    #: images alone are enough to train; the ground-truth factors are checked when given
+    optional_fields = ("factors",)
     static_structure = True
 
     tiny = {"hidden": (16,), "batch_size": 64, "steps": 10}
@@ -175,13 +176,6 @@ class QLAE(ZooModel):
     @property
     def observed_sites(self) -> tuple[str, ...]:
         return ("x",)
-
-    def validate(self, data: Mapping[str, object]) -> dict[str, torch.Tensor]:
-        """Images alone are enough to train; ``factors`` are checked when given."""
-        spec = self.data_spec()
-        if isinstance(data, Mapping) and "factors" not in data:
-            spec = {"x": spec["x"]}
-        return validate_data(data, spec)
 
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
         if self.config.num_factors != len(FACTOR_NAMES):
