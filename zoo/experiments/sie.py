@@ -153,12 +153,16 @@ def _scores(model, data, targets, train, test, seed: int) -> dict[str, float]:
             "sie/class_accuracy_c",
             ">=",
             "no_split/class_accuracy_s",
+            why="the split separates pose from class but adds no class information: the "
+            "unsplit z (20 dimensions) holds the class as well as c, 2 of 3 seeds better",
         ),
         Check(
             "digit class from c at least the raw pixels'",
             "sie/class_accuracy_c",
             ">=",
             "raw/class_accuracy",
+            why="rotations of up to 45 degrees leave 8x8 digits linearly separable enough "
+            "that the 64 pixels beat a 16-dimensional c learned without labels",
         ),
     ],
 )
