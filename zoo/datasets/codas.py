@@ -14,10 +14,11 @@ Factors (``factors`` columns, :data:`FACTOR_NAMES`): the number of clicks, the r
 (0/1), ``f0``, and two nuisances: the mean click amplitude and the noise sd. Outcomes
 (:data:`OUTCOMES`, the same detector on real and generated signals): the click count, the
 ICI trend (mean log ratio of consecutive inter-click intervals: 0 regular, log 0.8
-accelerating), the spectral mean (power-weighted mean frequency), and two nuisance outcomes
+accelerating), the spectral mean (power-weighted mean frequency), and a nuisance outcome
 that the data vary by noise alone: the background noise level (RMS above 0.375
-cycles/sample, where clicks have no power) and the mean click amplitude (the amplitude
-noise).
+cycles/sample, where clicks have no power). (The clicks' amplitude jitter is not read: a
+decoder's mean signal lowers its peaks wherever it is unsure of a click's timing, so a
+peak-height reading would mix the jitter with the decoder's blur.)
 """
 
 from __future__ import annotations
@@ -130,20 +131,6 @@ def measure_noise(x: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.sqrt(2 * (np.abs(spectrum[:, high]) ** 2).mean(-1) / LENGTH)
 
 
-def measure_amplitude(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Mean click amplitude: the largest |x| within 3 samples of each envelope peak,
-    averaged over the clicks (nuisance: each click's amplitude is drawn in [0.6, 1]), 0
-    where no click is found."""
-    a = _rows(x)
-    env = _envelope(a)
-    out = np.zeros(len(env))
-    for i, e in enumerate(env):
-        peaks = _peaks(e)
-        if len(peaks):
-            out[i] = np.mean([np.abs(a[i, max(p - 3, 0) : p + 4]).max() for p in peaks])
-    return out
-
-
 Measurement = Callable[[np.ndarray | torch.Tensor], np.ndarray]
 
 #: outcome name -> measurement, the true factors' first
@@ -152,14 +139,13 @@ OUTCOMES: dict[str, Measurement] = {
     "ici_trend": measure_ici_trend,
     "spectral_mean": measure_spectral_mean,
     "noise": measure_noise,
-    "amplitude": measure_amplitude,
 }
 #: true factor -> the outcome that reads it
 FACTOR_OUTCOMES = {"n_clicks": "n_clicks", "rhythm": "ici_trend", "f0": "spectral_mean"}
 #: outcomes that the data vary by jitter alone
-NUISANCE_OUTCOMES = ("noise", "amplitude")
+NUISANCE_OUTCOMES = ("noise",)
 
 
 def measure(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    """All outcomes, ``(N, 5)`` in the order of :data:`OUTCOMES`."""
+    """All outcomes, ``(N, 4)`` in the order of :data:`OUTCOMES`."""
     return np.stack([fn(x) for fn in OUTCOMES.values()], axis=1)

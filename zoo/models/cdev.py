@@ -74,7 +74,8 @@ class CDEV(ZooModel):
     ``c`` and ``z``; :meth:`explore` runs
     :func:`~inference.diagnostics.extreme_effects.extreme_effects` on bit :math:`j` at
     :data:`EXTREME_VALUES` against ``do(c_j = 0)``, with the codas' outcome measurements
-    (:mod:`zoo.datasets.codas`) and the data's spread as the scale. Values outside {0, 1}
+    (:mod:`zoo.datasets.codas`: click count, ICI trend, spectral mean, and the background
+    noise level as the nuisance) and the data's spread as the scale. Values outside {0, 1}
     are fine for the decoder; never run inference on the intervened program.
     """
 
