@@ -10,7 +10,9 @@ defaults, untuned):
 - ``cdev``: the model (K binary codes summed out exactly, continuous noise z, the InfoGAN
   code-recovery term);
 - ``no_info``: the same model with ``info_weight = 0`` (a discrete-latent VAE without the
-  Q-network's term: does the sparse map need it?);
+  Q-network's term: does the sparse map need it?); its own Q never trains, so bit
+  readability is compared by a fresh Q trained post hoc on each frozen generator
+  (``probe_accuracy``, ``probe_steps`` Adam steps);
 - ``untrained``: the same architecture at its random initialisation, explored the same way
   (the simplest reference: how much "structure" the exploration reports on a generator
   that has learnt nothing; its outputs are small, so its effects on the codas' scale are
@@ -37,13 +39,14 @@ from zoo.evidence import Check, Figure, RunContext, recipe
 from zoo.models.cdev import exploration_scores
 
 
-def _scores(model, test, draws: int, seed: int, prefix: str) -> dict[str, float]:
+def _scores(model, test, draws: int, probe_steps: int, seed: int, prefix: str) -> dict[str, float]:
     effects = [
         model.explore(j, num_draws=draws, reference=test["x"], seed=seed)
         for j in range(model.config.num_codes)
     ]
     out = {f"{prefix}/{k}": v for k, v in exploration_scores(effects).items()}
     out[f"{prefix}/code_accuracy"] = model.code_accuracy(seed=seed)
+    out[f"{prefix}/probe_accuracy"] = model.probe_accuracy(steps=probe_steps, seed=seed)
     return out
 
 
@@ -67,13 +70,14 @@ def _elbo(model, test, seed: int) -> float:
         Figure("cdev/max_nuisance_effect", "CDEV: largest nuisance |std ATE| at v=1", 2),
         Figure("cdev/nuisance_flags_extreme", "CDEV: nuisance flags at v in {2,3,5}", 1),
         Figure("cdev/code_accuracy", "CDEV: Q's bit accuracy on generated codas", 3),
-        Figure("no_info/code_accuracy", "no code-recovery term: Q's bit accuracy", 3),
+        Figure("cdev/probe_accuracy", "CDEV: a fresh Q's bit accuracy (probe)", 3),
+        Figure("no_info/probe_accuracy", "no code-recovery term: fresh Q's accuracy", 3),
         Figure("no_info/factors_found_extreme", "no code-recovery term: factors at v=5", 2),
         Figure("untrained/factors_found_extreme", "untrained generator: factors at v=5", 2),
         Figure("cdev/heldout_elbo", "CDEV held-out ELBO (nats/coda)", 1),
     ],
-    settings={"num_rows": 3000, "holdout": 0.1, "steps": 800, "draws": 400},
-    quick={"num_rows": 300, "steps": 20, "draws": 20},
+    settings={"num_rows": 3000, "holdout": 0.1, "steps": 800, "draws": 400, "probe_steps": 300},
+    quick={"num_rows": 300, "steps": 20, "draws": 20, "probe_steps": 5},
     paper="Beguš, Leban & Gero, arXiv 2303.10931 (CDEV)",
     data="synthetic codas (3-8 Gabor clicks, regular/accelerating rhythm, f0, amplitude and "
     "background noise), 512 samples, 10% held out per seed",
@@ -112,5 +116,5 @@ def cdev(seed: int, ctx: RunContext) -> dict[str, float]:
         if arm != "untrained":
             fit(model, model.guide, train, config=model.config, seed=seed, progress=False)
             figures[f"{arm}/heldout_elbo"] = _elbo(model, test, seed)
-        figures |= _scores(model, test, s["draws"], seed, arm)
+        figures |= _scores(model, test, s["draws"], s["probe_steps"], seed, arm)
     return figures

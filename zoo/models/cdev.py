@@ -11,6 +11,7 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from torch import nn
 
 from guides import local
 from guides.encoders import NormalEncoder, mlp
@@ -267,6 +268,33 @@ class CDEV(ZooModel):
             z = self.prior("z").sample((num,))
             guess = self.q_net(self.decode(c, z)) > 0
         return float((guess == c.bool()).float().mean())
+
+    def probe_accuracy(self, *, steps: int = 300, num: int = 256, seed: int = 0) -> float:
+        """Share of bits a *fresh* Q-network (Q's architecture, trained here for ``steps``
+        Adam steps on ``num`` new generated codas each, the decoder frozen) recovers from
+        generated codas: whether the bits are readable from the output at all, comparable
+        between a model trained with the code-recovery term and one without (whose own Q
+        never trained)."""
+        c = self.config
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            probe = mlp([LENGTH, *reversed(c.hidden), c.num_codes]).to(self.device)
+            optimizer = torch.optim.Adam(probe.parameters(), lr=3e-3)
+
+            def draw():
+                with torch.no_grad(), self.inference_mode():
+                    code = self.code_prior().sample((num,))
+                    return code, self.decode(code, self.prior("z").sample((num,)))
+
+            for _ in range(steps):
+                code, x = draw()
+                loss = nn.functional.binary_cross_entropy_with_logits(probe(x), code)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            code, x = draw()
+            with torch.no_grad():
+                return float(((probe(x) > 0) == code.bool()).float().mean())
 
     def evaluate(self, guide, data) -> dict:
         """ELBO per signal (nats, 10 particles, without the code-recovery term), Q's bit
