@@ -17,6 +17,7 @@ from guides import local
 from guides.encoders import NormalEncoder, mlp
 from inference.data import Field
 from inference.diagnostics.extreme_effects import ExtremeEffects, extreme_effects
+from inference.elbos import enumerating
 from inference.evaluation import elbo_per_row
 from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.datasets.codas import (
@@ -27,7 +28,6 @@ from zoo.datasets.codas import (
     OUTCOMES,
     codas,
 )
-from zoo.models.gcrl.model import _enumerating
 from zoo.registry import register
 
 __all__ = ["CDEV", "EXTREME_VALUES", "exploration_scores"]
@@ -188,7 +188,7 @@ class CDEV(ZooModel):
             pyro.factor("code_recovery", c.info_weight * self._info_term(z.shape[:-1]))
 
     def model(self, batch) -> None:
-        if _enumerating():
+        if enumerating():
             return self.enumerated_model(batch)
         with self.data_plate(batch):
             z = pyro.sample("z", self.prior("z"))
