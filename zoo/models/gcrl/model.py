@@ -25,8 +25,6 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import Permute, affine_coupling
 from pyro.ops.indexing import Vindex
-from pyro.poutine.enum_messenger import EnumMessenger
-from pyro.poutine.runtime import _PYRO_STACK
 from torch import nn
 from torch.distributions import constraints
 
@@ -34,6 +32,7 @@ from guides import local
 from guides.encoders import NormalEncoder, mlp
 from guides.local import LocalOnlyGuide
 from inference.data import Field
+from inference.elbos import enumerating
 from inference.metrics import displacement_errors, hungarian_accuracy
 from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.models.gcrl.agents import make_agents
@@ -45,11 +44,6 @@ __all__ = ["GCRL", "GCRLGuide", "INVARIANT_PARTS", "VARIANT_PARTS"]
 INVARIANT_PARTS = ("encoder", "flow_z")
 #: the parts a new environment adapts (the spec: variant encoder, decoders, s-flow, pi)
 VARIANT_PARTS = ("style_encoder", "dec_past", "dec_future", "flow_s", "env_logits")
-
-
-def _enumerating() -> bool:
-    """Whether an enumeration handler (TraceEnum_ELBO) runs the model."""
-    return any(isinstance(handler, EnumMessenger) for handler in _PYRO_STACK)
 
 
 def _coupling_stack(dim: int, layers: int, hidden: int) -> nn.ModuleList:
@@ -246,7 +240,7 @@ class GCRL(ZooModel):
         pyro.sample("future", dist.Normal(future, c.obs_scale).to_event(2), obs=batch["future"])
 
     def model(self, batch) -> None:
-        if _enumerating():
+        if enumerating():
             return self.enumerated_model(batch)
         with self.data_plate(batch):
             z = pyro.sample("z", self.prior("z"))
