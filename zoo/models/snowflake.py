@@ -36,6 +36,12 @@ Default data: the shortest-path metric of a balanced binary tree on 31 nodes
 graph (a differentiable graph module, Gumbel top-k neighbours on :math:`\\rho` of encoded
 features, a GCN for node labels), is :class:`SnowflakeDGM` below: a deterministic classifier
 as in the paper (not a Pyro model), run by the ``snowflake`` recipe on ``load_digits``.
+
+What reproduced (``results/snowflake.md``, 3 seeds): in d = 2 the snowflake's maximum
+distortion is an order of magnitude below the Euclidean one (tree 5.7 against 112), but its
+MSE only 0.70x (tree) and 0.95x (cycle+star) the Euclidean, not the paper's orders of
+magnitude (its Table 2 is metric learning from features, a different task); on digits the
+snowflake DGM, the Euclidean DGM and the MLP are within their seed spread (about 0.90).
 """
 
 from __future__ import annotations
