@@ -148,13 +148,13 @@ class GEDI(ZooModel):
         circle_factor: float = 0.5  # make_circles: inner radius / outer radius
         clusters: int = 2
         hidden: tuple[int, ...] = (64, 64)
-        tau: float = 1.0  # temperature of p(y | x)
+        tau: float = 0.3  # temperature of p(y | x) (1.0 left the moons half-split)
         jitter: float = 0.1  # sigma of the Gaussian augmentation (both views)
         gen_weight: float = 1.0
         inv_weight: float = 1.0
         prior_weight: float = 1.0
         variant: str = "factor"  # factor (the paper's loss) or enum (y enumerated)
-        sgld_steps: int = 20
+        sgld_steps: int = 5
         sgld_step: float = 0.01  # step size on grad E
         sgld_noise: float = 0.01
         buffer_size: int = 2000
@@ -163,9 +163,9 @@ class GEDI(ZooModel):
         energy_reg: float = 0.0  # optional penalty on squared energies (stability)
         prior_concentration: float = 2000.0  # Dirichlet(a 1_c) prior of pi
         holdout: float = 0.0
-        batch_size: int = 256
-        lr: float = 1e-3
-        steps: int | None = 2000
+        batch_size: int = 128
+        lr: float = 3e-3
+        steps: int | None = 1000
 
     def __init__(self, config=None, *, priors=None, **overrides):
         super().__init__(config, **overrides)
@@ -295,7 +295,8 @@ class GEDI(ZooModel):
     def terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The objective's terms on a batch of rows ``x`` (B, 2), as log factors (higher is
         better): ``gen`` (B,), ``inv`` (B,) or, for ``variant="enum"``, ``pair`` (c, B) with
-        log p(y | x') + log p(y | x'') per cluster, and ``prior`` (a scalar, -KL)."""
+        log p(y | x') + log p(y | x'') per cluster, and ``pbar`` (c,), the batch-mean
+        assignment (the prior term -KL(pbar || pi) is taken in :meth:`model`)."""
         c = self.config
         out: dict[str, torch.Tensor] = {}
         if c.gen_weight > 0:
