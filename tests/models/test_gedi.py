@@ -1,8 +1,9 @@
 """GEDI's own checks (paper 21): the invariance term alone collapses to one cluster and the
-prior term prevents it (over seeds); the full objective clusters the moons far better than
-its generative-free ablation would need to; the enumerated cluster gives the same objective
-as its closed form; the model's own bad inputs."""
+prior term prevents it (over seeds); the full objective separates the moons (NMI > 0.9 on two
+seeds, where invariance + prior reaches about 0.3-0.4); the enumerated cluster gives the same
+objective as its closed form; SGLD samples lie on the data; the model's own bad inputs."""
 
+import functools
 import math
 
 import numpy as np
@@ -15,31 +16,39 @@ import zoo
 from inference.data import DataError, full_batch
 from inference.svi import fit
 
-#: a small, fast version of the recipe's setting (seconds on one core)
-SMALL = {"rows": 600, "hidden": (32, 32), "batch_size": 128, "sgld_steps": 5}
+#: a smaller data set for the cheap (generative-free) fits
+SMALL = {"rows": 600}
 
 
-def train(seed: int, steps: int, **overrides):
-    model = zoo.create("gedi", **{**SMALL, **overrides})
+def train(seed: int, steps: int | None = None, **overrides):
+    """The model fitted on ``default_data(seed)``, and its scores on another draw."""
+    model = zoo.create("gedi", **overrides)
     data = model.default_data(seed)
     torch.manual_seed(seed)
     fit(model, model.guide, data, config=model.config, steps=steps, seed=seed, progress=False)
-    test = zoo.create("gedi", **{**SMALL, **overrides}).default_data(seed + 100)
+    test = zoo.create("gedi", **overrides).default_data(seed + 100)
     return model, model.evaluate(model.guide, test)
+
+
+@functools.lru_cache(maxsize=2)
+def moons(seed: int):
+    """GEDI at the recipe's setting on 1000 moons points (1000 steps, 5 SGLD steps)."""
+    return train(seed, rows=1000)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_invariance_alone_collapses_and_the_prior_term_prevents_it(seed):
-    _, alone = train(seed, 400, gen_weight=0.0, prior_weight=0.0)
-    _, with_prior = train(seed, 400, gen_weight=0.0)
+    _, alone = train(seed, 400, **SMALL, gen_weight=0.0, prior_weight=0.0)
+    _, with_prior = train(seed, 400, **SMALL, gen_weight=0.0)
     assert alone["num_clusters"] == 1 and alone["nmi"] < 0.01
     assert with_prior["num_clusters"] == 2 and with_prior["nmi"] > 0.1
 
 
-def test_gedi_clusters_the_moons():
-    scores = [train(seed, 1000)[1] for seed in (0, 1)]
-    nmi = [s["nmi"] for s in scores]
-    assert min(nmi) > 0.7, nmi
+def test_gedi_separates_the_moons_where_its_generative_free_ablation_cannot():
+    # measured: GEDI 0.99 and 1.0 (seeds 0, 1); invariance + prior 0.42 and 0.29, and GEDI
+    # with 600 steps instead of 1000 about 0.6: a broken generative term fails this
+    nmi = [moons(seed)[1]["nmi"] for seed in (0, 1)]
+    assert min(nmi) > 0.9, nmi
 
 
 def test_enumerated_cluster_gives_the_closed_form_objective():
@@ -60,7 +69,7 @@ def test_enumerated_cluster_gives_the_closed_form_objective():
 
 
 def test_sgld_samples_follow_the_learned_energy():
-    model, _ = train(0, 1000)
+    model, _ = moons(0)
     x = model.sample_new_rows(400, data=model.default_data(0), seed=1)["x"]
     data = model.default_data(0)["x"]
     nearest = torch.cdist(x, data).min(1).values
