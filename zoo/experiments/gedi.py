@@ -44,6 +44,15 @@ ARMS = {
 }
 DATASETS = ("moons", "circles")
 
+#: why the circles checks are not met (written after the 3-seed run; see results/gedi.md)
+CIRCLES_WHY = (
+    "GEDI cut the rings by a straight line on every seed (NMI 0.00), as L_INV + L_PRIOR, "
+    "k-means and the GMM did, while L_GEN alone separated them on 2 of 3 seeds: the balanced "
+    "straight cut the invariance and prior terms reach early is a local optimum the generative "
+    "term does not move the network out of at this budget (1000 steps, 5 SGLD steps, tau 0.3, "
+    "unit weights; the spec's 7k iterations and the paper's weights not tried)"
+)
+
 
 def train_arm(arm: str, dataset: str, train: dict, seed: int, s: dict):
     """The model of ``arm`` fitted on ``train`` with the recipe's shared settings."""
@@ -125,29 +134,30 @@ def _headline() -> list[Figure]:
         Check(
             "moons: GEDI's NMI above L_INV + L_PRIOR", "moons/gedi/nmi", ">=", "moons/inv_prior/nmi"
         ),
+        Check("moons: GEDI's NMI above L_GEN only", "moons/gedi/nmi", ">=", "moons/gen_only/nmi"),
+        Check("moons: L_INV alone collapses (NMI at most 0.05)", "moons/inv_only/nmi", "<=", 0.05),
+        Check("moons: GEDI's NMI above k-means'", "moons/gedi/nmi", ">=", "moons/kmeans/nmi"),
+        Check("moons: GEDI's NMI above the GMM's", "moons/gedi/nmi", ">=", "moons/gmm/nmi"),
         Check(
-            "circles: GEDI's NMI above L_INV + L_PRIOR",
+            "circles: GEDI separates the rings (NMI at least 0.5)",
             "circles/gedi/nmi",
             ">=",
-            "circles/inv_prior/nmi",
+            0.5,
+            why=CIRCLES_WHY,
         ),
-        Check("moons: GEDI's NMI above L_GEN only", "moons/gedi/nmi", ">=", "moons/gen_only/nmi"),
         Check(
             "circles: GEDI's NMI above L_GEN only",
             "circles/gedi/nmi",
             ">=",
             "circles/gen_only/nmi",
+            why=CIRCLES_WHY,
         ),
-        Check("moons: L_INV alone collapses (NMI at most 0.05)", "moons/inv_only/nmi", "<=", 0.05),
         Check(
             "circles: L_INV alone collapses (NMI at most 0.05)",
             "circles/inv_only/nmi",
             "<=",
             0.05,
         ),
-        Check("moons: GEDI's NMI above k-means'", "moons/gedi/nmi", ">=", "moons/kmeans/nmi"),
-        Check("moons: GEDI's NMI above the GMM's", "moons/gedi/nmi", ">=", "moons/gmm/nmi"),
-        Check("circles: GEDI's NMI above k-means'", "circles/gedi/nmi", ">=", "circles/kmeans/nmi"),
     ],
 )
 def gedi(seed: int, ctx: RunContext) -> dict[str, float]:
