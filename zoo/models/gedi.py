@@ -28,8 +28,9 @@ divergence estimate of the likelihood gradient of p_theta(x) = exp(-E(x)) / Z.
 The cluster proportions pi are the model's one latent site (the paper fixes pi = U_c, the
 uniform prior): with the default concentration a = ``prior_concentration`` = 2000 the
 Dirichlet holds pi within about 0.01 of uniform, so the prior term is the paper's L_PRIOR
-(its pull is about halved, pi meeting pbar half-way at N = 2000 rows); a weaker Dirichlet
-lets pi follow pbar and so lets the clusters collapse (the prior swap of the tutorial).
+(its pull is about halved, pi meeting pbar half-way at N = 2000 rows). A weaker Dirichlet
+lets pi follow pbar, so the prior term no longer has to hold the clusters balanced (the
+tutorial's prior swap; at its budget the clusters stayed balanced all the same).
 
 ``variant="enum"`` (the native cluster model): the invariance term is the likelihood that
 the two views share a cluster, with y_n ~ Categorical(1/c) a site enumerated by
@@ -222,7 +223,8 @@ class GEDI(ZooModel):
             "label": Field(
                 dtype="int",
                 support=constraints.integer_interval(-1, MAX_LABEL),
-                doc="true cluster, for scoring only (-1: unknown); never used in training",
+                doc="true cluster, for scoring only (-1: unknown; new rows: the model's "
+                "cluster); never used in training",
             ),
         }
 
