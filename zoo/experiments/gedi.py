@@ -46,11 +46,12 @@ DATASETS = ("moons", "circles")
 
 #: why the circles checks are not met (written after the 3-seed run; see results/gedi.md)
 CIRCLES_WHY = (
-    "GEDI cut the rings by a straight line on every seed (NMI 0.00), as L_INV + L_PRIOR, "
-    "k-means and the GMM did, while L_GEN alone separated them on 2 of 3 seeds: the balanced "
-    "straight cut the invariance and prior terms reach early is a local optimum the generative "
-    "term does not move the network out of at this budget (1000 steps, 5 SGLD steps, tau 0.3, "
-    "unit weights; the spec's 7k iterations and the paper's weights not tried)"
+    "GEDI cut both rings in halves on every seed (NMI 0.00), as L_INV + L_PRIOR, k-means and "
+    "the GMM did, while L_GEN alone separated them on 2 of 3 seeds; in GEDI's fit the energy "
+    "had not learned the hole between the rings (SGLD samples fall in the centre), so the "
+    "balanced cut the invariance and prior terms reach early stays: a local optimum at this "
+    "budget (1000 steps, 5 SGLD steps, tau 0.3, unit weights; the spec's 7k iterations and "
+    "the paper's weights not tried)"
 )
 
 
