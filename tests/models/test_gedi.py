@@ -25,6 +25,7 @@ def train(seed: int, steps: int | None = None, **overrides):
     model = zoo.create("gedi", **overrides)
     data = model.default_data(seed)
     torch.manual_seed(seed)
+    steps = model.config.steps if steps is None else steps
     fit(model, model.guide, data, config=model.config, steps=steps, seed=seed, progress=False)
     test = zoo.create("gedi", **overrides).default_data(seed + 100)
     return model, model.evaluate(model.guide, test)
@@ -58,13 +59,13 @@ def test_enumerated_cluster_gives_the_closed_form_objective():
     model.guide(batch)  # the autoguide built outside the enumeration (y is no guide site)
     for elbo in (Trace_ELBO(), TraceEnum_ELBO(max_plate_nesting=1)):
         pyro.set_rng_seed(3)  # the same jitter draws
-        losses.append(float(elbo.differentiable_loss(model.model, model.guide, batch)))
+        losses.append(float(elbo.differentiable_loss(model.model, model.guide, batch).detach()))
     assert math.isfinite(losses[0]) and losses[1] == pytest.approx(losses[0], rel=1e-5)
     # and it is the tempered agreement, not the paper's cross-entropy
     factor = zoo.create("gedi", **SMALL, gen_weight=0.0)
     factor.load_state_dict(model.state_dict())
     pyro.set_rng_seed(3)
-    other = float(Trace_ELBO().differentiable_loss(factor.model, factor.guide, batch))
+    other = float(Trace_ELBO().differentiable_loss(factor.model, factor.guide, batch).detach())
     assert abs(other - losses[0]) > 1e-3
 
 
