@@ -13,22 +13,27 @@ along a known transform ``k`` at stage ``t`` (the data carry ``k`` and ``t`` as 
 
 with K potentials ``u_k(z, tau) = tanh(MLP([z, emb(tau)]))_k`` (one tanh MLP with a
 sinusoidal time embedding and K outputs, the code's design) and an amortized Gaussian
-encoder ``q(z_n | x_n)``. The flows are kept physical and distinct by a factor of the joint,
-per row (so it scales with the data like the likelihood)::
+encoder ``q(z_n | x_n)``. While training, the flows are kept physical and distinct by a
+factor of the joint, per row (so it scales with the data like the likelihood)::
 
-    exp(-[ lam_pde (L_ic + L_wave) + lam_cls CE(c_psi(p_n, p'_n), k_n)
+    exp(-[ lam_pde (L_ic + L_wave) + lam_cls CE(c_psi(p_n, p~_n), j_n)
            - lam_change log(1 + |p'_n - p_n|^2) ])
+
+(defaults lam_pde = 100, lam_cls = 10, lam_change = 0.1; in evaluation mode the model is
+the joint of ``x`` and ``x_next`` alone)
 
 - ``L_wave = (d^2 u_k / d tau^2 - c_k^2 Lap_z u_k)^2`` at ``(sg(z_n), tau ~ U(0, T))``, the
   wave equation with a learnable speed ``c_k`` (init 1); the Laplacian is **exact**, a loop
   of D second derivatives (the code's ``grad(u_z.sum(), z)`` sums Hessian rows instead);
 - ``L_ic = |grad_z u_k(sg(z_n), 0)|^2``, the initial condition (flows start at rest at
   ``tau = 0``; the data steps use ``tau = 1..T``);
-- ``c_psi`` is the classifier ("reconstructor") that reads the pair of decoded means
-  ``p = sigmoid(f(z))``, ``p' = sigmoid(f(z'))`` and names ``k``;
+- ``c_psi`` is the classifier ("reconstructor") that reads a pair of decoded means
+  ``p = sigmoid(f(z))``, ``p~ = sigmoid(f(sg(z) + grad_z u_j(sg(z), t + 1)))`` for a flow
+  ``j_n`` drawn uniformly at random (as the paper's loop draws k), and names ``j``: every
+  flow is kept distinct at every code, not only at codes of its own transform;
 - the image-change term (the code's ``-L_jvp``, unbounded there) is ``log(1 + .)`` of the
-  finite difference ``|p' - p|^2`` (the decoder's JVP along the flow, to first order),
-  so it is bounded in its pull and costs no extra decoder pass.
+  finite difference ``|p' - p|^2`` (``p' = sigmoid(f(z'))``: the decoder's JVP along the
+  flow, to first order), so it is bounded in its pull and costs no extra decoder pass.
 
 What it keeps and what it changes: the paper trains the VAE with ELBO(x) + ELBO(traversed
 latent vs the next frame) + the PDE loss + MSEs matching encoded and flowed latents; here
