@@ -14,6 +14,9 @@ from inference.relative import relative_projection
 __all__ = [
     "mlp",
     "NormalEncoder",
+    "SpectralLinear",
+    "lipschitz_mlp",
+    "LipschitzNormalEncoder",
     "GaussianEncoder",
     "SequenceEncoder",
     "RelativeEncoder",
@@ -65,6 +68,84 @@ class NormalEncoder(PyroModule):
         out, hidden = split_last(self.net, x)
         loc, raw_scale = out.split(self.latent_dim, dim=-1)
         return loc, nn.functional.softplus(raw_scale) + 1e-4, hidden
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, scale, _ = self.encode(x)
+        return loc, scale
+
+
+class SpectralLinear(nn.Linear):
+    """A linear layer whose weight is divided by ``max(1, ||W||_2 / bound)`` at every call,
+    so the layer is ``bound``-Lipschitz in the L2 norm (spectral normalisation, Miyato et
+    al. 2018, with the exact largest singular value instead of a power iteration: the
+    bound then holds at every step, not only after the iteration has converged)."""
+
+    def __init__(self, in_features: int, out_features: int, bound: float = 1.0):
+        super().__init__(in_features, out_features)
+        if not bound > 0:
+            raise ValueError(f"bound must be positive, got {bound!r}")
+        self.bound = float(bound)
+
+    def normalised_weight(self) -> torch.Tensor:
+        sigma = torch.linalg.matrix_norm(self.weight, ord=2)
+        return self.weight / torch.clamp(sigma / self.bound, min=1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.normalised_weight(), self.bias)
+
+
+def lipschitz_mlp(
+    sizes: Sequence[int], lipschitz: float = 1.0, activation: type[nn.Module] = nn.Softplus
+) -> nn.Sequential:
+    """:func:`mlp` with :class:`SpectralLinear` layers, each ``lipschitz ** (1 / layers)``
+    -Lipschitz, so the whole map is ``lipschitz``-Lipschitz in L2 (the activation must be
+    1-Lipschitz: Softplus, ReLU, Tanh)."""
+    if not lipschitz > 0:
+        raise ValueError(f"lipschitz must be positive, got {lipschitz!r}")
+    count = len(sizes) - 1
+    bound = float(lipschitz) ** (1.0 / count)
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
+        layers.append(SpectralLinear(n_in, n_out, bound))
+        if i < count - 1:
+            layers.append(activation())
+    return as_pyro_module(nn.Sequential(*layers))
+
+
+class LipschitzNormalEncoder(PyroModule):
+    """x -> (loc, scale) of a diagonal Normal, like :class:`NormalEncoder`, with two
+    options: ``lipschitz=L`` builds the network from :class:`SpectralLinear` layers, so
+    ``||loc(x + d) - loc(x)||_2 <= L ||d||_2`` for every ``d`` (``None``: unconstrained);
+    ``min_scale=tau`` floors the scale, ``scale = sqrt(softplus(s)^2 + tau^2)``, so latent
+    draws always carry noise of at least ``tau`` (the latent-noise augmentation of a
+    quantised VAE's decoder). ``encode(x)`` adds the last hidden features as context."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        *,
+        lipschitz: float | None = 1.0,
+        min_scale: float = 0.0,
+    ):
+        super().__init__()
+        if not min_scale >= 0:
+            raise ValueError(f"min_scale must be >= 0, got {min_scale!r}")
+        self.latent_dim = latent_dim
+        self.lipschitz = lipschitz
+        self.min_scale = float(min_scale)
+        sizes = [input_dim, *hidden, 2 * latent_dim]
+        self.net = mlp(sizes) if lipschitz is None else lipschitz_mlp(sizes, lipschitz)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loc, scale, context)``."""
+        out, hidden = split_last(self.net, x)
+        loc, raw_scale = out.split(self.latent_dim, dim=-1)
+        scale = nn.functional.softplus(raw_scale) + 1e-4
+        if self.min_scale > 0:
+            scale = torch.sqrt(scale.square() + self.min_scale**2)
+        return loc, scale, hidden
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, scale, _ = self.encode(x)

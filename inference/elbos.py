@@ -18,7 +18,19 @@ from torch.distributions import kl_divergence, register_kl
 
 from inference.data import Batch
 
+
+def enumerating() -> bool:
+    """Whether an enumeration handler (TraceEnum_ELBO, ``infer_discrete``) runs the caller:
+    a model that sums a discrete latent out in closed form can then run its enumerated
+    form instead."""
+    from pyro.poutine.enum_messenger import EnumMessenger
+    from pyro.poutine.runtime import _PYRO_STACK
+
+    return any(isinstance(handler, EnumMessenger) for handler in _PYRO_STACK)
+
+
 __all__ = [
+    "enumerating",
     "ELBOS",
     "ELBO_NAMES",
     "JIT_ELBOS",

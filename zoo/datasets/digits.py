@@ -3,9 +3,12 @@ by the models that decode digits pixel by pixel (Bernoulli or continuous Bernoul
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch.distributions import constraints
 
@@ -21,6 +24,8 @@ __all__ = [
     "transform_image",
     "transform_schedule",
     "transformed_digit_pairs",
+    "rotate_digits",
+    "rotated_digit_pairs",
 ]
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
@@ -126,4 +131,58 @@ def transformed_digit_pairs(
         "k": k.astype("int64"),
         "t": t.astype("int64"),
         "digit": digits.target[rows].astype("int64"),
+    }
+
+
+def rotate_digits(images, degrees) -> torch.Tensor:
+    """8x8 images (N, 64) rotated about their centre by ``degrees`` (N,), counter-clockwise,
+    bilinear, zeros outside; (N, 64) float32."""
+    x = torch.as_tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    theta = torch.as_tensor(degrees, dtype=torch.float32) * (math.pi / 180.0)
+    cos, sin = theta.cos(), theta.sin()
+    zero = torch.zeros_like(theta)
+    affine = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1)
+    grid = F.affine_grid(affine, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.reshape(-1, 64)
+
+
+def rotated_digit_pairs(
+    seed: int = 0,
+    *,
+    pairs_per_digit: int = 1,
+    max_degrees: float = 45.0,
+    brightness: tuple[float, float] = (0.6, 1.4),
+) -> dict[str, np.ndarray]:
+    """Two views of each load_digits image (pixels / 16, in [0, 1]) under a known group
+    element each: view v is the image rotated by theta_v ~ U[-max_degrees, max_degrees] and
+    multiplied by b_v ~ U[brightness] (pixels then in [0, max(brightness)]).
+
+    :returns: ``x1``, ``x2`` (N, 64) float32, ``theta1``, ``theta2`` (degrees), ``b1``, ``b2``,
+        ``label`` (the digit class) and ``digit`` (the row of load_digits), with
+        ``N = 1797 * pairs_per_digit``, the pairs of one image consecutive.
+    """
+    if pairs_per_digit < 1:
+        raise ValueError(f"pairs_per_digit must be >= 1, got {pairs_per_digit}")
+    if not 0 <= max_degrees <= 180:
+        raise ValueError(f"max_degrees must be in [0, 180], got {max_degrees}")
+    low, high = brightness
+    if not 0 < low <= high:
+        raise ValueError(f"brightness must be (low, high) with 0 < low <= high, got {brightness}")
+    digits = load_digits()
+    digit = np.repeat(np.arange(len(digits.data)), pairs_per_digit)
+    rng = np.random.default_rng(seed)
+    theta = rng.uniform(-max_degrees, max_degrees, size=(2, len(digit)))
+    b = rng.uniform(low, high, size=(2, len(digit)))
+    base = digits.data[digit] / 16.0
+    views = [(rotate_digits(base, theta[v]).numpy() * b[v][:, None]) for v in (0, 1)]
+    return {
+        "x1": views[0].astype("float32"),
+        "x2": views[1].astype("float32"),
+        "theta1": theta[0],
+        "theta2": theta[1],
+        "b1": b[0],
+        "b2": b[1],
+        "label": digits.target[digit].astype("int64"),
+        "digit": digit,
     }

@@ -23,6 +23,7 @@ from torch.distributions import constraints
 
 from guides import local
 from guides.encoders import NormalEncoder, mlp
+from guides.quantize import nearest_code, straight_through_value
 from inference.data import Field
 from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.datasets.dsprites import FACTOR_NAMES, mini_dsprites
@@ -193,10 +194,7 @@ class QLAE(ZooModel):
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         """Nearest codebook value per dimension (no gradient to ``z``; to the codebook)."""
-        distance = (z.detach().unsqueeze(-1) - self.codebook).abs()
-        index = distance.argmin(-1, keepdim=True)
-        book = self.codebook.expand(*z.shape, self.config.num_values)
-        return torch.gather(book, -1, index).squeeze(-1)
+        return nearest_code(z, self.codebook)
 
     def model(self, batch) -> None:
         c = self.config
@@ -210,7 +208,7 @@ class QLAE(ZooModel):
             code = z
             if c.variant == "qlae":
                 quantized = self.quantize(z)
-                code = z + (quantized - z).detach()  # straight-through
+                code = straight_through_value(z, quantized)
                 codebook_term = (z.detach() - quantized).pow(2).sum(-1)
                 commitment_term = (z - quantized.detach()).pow(2).sum(-1)
                 penalty = (PIXELS / c.latent_dim) * (
