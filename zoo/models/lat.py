@@ -458,7 +458,8 @@ class LAT(ZooModel):
     # ----- prediction, attacks and scores -----------------------------------------------------
 
     def weight_draws(self, guide, draws: int | None = None, seed: int = 0):
-        """``draws`` joint draws of (W, b) from the guide: (S, H, K), (S, K)."""
+        """``draws`` joint draws of (W, b) from the guide (``None``: from the prior, i.e. the
+        base model's posterior): (S, H, K), (S, K)."""
         from pyro.infer import Predictive
 
         draws = draws or self.config.predictive_draws
