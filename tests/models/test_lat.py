@@ -68,7 +68,8 @@ def test_latent_adversary_is_bounded_not_a_site_and_leaves_model_grads_alone():
     trace = poutine.trace(model.model).get_trace(batch)
     sites = {n for n, s in trace.nodes.items() if s["type"] == "sample" and n != "data"}
     assert sites == {"w", "b", "y"}  # the perturbation is no Pyro site
-    w, b = model.prior("w").mean, model.prior("b").mean
+    w, b = model.prior("w").mean, model.prior("b").mean.clone()
+    b[COMPLY] -= 8.0  # a head that does not comply, so the adversary has something to climb
     x, attack = data["x"], data["attack"]
     h1 = model.hidden1(x).detach()
     perturbed = model.perturb(x, h1, attack, w, b)
@@ -88,6 +89,8 @@ def test_latent_adversary_is_bounded_not_a_site_and_leaves_model_grads_alone():
     assert torch.equal(none.perturb(x, h1, attack, w, b), h1)
     with torch.no_grad():  # no adversary at prediction time
         assert torch.equal(model.perturb(x, h1, attack, w, b), h1)
+    model.eval()  # nor in evaluation mode
+    assert torch.equal(model.perturb(x, h1, attack, w, b), h1)
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -48,7 +48,7 @@ from pyro.infer.autoguide.initialization import init_to_mean
 from torch import nn
 from torch.distributions import constraints
 
-from inference.attacks import hidden_pgd, pgd_linf
+from inference.attacks import hidden_pgd, pgd_linf, robust_accuracy
 from inference.data import Field
 from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.registry import register
@@ -385,10 +385,13 @@ class LAT(ZooModel):
 
     def perturb(self, x, h1, attack, w, b) -> torch.Tensor:
         """h1 with the training adversary's perturbation on the ``attack`` rows (no
-        gradient to the model's parameters from the attack itself)."""
+        gradient to the model's parameters from the attack itself). Only in training mode
+        with gradients on: ``model.eval()`` or ``torch.no_grad()`` score the plain model."""
         c = self.config
         rows = attack.bool()
-        if c.adversary == "none" or not torch.is_grad_enabled() or not rows.any():
+        if c.adversary == "none" or not (self.training and torch.is_grad_enabled()):
+            return h1
+        if not rows.any():
             return h1
         w, b = w.detach(), b.detach()
         if c.adversary == "latent":
@@ -398,7 +401,7 @@ class LAT(ZooModel):
                 return h1
             delta = hidden_pgd(
                 lambda d: self.adversary_objective(self.head(base + d, w, b)),
-                base.shape,
+                base,
                 eps,
                 norm="l2",
                 steps=c.pgd_steps,
@@ -516,14 +519,15 @@ class LAT(ZooModel):
             return logp[:, COMPLY]
 
         with torch.enable_grad():
-            delta = hidden_pgd(objective, h1.shape, eps, norm="l2", steps=c.eval_pgd_steps)
+            delta = hidden_pgd(objective, h1, eps, norm="l2", steps=c.eval_pgd_steps)
         with torch.no_grad():
             pred = self.head(h1 + delta, w, b).softmax(-1).mean(0).argmax(-1)
         return float((pred == COMPLY).float().mean())
 
     def scores(self, guide, sets: dict, *, eps_input=None) -> dict[str, float]:
         """Benign accuracy, refusal rate on clean harmful prompts, and the attack success
-        rates (argmax = comply) clean, under the trigger and under input-space PGD."""
+        rates (argmax = comply) clean, under the trigger and under input-space PGD; the
+        refusal rate under that attack (``robust_accuracy`` with refuse as the label)."""
         benign, harmful, triggered = sets["benign"], sets["harmful"], sets["triggered"]
         out = {}
         out["benign_accuracy"] = float(
@@ -533,8 +537,17 @@ class LAT(ZooModel):
         out["refusal_rate"] = float((pred == REFUSE).float().mean())
         out["asr_clean"] = float((pred == COMPLY).float().mean())
         out["asr_trigger"] = float((self.predict(guide, triggered["x"]) == COMPLY).float().mean())
-        x_adv = self.input_attack(guide, harmful["x"], eps=eps_input)
-        out["asr_input_pgd"] = float((self.predict(guide, x_adv) == COMPLY).float().mean())
+        attacked = {}
+
+        def attack(x, labels):
+            attacked["x"] = self.input_attack(guide, x, eps=eps_input)
+            return attacked["x"]
+
+        refuse = torch.full((len(harmful["x"]),), REFUSE)
+        robust = robust_accuracy(lambda x: self.predict(guide, x), harmful["x"], refuse, attack)
+        out["refusal_rate_input_pgd"] = robust["robust_accuracy"]
+        comply = self.predict(guide, attacked["x"]) == COMPLY
+        out["asr_input_pgd"] = float(comply.float().mean())
         return out
 
     def evaluate(self, guide, data) -> dict:
