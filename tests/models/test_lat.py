@@ -56,6 +56,11 @@ def test_base_posterior_is_the_safety_prior_and_the_embedding_is_frozen():
     assert float(prior.base_dist.loc.abs().max()) > 0.1
     assert not any(p.requires_grad for p in model.embed.parameters())
     assert all(p.requires_grad for p in plain.embed.parameters())
+    # training a guide started at the prior's mean leaves the cached base (and so the next
+    # model's prior) as it was
+    loc = model.prior("w").base_dist.loc.clone()
+    fit(model, model.default_guide(), model.default_data(0), steps=5, lr=0.05, progress=False)
+    assert torch.equal(zoo.create("lat", **TINY).prior("w").base_dist.loc, loc)
     # the base network is loaded: the same prompts give the same h1 on two builds
     x = model.default_data(0)["x"][:5]
     assert torch.equal(model.hidden1(x), zoo.create("lat", **TINY).hidden1(x))

@@ -353,7 +353,9 @@ class LAT(ZooModel):
                 "w": dist.Normal(torch.zeros(h, NUM_CLASSES), 1.0).to_event(2),
                 "b": dist.Normal(torch.zeros(NUM_CLASSES), 1.0).to_event(1),
             }
-        base = self._base
+        # copies: a guide started at the prior's mean (init_to_mean) would otherwise train
+        # the cached base posterior in place, and with it every later model's prior
+        base = {k: v.clone() for k, v in self._base.items() if k[:4] in ("loc.", "scal")}
         return {
             "w": dist.Normal(base["loc.w"], base["scale.w"]).to_event(2),
             "b": dist.Normal(base["loc.b"], base["scale.b"]).to_event(1),
