@@ -273,12 +273,18 @@ class TJEPA(ZooModel):
     def masks(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(context, targets)``: per row, ``K_c`` context columns (B, K_c) and
         ``target_masks`` sets of ``K_t`` target columns each, disjoint from the context
-        (B, M, K_t); the sizes are drawn from the configured shares for the whole batch."""
+        (B, M, K_t); the sizes are drawn from the configured shares for the whole batch
+        (with gradients enabled; their middle otherwise)."""
         c, d = self.config, self.columns
-        lo, hi = c.context_share
-        k_c = max(1, min(d - 1, round(d * float(torch.empty(()).uniform_(lo, hi)))))
-        lo, hi = c.target_share
-        k_t = max(1, min(d - k_c, round(d * float(torch.empty(()).uniform_(lo, hi)))))
+        # sizes drawn in training; the middle of each range otherwise, so that repeated
+        # runs of the model (posterior predictive draws, diagnostics) keep their shapes
+        drawn = torch.is_grad_enabled()
+
+        def share(lo: float, hi: float) -> float:
+            return float(torch.empty(()).uniform_(lo, hi)) if drawn else 0.5 * (lo + hi)
+
+        k_c = max(1, min(d - 1, round(d * share(*c.context_share))))
+        k_t = max(1, min(d - k_c, round(d * share(*c.target_share))))
         order = torch.rand(rows, d, device=self.device).argsort(-1)
         context, rest = order[:, :k_c], order[:, k_c:]
         pick = torch.rand(rows, c.target_masks, d - k_c, device=self.device).argsort(-1)[..., :k_t]
