@@ -32,7 +32,7 @@ paper's share ranges, several target masks per row, the EMA target encoder with 
 momentum schedule, the transformer predictor given mask tokens at the target columns, the
 MSE on stop-gradient latents. Changed for a 2-core CPU budget: 2 layers instead of 16 (the
 spec's pitfall: tiny tables over-fit deep stacks), d = 32, 2 target masks per row instead
-of 4, 700 steps of batch 64 at lr 1e-3 instead of 300 epochs of batch 512 at 3.7e-4, the
+of 4, 600 steps of batch 64 at lr 1e-3 instead of 300 epochs of batch 512 at 3.7e-4, the
 EMA start above; no categorical columns (the tables here are all numeric). A JEPA has no
 decoder: ``zoo sample`` returns training rows resampled, not new rows
 (:meth:`TJEPA.sample_new_rows`).
@@ -156,7 +156,7 @@ class TJEPA(ZooModel):
     @dataclass
     class Config(TrainConfig):
         table: str = "synthetic"
-        rows: int | None = 1500  # synthetic: rows drawn; real tables: a seeded subset (None: all)
+        rows: int | None = 1200  # synthetic: rows drawn; real tables: a seeded subset (None: all)
         width: int = 32  # d, the token width
         layers: int = 2
         heads: int = 2
@@ -173,7 +173,7 @@ class TJEPA(ZooModel):
         holdout: float = 0.3
         batch_size: int = 64
         lr: float = 1e-3
-        steps: int | None = 700
+        steps: int | None = 600
 
     def __init__(self, config=None, *, priors=None, **overrides):
         super().__init__(config, **overrides)
