@@ -76,7 +76,7 @@ def _scores(prefix, z_train, z_test, train, test, out, task="classification"):
     ],
     settings={
         "rows": 1000,
-        "steps": 600,
+        "steps": 400,
         "real_steps": 150,
         "bayes_dims": 8,
         "bayes_warmup": 100,
