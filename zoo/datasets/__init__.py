@@ -1,5 +1,6 @@
 """Offline data generators and loaders shared by several models: the 8x8 digits as images
 (:mod:`~zoo.datasets.digits`), mini-dSprites, continuous sprites with measurement functions
-(:mod:`~zoo.datasets.sprites`), mini-MorphoMNIST, mini-Pendulum, stroke glyphs
-and seeded Markov chains (:mod:`~zoo.datasets.markov`). A generator
-that only one model uses lives in that model's module or package."""
+(:mod:`~zoo.datasets.sprites`), mini-MorphoMNIST, mini-Pendulum, stroke glyphs,
+seeded Markov chains (:mod:`~zoo.datasets.markov`) and small standardised tables
+(:mod:`~zoo.datasets.tables`: four sklearn tables, a synthetic informative+noise table).
+A generator that only one model uses lives in that model's module or package."""
