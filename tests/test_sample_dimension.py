@@ -327,7 +327,25 @@ def test_vectorized_particles(name):
     check_vectorized_particles(model, data)
 
 
-@pytest.mark.parametrize("name", MODELS)
+#: models whose observed site is a function of a data field, not the field itself (known, open)
+OBSERVES_A_FUNCTION_OF_THE_DATA = {
+    # a JEPA has no decoder: its likelihood is over the target encoder's latents of the masked
+    # columns of x, so its posterior predictive is latent-shaped (rows, tokens, width), not x's
+    "tjepa": "the observed site 'x' scores the target encoder's latents of x, not x",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            n, marks=pytest.mark.xfail(strict=True, reason=OBSERVES_A_FUNCTION_OF_THE_DATA[n])
+        )
+        if n in OBSERVES_A_FUNCTION_OF_THE_DATA
+        else n
+        for n in MODELS
+    ],
+)
 def test_vectorized_posterior_draws(name):
     model, data = small_model(name)
     check_vectorized_draws(model, data)
