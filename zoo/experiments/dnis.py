@@ -56,7 +56,7 @@ def _fit_plain(model, data, steps, seed, s):
         "steps": 150,
         "finetune_steps": 300,
         "batch_size": 2048,
-        "lr": 0.02,
+        "lr": 0.05,
         "prune_threshold": 0.05,
         "scales": (0.3, 1.0),
     },

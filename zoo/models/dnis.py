@@ -35,7 +35,8 @@ the sample sites every guide kind covers. :meth:`DNIS.fit_bilevel` alternates st
 embeddings (training rows) with steps on the guide of the scales (validation rows);
 :meth:`DNIS.prune` then drops dimension blocks whose effective scale (the block's embedding
 RMS times the alpha's posterior median, as the spec's pitfall on identifiability advises) is
-below ``prune_threshold`` of the largest, and the embeddings are refitted with the mask.
+below ``prune_threshold`` of the largest (each feature block keeps its strongest one), and
+the embeddings are refitted with the mask.
 ``ard=False`` gives the uniform-dimension MF baselines (``dim=0``: the global mean plus
 biases predictor).
 """
@@ -115,7 +116,7 @@ class DNIS(ZooModel):
         # training
         steps: int = 300  # embedding steps per round in fit_bilevel; total for plain fit
         batch_size: int | None = 2048
-        lr: float = 0.02
+        lr: float = 0.05
         holdout: float = 0.2
 
     def check_config(self) -> None:
@@ -337,13 +338,16 @@ class DNIS(ZooModel):
 
     def prune(self, guide, data) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero the dimension blocks whose effective scale is below ``prune_threshold`` of
-        the side's largest; returns the kept-block masks ``(K, M)`` for users and items."""
+        the side's largest (each feature block keeps at least its strongest); returns the
+        kept-block masks ``(K, M)`` for users and items."""
         if not self.config.ard:
             raise ValueError("prune needs ard=True (the uniform model has no scales)")
         su, si = self.effective_scales(guide, data)
         t = self.config.prune_threshold
-        self.user_mask.copy_((su >= t * su.max()).float())
-        self.item_mask.copy_((si >= t * si.max()).float())
+        for mask, scale in ((self.user_mask, su), (self.item_mask, si)):
+            keep = scale >= t * scale.max()
+            keep |= scale == scale.max(-1, keepdim=True).values  # each block keeps its best
+            mask.copy_(keep.float())
         return self.user_mask.clone(), self.item_mask.clone()
 
     def embedding_params(self) -> int:
