@@ -7,6 +7,7 @@
 - :func:`index_bits`: the side information of naming one of ``entries`` dictionary items;
 - :class:`NoisyDiscretizedGaussian`: the training-time density of a latent with unit uniform
   noise under that prior (a Pyro distribution, for rate-distortion VAEs);
+- :class:`UnitUniform`: ``U(center - 1/2, center + 1/2)``, the posterior of such a VAE;
 - :func:`psnr` and :func:`rd_gain`: distortion in dB and the mean gap between two
   rate-distortion curves over the rates both cover (a BD-PSNR with linear interpolation).
 """
@@ -25,6 +26,7 @@ __all__ = [
     "discretized_gaussian_bits",
     "index_bits",
     "NoisyDiscretizedGaussian",
+    "UnitUniform",
     "psnr",
     "rd_gain",
 ]
@@ -102,6 +104,41 @@ class NoisyDiscretizedGaussian(dist.TorchDistribution):
     @property
     def variance(self):
         return self.scale.pow(2) + 1.0 / 12.0
+
+
+class UnitUniform(dist.TorchDistribution):
+    """``U(center - 1/2, center + 1/2)`` elementwise, with log density 0 on the box up to
+    a rounding tolerance (torch's ``Uniform`` gives ``-inf`` to its own draws when
+    ``center + 1/2`` rounds below a draw at large ``|center|``, and a -ELBO of ``-inf``)."""
+
+    arg_constraints = {"center": constraints.real}
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(self, center, validate_args=None):
+        self.center = torch.as_tensor(center)
+        super().__init__(self.center.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return type(self)(self.center.expand(torch.Size(batch_shape)))
+
+    def rsample(self, sample_shape=()):
+        shape = self._extended_shape(torch.Size(sample_shape))
+        noise = torch.rand(shape, dtype=self.center.dtype, device=self.center.device)
+        return self.center + noise - 0.5
+
+    def log_prob(self, value):
+        offset = (value - self.center).abs()
+        tolerance = 0.5 + 1e-5 * (1.0 + self.center.abs())
+        return torch.where(offset <= tolerance, 0.0, -math.inf).to(offset.dtype)
+
+    @property
+    def mean(self):
+        return self.center
+
+    @property
+    def variance(self):
+        return torch.full_like(self.center, 1.0 / 12.0)
 
 
 def psnr(mse: float, peak: float = 1.0) -> float:

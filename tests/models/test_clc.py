@@ -13,6 +13,7 @@ import zoo
 from inference.data import DataError
 from inference.rate import (
     NoisyDiscretizedGaussian,
+    UnitUniform,
     discretized_gaussian_bits,
     psnr,
     rd_gain,
@@ -42,6 +43,17 @@ def test_noisy_discretized_gaussian_is_the_rate_measure_and_a_density():
     hist = torch.histc(draws, bins=30, min=-3.0, max=3.0) / (len(draws) * 0.2)
     centers = torch.linspace(-2.9, 2.9, 30)
     assert torch.allclose(hist, d.log_prob(centers).exp(), atol=0.01)
+
+
+def test_unit_uniform_keeps_its_own_draws_at_large_centres():
+    """torch's Uniform gives -inf to some of its own draws at |centre| ~ 1e4 (the -ELBO
+    then becomes -inf); UnitUniform gives 0 inside the box and -inf outside."""
+    center = torch.full((100_000,), 12345.678)
+    q = UnitUniform(center)
+    draws = q.rsample()
+    assert (q.log_prob(draws) == 0).all()
+    assert ((draws - center).abs() <= 0.5 + 1e-2).all()
+    assert q.log_prob(center + 0.7).eq(-math.inf).all()
 
 
 def test_rd_gain_and_psnr():

@@ -34,6 +34,7 @@ from inference.data import Field
 from inference.rate import (
     LN2,
     NoisyDiscretizedGaussian,
+    UnitUniform,
     bits,
     discretized_gaussian_bits,
     index_bits,
@@ -247,7 +248,7 @@ class CLC(ZooModel):
     def local_guide(self, batch, global_values=None) -> None:
         with self.data_plate(batch):
             center = self.encoder(batch["x"])
-            pyro.sample("y", dist.Uniform(center - 0.5, center + 0.5).to_event(1))
+            pyro.sample("y", UnitUniform(center).to_event(1))
 
     # ----- the codec ------------------------------------------------------------------------
 
