@@ -23,7 +23,9 @@ Every rate is measured with :mod:`inference.rate` on the test images (bits of th
 latent under the discretised Gaussian, plus ``index_bits``). Summaries: ``bd_psnr``, the
 mean PSNR gain of ``clc`` over ``plain`` over the rates both curves cover (each linearly
 interpolated; :func:`inference.rate.rd_gain`), and ``bd_bits``, the mean rate difference at
-equal PSNR (negative: ``clc`` saves bits). Hyperparameters are fixed for all seeds.
+equal PSNR (negative: ``clc`` saves bits); ``bd_psnr`` is NaN where the two curves' rates
+do not overlap (on the photos the conditioned curve sits wholly at lower rates, so
+``photo/bd_bits`` is the photo summary). Hyperparameters are fixed for all seeds.
 """
 
 from __future__ import annotations
@@ -128,7 +130,9 @@ def curves(prefix: str, task, lams, epochs: float, seed: int, s: dict) -> dict[s
         Figure("clc/psnr_200", "digits lambda 200: PSNR, conditioned (dB)", 2),
         Figure("plain/psnr_200", "digits lambda 200: PSNR, unconditioned (dB)", 2),
         Figure("nearest/psnr", "digits: the nearest reference alone, 8 bits (dB)", 2),
-        Figure("photo/bd_psnr", "photo patches: PSNR gain of the reference (dB)", 2),
+        Figure("photo/bd_bits", "photo patches: rate change at equal PSNR (bits/patch)", 1),
+        Figure("photo/clc/bits_1000", "photo lambda 1000: bits/patch, conditioned (+8)", 1),
+        Figure("photo/plain/bits_1000", "photo lambda 1000: bits/patch, unconditioned", 1),
     ],
     settings={
         "lams": (30, 200, 1000),
@@ -180,9 +184,10 @@ def curves(prefix: str, task, lams, epochs: float, seed: int, s: dict) -> dict[s
             0.0,
         ),
         Check(
-            "photos (test on the other photo): the conditioned RD curve lies above",
-            "photo/bd_psnr",
-            ">=",
+            "photos (test on the other photo): fewer bits at equal PSNR with the reference, "
+            "index charged",
+            "photo/bd_bits",
+            "<=",
             0.0,
         ),
         Check(
