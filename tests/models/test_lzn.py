@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pyro
 import pytest
 import torch
 from pyro import poutine
@@ -47,11 +48,15 @@ def test_reverse_flow_returns_latents_to_their_own_anchors_and_latents_are_gauss
 def test_label_anchors_classify_held_out_digits_and_a_broken_model_does_not(fitted):
     models, train, test = fitted
     for m in models:
+        # evaluate draws latents: seed it, so the figure does not depend on which tests ran
+        # before in this process (under xdist one order gave 0.54, alone 0.6+)
+        pyro.set_rng_seed(0)
         accuracy = m.evaluate(m.guide, test, reference=train)["accuracy"]
         assert accuracy >= 0.6, accuracy
         # the same model with its label anchors permuted names the wrong classes
         saved = m.label_anchors.data.clone()
         m.label_anchors.data = saved.roll(1, 0)
+        pyro.set_rng_seed(0)
         wrong = m.evaluate(m.guide, test, reference=train)["accuracy"]
         m.label_anchors.data = saved
         assert wrong <= 0.3, wrong
