@@ -51,7 +51,7 @@ def test_the_score_is_a_sum_over_shared_skills():
     trace = poutine.trace(model.model).get_trace(full_batch(data))
     head, a, b = (trace.nodes[k]["value"] for k in ("E", "a", "b"))
     e = model.job_embedding(data["title"], head)
-    assert e.shape == (6, 40) and 0 <= float(e.min()) and float(e.max()) <= 1
+    assert e.shape == (6, 10) and 0 <= float(e.min()) and float(e.max()) <= 1
     logits = trace.nodes["y"]["fn"].logits
     assert torch.allclose(logits, a * (e * data["skills"]).sum(-1) + b, atol=1e-5)
     dense = zoo.create("sesa", explicit=False, **zoo.get("sesa").tiny)

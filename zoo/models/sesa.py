@@ -170,7 +170,18 @@ class SESA(ZooModel):
     optional_fields = ("req",)
     static_structure = True
 
-    tiny = {"num_pairs": 400, "num_jobs": 50, "num_profiles": 80, "hidden": 8, "steps": 20}
+    #: small enough for every guide family (a flow or full-rank MVN over the head: 10 x 26)
+    tiny = {
+        "num_skills": 10,
+        "words_per_skill": 2,
+        "noise_words": 5,
+        "title_len": 4,
+        "num_pairs": 400,
+        "num_jobs": 50,
+        "num_profiles": 80,
+        "hidden": 8,
+        "steps": 20,
+    }
 
     @dataclass
     class Config(TrainConfig):
