@@ -269,7 +269,8 @@ class DNIS(ZooModel):
     def simulate(self, seed: int = 0):
         """``(truth, data)``: Zipf popularity over ids (id 0 the most popular), true factors
         of rank ``rank_frequent`` for the frequent ids and ``rank_rare`` otherwise, biases,
-        and ``n_ratings`` noisy ratings. ``truth`` holds mu, sigma and the true ranks."""
+        and ``n_ratings`` noisy ratings. ``truth`` holds mu, sigma and (with ``ard``) the
+        ARD scales the true factors imply; the true ranks are :meth:`true_ranks`."""
         c = self.config
         g = torch.Generator().manual_seed(int(seed))
         ranks_u, ranks_i = self.true_ranks()
@@ -289,9 +290,27 @@ class DNIS(ZooModel):
         mu = 3.5
         mean = mu + bu[user] + bi[item] + (fu[user] * fi[item]).sum(-1)
         rating = mean + c.noise * torch.randn(c.n_ratings, generator=g)
-        truth = {"mu": torch.tensor(mu), "sigma": torch.tensor(c.noise),
-                 "rank_user": ranks_u, "rank_item": ranks_i}  # fmt: skip
+        truth = {"mu": torch.tensor(mu), "sigma": torch.tensor(c.noise)}
+        if c.ard:
+            truth["alpha_user"] = self._true_alpha(fu, self.user_block)
+            truth["alpha_item"] = self._true_alpha(fi, self.item_block)
         return truth, self.validate({"user": user, "item": item, "rating": rating})
+
+    def _true_alpha(self, factors: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+        """The ARD scales the simulation implies: the RMS of the true factors (padded with
+        zeros to ``dim``) in each (feature block, dimension block), over the prior's
+        ``embedding_scale``; blocks the truth leaves empty get 1e-3 (their true spread is 0,
+        outside the HalfCauchy's support). The true ranks: :meth:`true_ranks`."""
+        c = self.config
+        padded = torch.zeros(len(factors), c.dim)
+        used = min(c.dim, factors.shape[1])
+        padded[:, :used] = factors[:, :used]
+        width = c.dim // c.dim_blocks
+        per_dim_block = padded.pow(2).reshape(len(factors), c.dim_blocks, width).mean(-1)
+        k = len(c.block_fractions)
+        sums = torch.zeros(k, c.dim_blocks).index_add_(0, block, per_dim_block)
+        counts = torch.bincount(block, minlength=k).clamp_min(1).unsqueeze(-1)
+        return ((sums / counts).sqrt() / c.embedding_scale).clamp_min(1e-3)
 
     def default_data(self, seed: int = 0) -> dict[str, torch.Tensor]:
         return self.simulate(seed)[1]
