@@ -86,6 +86,9 @@ class CDEV(ZooModel):
     local_sites = ("z",)
     #: the default data's ground-truth factors, checked when given and not modelled
     optional_fields = ("factors",)
+    #: each row is a 512-sample signal scored under all 2^K code settings: the run report's
+    #: draws and per-row k-hat (200 particles) use 20 codas, not the default 200
+    idata_rows = 20
 
     tiny = {"num_rows": 200, "num_codes": 2, "hidden": (16, 32), "steps": 20, "batch_size": 64}
 
