@@ -16,6 +16,9 @@ from inference.data import DataError, Field, SupportError
 
 __all__ = [
     "LIKELIHOODS",
+    "NUM_DIGIT_CLASSES",
+    "digits_with_labels",
+    "digit_label_field",
     "TRANSFORMS",
     "image_field",
     "digit_images",
@@ -42,6 +45,22 @@ def digit_images(likelihood: str) -> np.ndarray:
     """All 1797 images scaled to [0, 1], binarized at half intensity for the Bernoulli."""
     x = load_digits().data / 16.0
     return (x > 0.5).astype("float32") if likelihood == "bernoulli" else x
+
+
+#: the digit classes 0..9
+NUM_DIGIT_CLASSES = 10
+
+
+def digits_with_labels(likelihood: str = "continuous_bernoulli") -> dict[str, np.ndarray]:
+    """The 1797 images (as :func:`digit_images`) and their class labels 0..9."""
+    return {"x": digit_images(likelihood), "label": load_digits().target.astype("int64")}
+
+
+def digit_label_field(doc: str) -> Field:
+    """The data field of a digit's class, 0..9 (``doc`` says what the model does with it)."""
+    return Field(
+        dtype="int", support=constraints.integer_interval(0, NUM_DIGIT_CLASSES - 1), doc=doc
+    )
 
 
 def pixel_likelihood(logits: torch.Tensor, likelihood: str) -> dist.Distribution:

@@ -16,26 +16,23 @@ from dataclasses import dataclass
 
 import pyro
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
-from torch.distributions import constraints
 
 from guides import local
 from guides.encoders import LipschitzNormalEncoder, mlp
 from guides.quantize import grid_quantize, grid_round
 from inference.data import Field
 from zoo.base import ConfigError, TrainConfig
-from zoo.datasets.digits import digit_images, pixel_likelihood
+from zoo.datasets.digits import (
+    NUM_DIGIT_CLASSES,
+    digit_label_field,
+    digits_with_labels,
+    pixel_likelihood,
+)
 from zoo.models.vae_digits import DigitImageVAE
 from zoo.registry import register
 
-NUM_CLASSES = 10
-
-
-def digits_with_labels(likelihood: str = "continuous_bernoulli") -> dict:
-    """The 1797 ``load_digits`` images (as :func:`zoo.datasets.digits.digit_images`) and
-    their labels 0..9."""
-    return {"x": digit_images(likelihood), "label": load_digits().target.astype("int64")}
+NUM_CLASSES = NUM_DIGIT_CLASSES
 
 
 @register
@@ -145,10 +142,8 @@ class LQVI(DigitImageVAE):
 
     def data_spec(self) -> dict[str, Field]:
         spec = super().data_spec()
-        spec["label"] = Field(
-            dtype="int",
-            support=constraints.integer_interval(0, NUM_CLASSES - 1),
-            doc="digit class 0..9 (not modelled; for the classifier and the attacks; optional)",
+        spec["label"] = digit_label_field(
+            "digit class 0..9 (not modelled; for the classifier and the attacks; optional)"
         )
         return spec
 
