@@ -1,21 +1,30 @@
-"""Every model's ``elbo="auto"`` choice against the alternative, at equal wall time.
+"""Every model's ``elbo="auto"`` choice against the alternative, at equal compute.
 
 For each registered model whose ``auto`` estimator is the analytic KL, the model's default
-config and guide train for the same wall-clock budget with ``auto`` and with the sampled-KL
-estimator it replaced (``jit`` for static models, ``trace`` otherwise), same seed, the two
-runs interleaved (which goes first alternates by seed); both are then scored by one
-evaluator, a 20-particle Trace_ELBO estimate of the negative ELBO on (up to 256 rows of) the
-training data at full-data scale, lower is better. Models whose ``auto`` is the sampled KL
-have no analytic alternative and are listed with their choice only.
+config and guide train for the same budget of CPU seconds (one thread, so the budget is
+the work done and a shared machine's load does not move it) with ``auto`` and with the
+sampled-KL estimator it replaced (``jit`` for static models, ``trace`` otherwise), same
+seed, the two runs interleaved (which goes first alternates by seed); both are then scored
+by one evaluator, a 20-particle Trace_ELBO estimate of the negative ELBO on (up to 256 rows
+of) the training data at full-data scale, lower is better. The gain is paired by seed, with
+its 95% t-interval; the verdict says which estimator is better per second or that the seeds
+cannot tell. Models whose ``auto`` is the sampled KL have no analytic alternative and are
+listed with their choice only.
 
-Run alone with ``python -m benchmarks.elbo_choice [--quick]``.
+Each model's figures are kept in ``runs/benchmarks/elbo_choice/`` as they finish, one folder
+per budget and seed count, so an interrupted run resumes where it stopped.
+
+Run alone with ``python -m benchmarks.elbo_choice [--quick] [--models a,b] [--seconds S]
+[--seeds N]``.
 """
 
 from __future__ import annotations
 
-import statistics
+import argparse
+import json
 import time
 import warnings
+from pathlib import Path
 
 import pyro
 import torch
@@ -24,6 +33,9 @@ import zoo
 from inference.data import Batch
 from inference.elbos import PairLoss, choose_elbo, make_elbo
 from inference.svi import first_batch, fit
+from zoo.evidence.results import summarise
+
+CACHE = Path(__file__).resolve().parents[1] / "runs" / "benchmarks" / "elbo_choice"
 
 
 class _OutOfTime(Exception):
@@ -49,12 +61,12 @@ def _score(model, guide, train, seed: int) -> float:
 def _train_for(name: str, elbo: str, seed: int, seconds: float) -> tuple[float, int]:
     model, guide, train = _build(name, seed)
     steps_done = 0
-    start = time.perf_counter()
+    start = time.process_time()
 
     def stop_when_out_of_time(step: int, _loss: float) -> None:
         nonlocal steps_done
         steps_done = step
-        if time.perf_counter() - start > seconds:
+        if time.process_time() - start > seconds:
             raise _OutOfTime
 
     options = dict(config=model.config, steps=10**6, elbo=elbo, seed=seed, progress=False,
@@ -66,22 +78,35 @@ def _train_for(name: str, elbo: str, seed: int, seconds: float) -> tuple[float, 
     return _score(model, guide, train, seed), steps_done
 
 
-def run(quick: bool = False) -> dict:
-    torch.set_num_threads(1)
-    seconds, seeds = (2.0, range(1)) if quick else (10.0, range(2))
-    names = ["vae_digits", "eight_schools"] if quick else sorted(zoo.list())
-    rows = []
-    for name in names:
-        model, guide, train = _build(name, 0)
-        batch = first_batch(train, model.config.batch_size, 0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            choice = choose_elbo("auto", model, guide, batch)
-        if choice.name not in ("meanfield", "jit_meanfield"):
-            rows.append({"model": name, "auto picks": choice.name, "auto": "-",
-                         "sampled KL": "-", "steps auto / sampled": "-",
-                         "better per second": "(no analytic KL)"})  # fmt: skip
-            continue
+def _verdict(gain: dict) -> str:
+    """Which estimator is better per second, from the paired gain's 95% interval."""
+    if gain["ci95"] is None:  # one seed: no interval
+        return "auto (one seed)" if gain["mean"] > 0 else "sampled (one seed)"
+    low, high = gain["ci95"]
+    if low > 0:
+        return "auto"
+    if high < 0:
+        return "sampled"
+    return "level within noise"
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.1f}"
+
+
+def compare(name: str, seconds: float, seeds: range) -> dict:
+    """One model's row: its ``auto`` choice and, where that is the analytic KL, the paired
+    comparison against the sampled KL (cached in :data:`CACHE` under the same budget)."""
+    cache = CACHE / f"{seconds:g}s-{len(seeds)}seeds" / f"{name}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    model, guide, train = _build(name, 0)
+    batch = first_batch(train, model.config.batch_size, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        choice = choose_elbo("auto", model, guide, batch)
+    row = {"model": name, "auto picks": choice.name}
+    if choice.name in ("meanfield", "jit_meanfield"):
         sampled = "jit" if choice.name == "jit_meanfield" else "trace"
         scores: dict[str, list[float]] = {"auto": [], sampled: []}
         steps: dict[str, list[int]] = {"auto": [], sampled: []}
@@ -93,36 +118,69 @@ def run(quick: bool = False) -> dict:
                     value, done = _train_for(name, elbo, seed, seconds)
                     scores[elbo].append(value)
                     steps[elbo].append(done)
-        gain = [s - a for a, s in zip(scores["auto"], scores[sampled], strict=True)]
-        rows.append(
-            {
-                "model": name,
-                "auto picks": choice.name,
-                "auto": f"{statistics.mean(scores['auto']):.1f}",
-                "sampled KL": f"{statistics.mean(scores[sampled]):.1f} ({sampled})",
-                "steps auto / sampled": (
-                    f"{statistics.mean(steps['auto']):.0f} / {statistics.mean(steps[sampled]):.0f}"
-                ),
-                "better per second": (
-                    f"auto by {statistics.mean(gain):.1f}"
-                    if statistics.mean(gain) > 0
-                    else f"sampled by {-statistics.mean(gain):.1f}"
-                ),
-            }
+        gain = summarise([s - a for a, s in zip(scores["auto"], scores[sampled], strict=True)])
+        auto, other = summarise(scores["auto"]), summarise(scores[sampled])
+        interval = (
+            f" [{_signed(gain['ci95'][0])}, {_signed(gain['ci95'][1])}]" if gain["ci95"] else ""
         )
+        row |= {
+            "sampled KL": sampled,
+            "auto": f"{auto['mean']:.1f}",
+            "sampled": f"{other['mean']:.1f}",
+            "steps auto / sampled": f"{sum(steps['auto']) / len(seeds):.0f} / "
+            f"{sum(steps[sampled]) / len(seeds):.0f}",
+            "gain of auto (sampled - auto) [95%]": f"{_signed(gain['mean'])}{interval}",
+            "better per second": _verdict(gain),
+        }
+    else:
+        row |= {"sampled KL": "-", "auto": "-", "sampled": "-", "steps auto / sampled": "-",
+                "gain of auto (sampled - auto) [95%]": "-",
+                "better per second": "(no analytic KL)"}  # fmt: skip
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def run(
+    quick: bool = False,
+    models: list[str] | None = None,
+    seconds: float | None = None,
+    seeds: int | None = None,
+) -> dict:
+    torch.set_num_threads(1)
+    seconds = seconds or (2.0 if quick else 30.0)
+    seed_range = range(seeds or (1 if quick else 3))
+    names = models or (["vae_digits", "eight_schools"] if quick else sorted(zoo.list()))
+    unknown = sorted(set(names) - set(zoo.list()))
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; see `zoo list`")
+    rows = [compare(name, seconds, seed_range) for name in names]
     return {
-        "title": f"elbo=auto against the sampled KL at equal wall time ({seconds:.0f} s a run)",
+        "title": f"elbo=auto against the sampled KL at equal compute ({seconds:.0f} CPU-s a run)",
         "notes": (
             f"Negative ELBO (20-particle estimate on up to 256 training rows, full-data scale; "
-            f"lower is better) after {seconds:.0f} s of training with each model's default "
-            f"config and guide, mean over {len(seeds)} seed(s), 1 thread, the two estimators "
-            "interleaved. 'better per second' is the mean difference, sampled minus auto."
+            f"lower is better) after {seconds:.0f} CPU-seconds of training (1 thread) with each "
+            f"model's default config and guide, mean over {len(seed_range)} seeds, the two "
+            "estimators interleaved. The gain is paired by seed (sampled minus auto; positive "
+            "means the analytic KL is ahead) with its 95% t-interval; 'better per second' is "
+            "'auto' or 'sampled' where the interval excludes 0, else 'level within noise'."
         ),
         "rows": rows,
     }
 
 
-if __name__ == "__main__":
-    from benchmarks import run_standalone
+def main() -> None:
+    from benchmarks import format_table
 
-    run_standalone(run, __doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 s, one seed, two models")
+    parser.add_argument("--models", help="comma-separated model names (default: all)")
+    parser.add_argument("--seconds", type=float, help="CPU seconds a run (default 30)")
+    parser.add_argument("--seeds", type=int, help="seeds (default 3)")
+    args = parser.parse_args()
+    models = args.models.split(",") if args.models else None
+    print(format_table(run(args.quick, models, args.seconds, args.seeds)))
+
+
+if __name__ == "__main__":
+    main()
