@@ -18,21 +18,27 @@ wall seconds of the slower chain are given beside it. ESS is ArviZ's bulk ESS, t
 over the latent sites both sides share (the non-centered offsets included). Repeated over
 seeds; the table gives mean ± sd.
 
+Each finished (model, seed) is kept in ``runs/benchmarks/nuts_peers/``; a stopped run resumes.
+
 Run alone with ``python -m benchmarks.nuts_peers [--quick]``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import multiprocessing
 import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
 CHAINS = 2
+#: finished (model, seed) measurements, so an interrupted run resumes
+CACHE = Path(__file__).resolve().parents[1] / "runs" / "benchmarks" / "nuts_peers"
 #: per model: zoo overrides, NUTS options, (warmup, draws) full and quick
 CASES = {
     "eight_schools": ({}, {}, (500, 1000), (50, 50)),
@@ -188,6 +194,18 @@ def _min_ess(draws: dict, sites) -> float:
 
 
 def _one(name: str, seed: int, quick: bool) -> dict:
+    """One seed of one model on both sides, kept in :data:`CACHE` once done (a run that is
+    stopped resumes at the next seed)."""
+    cache = CACHE / ("quick" if quick else "full") / f"{name}-{seed}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    result = _measure(name, seed, quick)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _measure(name: str, seed: int, quick: bool) -> dict:
     overrides, options, full, small = CASES[name]
     warmup, draws = small if quick else full
     spawn = multiprocessing.get_context("spawn")
@@ -206,11 +224,11 @@ def _one(name: str, seed: int, quick: bool) -> dict:
         ).result()
     sites = sorted(set(zoo_draws) & set(np_draws))
     return {
-        "zoo": _min_ess(zoo_draws, sites) / zoo_cpu,
-        "numpyro": _min_ess(np_draws, sites) / np_cpu,
-        "zoo seconds": zoo_seconds,
-        "numpyro seconds": np_seconds,
-        "sites": sites,
+        "zoo": float(_min_ess(zoo_draws, sites) / zoo_cpu),
+        "numpyro": float(_min_ess(np_draws, sites) / np_cpu),
+        "zoo seconds": float(zoo_seconds),
+        "numpyro seconds": float(np_seconds),
+        "sites": [str(site) for site in sites],
         "warmup": warmup,
         "draws": draws,
     }

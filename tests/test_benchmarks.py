@@ -40,25 +40,42 @@ def test_pythae_comparison_is_skipped_without_pythae(monkeypatch):
     assert "not installed" in vs_pythae.run(quick=True)["notes"]
 
 
-def test_elbo_choice_compares_auto_with_the_sampled_kl_per_model():
+def test_elbo_choice_compares_auto_with_the_sampled_kl_per_model(monkeypatch, tmp_path):
+    monkeypatch.setattr(elbo_choice, "CACHE", tmp_path)
     rows = elbo_choice.run(quick=True)["rows"]
     assert [row["model"] for row in rows] == ["vae_digits", "eight_schools"]
     digits, schools = rows
-    assert digits["auto picks"] == "jit_meanfield" and "(jit)" in digits["sampled KL"]
-    assert digits["better per second"].split()[0] in ("auto", "sampled")
+    assert digits["auto picks"] == "jit_meanfield" and digits["sampled KL"] == "jit"
+    assert digits["better per second"] in ("auto (one seed)", "sampled (one seed)")
     # an autoguide has no closed-form KL: nothing to compare
     assert schools["auto picks"] == "jit" and schools["better per second"] == "(no analytic KL)"
+    # a finished model is kept: a second run reads it instead of training again
+    assert (tmp_path / "2s-1seeds" / "vae_digits.json").is_file()
+    monkeypatch.setattr(elbo_choice, "_train_for", None)
+    assert elbo_choice.run(quick=True)["rows"] == rows
+
+
+def test_elbo_choice_verdict_needs_the_interval_to_exclude_zero():
+    from zoo.evidence.results import summarise
+
+    assert elbo_choice._verdict(summarise([3.0, 4.0, 5.0])) == "auto"
+    assert elbo_choice._verdict(summarise([-3.0, -4.0, -5.0])) == "sampled"
+    assert elbo_choice._verdict(summarise([-3.0, 4.0, 1.0])) == "level within noise"
 
 
 def test_time_to_result_names_the_slowest_stage_and_flags_slow_runs(monkeypatch):
     monkeypatch.setattr(time_to_result, "reproduce_seconds", lambda name: (1200.0, 3))
-    row = time_to_result._row("m", {"setup": 2.0, "training": 400.0, "report": 30.0,
-                                    "total": 432.0})  # fmt: skip
+    stages = {"setup": 2.0, "training": 400.0, "report": 30.0, "total": 432.0}
+    row = time_to_result._row("m", stages | {"cpu": 410.0, "load": 1.2})
     assert row["slowest stage"] == "training (400 s)"
-    assert "over 5 min" in row["zoo train, s"] and "over 15 min" in row["zoo reproduce, s"]
+    assert row["zoo train, wall / CPU s"] == "432 / 410 (over 5 min)"
+    assert "over 15 min" in row["zoo reproduce, s"] and row["load"] == "1.2"
     assert row["per seed, s"] == "400"
+    # wall time inflated by a loaded machine, CPU time under the target: not flagged
+    loaded = time_to_result._row("m", stages | {"cpu": 250.0, "load": 6.0})
+    assert loaded["zoo train, wall / CPU s"] == "432 / 250"
     failed = time_to_result._row("m", {"error": "ValueError: bad"})
-    assert failed["zoo train, s"].startswith("failed: ValueError")
+    assert failed["zoo train, wall / CPU s"].startswith("failed: ValueError")
 
 
 def test_only_replaces_the_chosen_sections_of_the_results_file():
