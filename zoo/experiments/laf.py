@@ -108,6 +108,7 @@ def probe_forget(net, t, test_forget: torch.Tensor, seed: int) -> float:
 
 def run_task(seed: int, s: dict, task: str) -> dict[str, float]:
     tau = s["tau_class"] if task == "class" else s["tau_random"]
+    torch.manual_seed(seed)  # the VAEs' initial weights
     model = zoo.create(
         "laf",
         task=task,
