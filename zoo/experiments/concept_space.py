@@ -4,10 +4,11 @@ that over-prompting elicits before naive prompting does.
 
 Per seed, the CVAE (linear embedding of the raw concept values, the paper's setting) is
 trained on classes 00, 10, 01 of the renderer at size signal ``m_s`` and each colour signal
-of ``sweep`` (same data seed, steps, batch, AdamW settings; the weights seeded alike). Every
-``every`` steps a fixed logistic-regression probe per concept, fitted to ground-truth renderer
-images of all four classes, scores 100 generations of class 11 under the naive prompt
-``h = (1, 1)`` and the over-prompt ``h = (1 + kappa, 1 + kappa)``. Figures:
+of ``sweep`` (``main``, 0.6, for the headline), with the same data seed, steps, batch and
+AdamW settings and the weights seeded alike. Every ``every`` steps a fixed
+logistic-regression probe per concept, fitted to ground-truth renderer images of all four
+classes, scores 100 generations of class 11 under the naive prompt ``h = (1, 1)`` and the
+over-prompt ``h = (1 + kappa, 1 + kappa)``. Figures:
 
 - ``mc<v>/colour_steps80``, ``size_steps80``: the first checkpoint at which the naive
   prompt's mean P(blue), P(small) reaches 0.8 (``steps + every`` if never: censored);
@@ -114,7 +115,8 @@ MAIN = "mc0.6"
     ],
     settings={
         "m_s": 0.1,
-        "sweep": [0.2, 0.4, 0.6],
+        "main": 0.6,
+        "sweep": [0.2, 0.4, 0.6, 0.8],
         "per_class": 512,
         "hidden": [128, 128],
         "kappa": 1.0,
@@ -124,9 +126,10 @@ MAIN = "mc0.6"
         "data_seed": 0,
     },
     quick={"per_class": 32, "hidden": [16], "steps": 20, "num": 20},
+    seeds=5,
     paper="Park et al., NeurIPS 2024 (paper 6); a CVAE stands in for the diffusion model",
     data="12x12 RGB blobs (zoo.datasets.blobs), classes 00, 10, 01 x 512, size signal "
-    "m_s 0.1, colour signal m_c 0.2 / 0.4 / 0.6 (data seed 0)",
+    "m_s 0.1, colour signal m_c 0.2 / 0.4 / 0.6 / 0.8 (data seed 0)",
     claim="Concept-space learning dynamics of a conditional VAE trained on 3 of 4 concept "
     "combinations: which concept a fixed ground-truth probe reads at 80% first on the "
     "held-out prompt, the learning speed against the colour signal, and checkpoints where "
@@ -158,6 +161,16 @@ MAIN = "mc0.6"
             "mc0.4/colour_speed",
         ),
         Check(
+            "colour learning speed grows with its signal (0.6 -> 0.8)",
+            "mc0.8/colour_speed",
+            ">=",
+            f"{MAIN}/colour_speed",
+            why="past m_c 0.6 the colour of the held-out prompt comes later, not sooner "
+            "(m_c 0.8 and 1.0 in development runs): the speed is monotone in the signal only "
+            "over 0.2-0.6 here; why is not established (the colour of the held-out class is "
+            "an out-of-distribution generalisation, not only a fit to the training classes)",
+        ),
+        Check(
             "checkpoints exist where naive prompting fails and over-prompting succeeds",
             f"{MAIN}/hidden_checkpoints",
             ">=",
@@ -173,7 +186,7 @@ def concept_space(seed: int, ctx: RunContext) -> dict[str, float]:
         rows = _run(s, m_c, seed)
         trajectories[_tag(m_c)] = rows
         out |= {f"{_tag(m_c)}/{k}": v for k, v in _figures(rows, s).items()}
-    main = max(s["sweep"])
+    main = s["main"]
     rows = _run(s, main, seed, embed_hidden=(32,))
     trajectories["mlp_embed"] = rows
     out |= {f"mlp_embed/{k}": v for k, v in _figures(rows, s).items()}
