@@ -21,7 +21,10 @@ over-prompt ``h = (1 + kappa, 1 + kappa)``. Figures:
   from over-prompting: ``hidden_checkpoints_intervene``;
 - ``pixel_arithmetic/accuracy``: the simplest baseline, no learning at all: the probe's
   class-11 accuracy on ``x_10 + x_01 - x_00`` of random ground-truth images;
-- ``signal/mc<v>/colour`` and ``signal/size``: the renderer's concept signals (RMS L2 gap).
+- ``sweep/share_with_hidden_checkpoints``: the share of the sweep's runs (one per colour
+  signal) with at least one hidden-capability checkpoint;
+- ``signal/mc<v>/colour`` and ``signal/mc<v>/size``: the renderer's concept signals (L2 gap
+  between the mean images of a concept's two values).
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def _signals(s: dict) -> dict[str, float]:
     for m_c in s["sweep"]:
         sig = concept_signals(m_c, s["m_s"])
         out[f"signal/{_tag(m_c)}/colour"] = sig["colour"]
-        out["signal/size"] = sig["size"]
+        out[f"signal/{_tag(m_c)}/size"] = sig["size"]  # the annulus's colour moves it a little
     return out
 
 
@@ -109,6 +112,7 @@ MAIN = "mc0.6"
         Figure("mc0.4/colour_steps80", "steps to P(blue) >= 0.8, m_c 0.4", 0),
         Figure(f"{MAIN}/hidden_checkpoints", "checkpoints naive < 50%, over-prompt >= 80%", 1),
         Figure(f"{MAIN}/max_over_minus_naive", "largest over-prompt minus naive accuracy", 2),
+        Figure("sweep/share_with_hidden_checkpoints", "share of the 4 sweep runs with such", 2),
         Figure("mlp_embed/hidden_checkpoints_intervene", "same, latent intervention (MLP)", 1),
         Figure(f"{MAIN}/final_naive_accuracy", "class-11 accuracy at the end, naive", 2),
         Figure("pixel_arithmetic/accuracy", "class-11 accuracy, pixel arithmetic", 2),
@@ -176,6 +180,12 @@ MAIN = "mc0.6"
             ">=",
             1.0,
         ),
+        Check(
+            "over the colour-signal sweep, most runs have such checkpoints",
+            "sweep/share_with_hidden_checkpoints",
+            ">=",
+            0.5,
+        ),
     ],
 )
 def concept_space(seed: int, ctx: RunContext) -> dict[str, float]:
@@ -186,6 +196,8 @@ def concept_space(seed: int, ctx: RunContext) -> dict[str, float]:
         rows = _run(s, m_c, seed)
         trajectories[_tag(m_c)] = rows
         out |= {f"{_tag(m_c)}/{k}": v for k, v in _figures(rows, s).items()}
+    runs_with_hidden = [out[f"{_tag(m_c)}/hidden_checkpoints"] > 0 for m_c in s["sweep"]]
+    out["sweep/share_with_hidden_checkpoints"] = float(np.mean(runs_with_hidden))
     main = s["main"]
     rows = _run(s, main, seed, embed_hidden=(32,))
     trajectories["mlp_embed"] = rows
