@@ -104,3 +104,13 @@ def test_bad_prompts_and_renderer_inputs_are_refused():
         blobs(("12",), 4)
     with pytest.raises(ValueError, match="m_c"):
         blobs(("00",), 4, m_c=2.0)
+
+
+def test_hidden_checkpoints_count_only_naive_failures_with_over_prompt_success():
+    rows = {
+        "naive/accuracy": [0.0, 0.2, 0.6, 0.1],
+        "over/accuracy": [0.5, 0.9, 0.9, 0.95],
+        "train_accuracy": [0.3, 0.5, 1.0, 0.9],
+    }
+    assert hidden_checkpoints(rows) == 2  # steps 2 and 4
+    assert hidden_checkpoints(rows, trained=0.8) == 1  # only step 4 has the trained classes

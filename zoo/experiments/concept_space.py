@@ -21,8 +21,11 @@ over-prompt ``h = (1 + kappa, 1 + kappa)``. Figures:
   from over-prompting: ``hidden_checkpoints_intervene``;
 - ``pixel_arithmetic/accuracy``: the simplest baseline, no learning at all: the probe's
   class-11 accuracy on ``x_10 + x_01 - x_00`` of random ground-truth images;
-- ``sweep/share_with_hidden_checkpoints``: the share of the sweep's runs (one per colour
-  signal) with at least one hidden-capability checkpoint;
+- ``mc<v>/hidden_checkpoints_trained``: those of them where the trained classes' own
+  generations are also >= 80% right (the capability hidden in a model that already makes its
+  training classes, not in an early, half-trained one);
+- ``sweep/share_with_hidden_checkpoints`` (``_trained``): the share of the sweep's runs (one
+  per colour signal) with at least one such checkpoint;
 - ``signal/mc<v>/colour`` and ``signal/mc<v>/size``: the renderer's concept signals (L2 gap
   between the mean images of a concept's two values).
 """
@@ -74,6 +77,7 @@ def _figures(rows: dict[str, list[float]], s: dict) -> dict[str, float]:
         "size_speed": 1000.0 / size,
         "hidden_checkpoints": float(hidden_checkpoints(rows, "over")),
         "hidden_checkpoints_intervene": float(hidden_checkpoints(rows, "intervene")),
+        "hidden_checkpoints_trained": float(hidden_checkpoints(rows, "over", trained=0.8)),
         "max_over_minus_naive": float(gaps.max()),
         "final_naive_accuracy": rows["naive/accuracy"][-1],
         "final_over_accuracy": rows["over/accuracy"][-1],
@@ -113,6 +117,11 @@ MAIN = "mc0.6"
         Figure(f"{MAIN}/hidden_checkpoints", "checkpoints naive < 50%, over-prompt >= 80%", 1),
         Figure(f"{MAIN}/max_over_minus_naive", "largest over-prompt minus naive accuracy", 2),
         Figure("sweep/share_with_hidden_checkpoints", "share of the 4 sweep runs with such", 2),
+        Figure(
+            "sweep/share_with_hidden_checkpoints_trained",
+            "same, with the trained classes >= 80% right at the checkpoint",
+            2,
+        ),
         Figure("mlp_embed/hidden_checkpoints_intervene", "same, latent intervention (MLP)", 1),
         Figure(f"{MAIN}/final_naive_accuracy", "class-11 accuracy at the end, naive", 2),
         Figure("pixel_arithmetic/accuracy", "class-11 accuracy, pixel arithmetic", 2),
@@ -186,6 +195,16 @@ MAIN = "mc0.6"
             ">=",
             0.5,
         ),
+        Check(
+            "most sweep runs have such checkpoints with the trained classes already right",
+            "sweep/share_with_hidden_checkpoints_trained",
+            ">=",
+            0.5,
+            why="at the stronger colour signals (m_c 0.6, 0.8) over-prompting succeeds mostly "
+            "while the trained classes are still half made (fewer than 80% of their "
+            "generations right); with the trained classes right it happens at m_c 0.2 and "
+            "0.4 (4 of 5 seeds each), rarely above",
+        ),
     ],
 )
 def concept_space(seed: int, ctx: RunContext) -> dict[str, float]:
@@ -198,6 +217,8 @@ def concept_space(seed: int, ctx: RunContext) -> dict[str, float]:
         out |= {f"{_tag(m_c)}/{k}": v for k, v in _figures(rows, s).items()}
     runs_with_hidden = [out[f"{_tag(m_c)}/hidden_checkpoints"] > 0 for m_c in s["sweep"]]
     out["sweep/share_with_hidden_checkpoints"] = float(np.mean(runs_with_hidden))
+    strict = [out[f"{_tag(m_c)}/hidden_checkpoints_trained"] > 0 for m_c in s["sweep"]]
+    out["sweep/share_with_hidden_checkpoints_trained"] = float(np.mean(strict))
     main = s["main"]
     rows = _run(s, main, seed, embed_hidden=(32,))
     trajectories["mlp_embed"] = rows

@@ -312,12 +312,16 @@ def steps_to(rows: dict[str, list[float]], key: str, level: float = 0.8) -> floa
     return float("inf")
 
 
-def hidden_checkpoints(rows: dict[str, list[float]], prompt: str = "over") -> int:
+def hidden_checkpoints(
+    rows: dict[str, list[float]], prompt: str = "over", trained: float | None = None
+) -> int:
     """Checkpoints where the naive prompt's class-11 accuracy is < 50% while ``prompt``'s
-    is >= 80% (the paper's hidden capability)."""
+    is >= 80% (the paper's hidden capability); with ``trained``, only those where the
+    trained classes' own generations are also right at least that often (the capability
+    hidden in a model that already makes its training classes, not in an early one)."""
+    naive, other = rows["naive/accuracy"], rows[f"{prompt}/accuracy"]
+    ok = rows["train_accuracy"] if trained is not None else [1.0] * len(naive)
+    floor = 0.0 if trained is None else float(trained)
     return int(
-        sum(
-            n < 0.5 and o >= 0.8
-            for n, o in zip(rows["naive/accuracy"], rows[f"{prompt}/accuracy"], strict=True)
-        )
+        sum(n < 0.5 and o >= 0.8 and t >= floor for n, o, t in zip(naive, other, ok, strict=True))
     )
