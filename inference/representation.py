@@ -23,15 +23,17 @@ import pyro
 import pyro.distributions as dist
 import torch
 from sklearn.cluster import KMeans
-from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from inference.metrics import hungarian_accuracy
 
 __all__ = [
+    "fit_linear_probe",
     "linear_probe",
     "bayesian_linear_probe",
     "cluster_scores",
@@ -82,7 +84,7 @@ def _check_task(task: str) -> None:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
-def _split_inputs(train_x, train_y, test_x, test_y, task):
+def _validated(train_x, train_y, test_x, test_y, task):
     _check_task(task)
     train_x, test_x = _features(train_x, "train_x"), _features(test_x, "test_x")
     if train_x.shape[1] != test_x.shape[1]:
@@ -93,6 +95,12 @@ def _split_inputs(train_x, train_y, test_x, test_y, task):
     test_y = _targets(test_y, len(test_x), "test_y", task)
     if task == "classification" and len(np.unique(train_y)) < 2:
         raise ValueError("train_y holds a single class; a probe needs at least 2")
+    return train_x, train_y, test_x, test_y
+
+
+def _split_inputs(train_x, train_y, test_x, test_y, task):
+    """The validated inputs with the features standardised on the training rows."""
+    train_x, train_y, test_x, test_y = _validated(train_x, train_y, test_x, test_y, task)
     scaler = StandardScaler().fit(train_x)
     return scaler.transform(train_x), train_y, scaler.transform(test_x), test_y
 
@@ -120,6 +128,57 @@ class _ProbeHead(nn.Module):
                 pyro.sample("y", dist.Normal(mean, sigma), obs=y)
 
 
+def fit_linear_probe(
+    train_x,
+    train_y,
+    *,
+    task: str = "classification",
+    penalties: Sequence[float] = PENALTIES,
+    folds: int = 3,
+    seed: int = 0,
+) -> Pipeline:
+    """A linear read-out of frozen features, fitted: standardisation on the training rows,
+    then logistic regression (classification) or ridge (regression) with the L2 penalty
+    chosen from ``penalties`` (inverse strength ``C``; ridge's ``alpha = 1 / C``) by
+    ``folds``-fold cross-validation on the training rows; with one penalty there is nothing
+    to choose and no cross-validation. The pipeline's ``predict_proba`` gives a fixed probe's
+    probabilities (a probe that scores generations, say)."""
+    _check_task(task)
+    train_x = _features(train_x, "train_x")
+    train_y = _targets(train_y, len(train_x), "train_y", task)
+    penalties = [float(c) for c in penalties]
+    if not penalties or min(penalties) <= 0:
+        raise ValueError(f"penalties must be positive inverse strengths, got {penalties}")
+    if task == "regression":
+        head = (
+            Ridge(alpha=1.0 / penalties[0])
+            if len(penalties) == 1
+            else RidgeCV(alphas=[1.0 / c for c in penalties], cv=folds)
+        )
+        return make_pipeline(StandardScaler(), head).fit(train_x, train_y)
+    counts = np.unique(train_y, return_counts=True)[1]
+    if len(counts) < 2:
+        raise ValueError("train_y holds a single class; a probe needs at least 2")
+    if len(penalties) == 1:
+        head = LogisticRegression(C=penalties[0], max_iter=2000)
+    elif counts.min() < 2:
+        raise ValueError("every class in train_y needs at least 2 rows for the probe's CV")
+    else:
+        head = LogisticRegressionCV(
+            Cs=penalties, cv=min(folds, int(counts.min())), max_iter=2000, random_state=seed
+        )
+    return make_pipeline(StandardScaler(), head).fit(train_x, train_y)
+
+
+def _chosen_penalty(probe: Pipeline) -> float:
+    head = probe[-1]
+    if isinstance(head, LogisticRegressionCV):
+        return float(head.C_[0])
+    if isinstance(head, RidgeCV):
+        return float(1.0 / head.alpha_)
+    return float(head.C) if isinstance(head, LogisticRegression) else float(1.0 / head.alpha)
+
+
 def linear_probe(
     train_x,
     train_y,
@@ -131,25 +190,17 @@ def linear_probe(
     folds: int = 3,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Test score of a linear read-out of frozen features.
-
-    Features are standardised on the training rows; the L2 penalty is chosen from
-    ``penalties`` (inverse strength ``C`` for logistic regression, ``alpha = 1 / C`` for ridge)
-    by ``folds``-fold cross-validation on the training rows.
+    """Test score of a linear read-out of frozen features (:func:`fit_linear_probe`:
+    standardised on the training rows, the L2 penalty chosen by cross-validation on them).
 
     :returns: ``{"accuracy", "C"}`` for classification, ``{"r2", "C"}`` for regression.
     """
-    train_x, train_y, test_x, test_y = _split_inputs(train_x, train_y, test_x, test_y, task)
-    if task == "classification":
-        fewest = int(np.unique(train_y, return_counts=True)[1].min())
-        if fewest < 2:
-            raise ValueError("every class in train_y needs at least 2 rows for the probe's CV")
-        probe = LogisticRegressionCV(
-            Cs=list(penalties), cv=min(folds, fewest), max_iter=2000, random_state=seed
-        ).fit(train_x, train_y)
-        return {"accuracy": float(probe.score(test_x, test_y)), "C": float(probe.C_[0])}
-    probe = RidgeCV(alphas=[1.0 / c for c in penalties], cv=folds).fit(train_x, train_y)
-    return {"r2": float(probe.score(test_x, test_y)), "C": float(1.0 / probe.alpha_)}
+    train_x, train_y, test_x, test_y = _validated(train_x, train_y, test_x, test_y, task)
+    probe = fit_linear_probe(
+        train_x, train_y, task=task, penalties=penalties, folds=folds, seed=seed
+    )
+    metric = "accuracy" if task == "classification" else "r2"
+    return {metric: float(probe.score(test_x, test_y)), "C": _chosen_penalty(probe)}
 
 
 def bayesian_linear_probe(

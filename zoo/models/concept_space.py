@@ -44,14 +44,12 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from guides import local
 from guides.encoders import NormalEncoder, mlp
 from inference.data import Field
 from inference.evaluation import elbo_per_row
+from inference.representation import fit_linear_probe
 from zoo.base import ConfigError, TrainConfig, ZooModel
 from zoo.datasets.blobs import CHANNELS, SIDE, blobs
 from zoo.registry import register
@@ -69,10 +67,9 @@ class ConceptProbe:
 
     def __init__(self, m_c: float, m_s: float, *, per_class: int = 300, seed: int = 0):
         truth = blobs(("00", "10", "01", "11"), per_class, m_c=m_c, m_s=m_s, seed=10_000 + seed)
+        # one fixed penalty (C = 0.1), not a cross-validated one: the probe is the judge
         self.heads = [
-            make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(
-                truth["x"], truth["h"][:, i].astype(int)
-            )
+            fit_linear_probe(truth["x"], truth["h"][:, i].astype(int), penalties=(0.1,))
             for i in range(2)
         ]
 
