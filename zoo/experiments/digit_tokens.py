@@ -56,7 +56,9 @@ def unigram_bits(train_tokens: torch.Tensor, test_tokens: torch.Tensor, k: int) 
     return float(bits(picked).mean())
 
 
-def run_arm(tokenizer: str, seed: int, s: dict) -> tuple[dict, object]:
+def run_arm(tokenizer: str, seed: int, s: dict) -> tuple[dict, tuple]:
+    """One arm: the model with ``tokenizer`` fitted on the seed's training rows; its figures
+    on the test rows and ``(model, train, test, fit_result)``."""
     model = zoo.create(
         "digit_tokens",
         tokenizer=tokenizer,
@@ -67,7 +69,7 @@ def run_arm(tokenizer: str, seed: int, s: dict) -> tuple[dict, object]:
     train, test = model.split(data, seed=seed)
     torch.manual_seed(seed)
     pyro.set_rng_seed(seed)
-    fit(
+    result = fit(
         model,
         model.guide,
         train,
@@ -96,7 +98,7 @@ def run_arm(tokenizer: str, seed: int, s: dict) -> tuple[dict, object]:
         guide, per_class=s["samples_per_class"], seed=seed
     )["sample_consistency"]
     out["reconstruction_judged"] = accuracy(model.judge, model.decode(test_tokens), y)
-    return out, (model, train, test)
+    return out, (model, train, test, result)
 
 
 @recipe(
@@ -194,7 +196,7 @@ def digit_tokens(seed: int, ctx: RunContext) -> dict[str, float]:
     for tokenizer in TOKENIZERS:
         figures, kept = run_arm(tokenizer, seed, s)
         out.update({f"{tokenizer}/{k}": v for k, v in figures.items()})
-    model, train, test = kept
+    model, train, test, _ = kept
     out["pixels/probe"] = linear_probe(
         train["x"], train["label"], test["x"], test["label"], seed=seed
     )["accuracy"]
