@@ -186,6 +186,18 @@ def run_arm(tokenizer: str, seed: int, s: dict) -> tuple[dict, tuple]:
             "reconstructive/bits_per_token",
             "<=",
             "reconstructive/unigram_bits_per_token",
+            why="a third of the pixel K-means tokens are the blank-patch code, which position "
+            "alone predicts well; the context adds little to a position unigram",
+        ),
+        Check(
+            "the AR hidden states over discriminative tokens probe at least as well as the "
+            "one-hot tokens themselves",
+            "discriminative/probe",
+            ">=",
+            "discriminative/token_probe",
+            why="the 64-d mean of the GPT's last hidden states keeps less of the class than "
+            "the 1024-d one-hot token map; the paper probes an intermediate layer of a far "
+            "larger GPT",
         ),
     ],
 )

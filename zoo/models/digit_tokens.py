@@ -34,9 +34,9 @@ with the observed sequence s_n = tokenizer(x_n): the site ``x`` scores an image 
 theta is a point estimate; the default guide is a point mass on H (``delta``: MAP, i.e.
 MLE under a weak prior); ``--guide normal`` (or any kind) makes the head Bayesian.
 
-Stage 2 (fitted once with the tokenizer, outside the Pyro model, as in the paper):
-x | s ~ ContinuousBernoulli-mean MLP(one-hot(s)) (its mean is the decoded image), trained by
-binary cross-entropy on the set-aside images. New rows (``zoo sample``) are token sequences
+Stage 2 (fitted once with the tokenizer, outside the Pyro model, as in the paper): the
+decoded image is sigmoid(MLP(one-hot(s))), the pixel means, trained by binary cross-entropy
+on the set-aside images. New rows (``zoo sample``) are token sequences
 drawn from the AR model (given a label drawn from the data) decoded by stage 2.
 
 Measures (:meth:`DigitTokens.evaluate`): the token change rate under pixel noise sigma =
