@@ -61,25 +61,28 @@ def test_uniform_head_costs_log2_k_bits_per_token():
     assert torch.allclose(per_token, torch.full_like(per_token, 4.0), atol=1e-5)
 
 
-def test_the_same_gpt_over_discriminative_tokens_probes_and_samples_better():
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_same_gpt_over_discriminative_tokens_probes_and_samples_better(seed):
     out = {}
     for kind in ("discriminative", "reconstructive"):
-        model = small(kind)
+        model = small(kind, seed)
         data = model.default_data()
-        train, test = model.split(data, seed=0)
-        pyro.set_rng_seed(0)
-        fit(model, model.guide, train, steps=300, batch_size=64, lr=3e-3, progress=False)
+        train, test = model.split(data, seed=seed)
+        pyro.set_rng_seed(seed)
+        fit(model, model.guide, train, steps=300, batch_size=64, lr=3e-3, progress=False, seed=seed)
         bits = -model.token_log_prob(model.guide, test["x"]).mean() / math.log(2.0)
         assert float(bits) < 0.75 * math.log2(64), (kind, float(bits))  # far below uniform
         probe = linear_probe(
             model.hidden(train["x"]), train["label"], model.hidden(test["x"]), test["label"]
         )["accuracy"]
-        consistency = model.class_consistency(model.guide)["sample_consistency"]
+        consistency = model.class_consistency(model.guide, seed=seed)["sample_consistency"]
         out[kind] = (probe, consistency)
     (dp, dc), (rp, rc) = out["discriminative"], out["reconstructive"]
-    assert dp > rp + 0.1, out
-    assert dc > rc, out
-    assert dc > 0.3, out  # chance is 0.1
+    # measured (seeds 0, 1): probes 0.88, 0.87 against 0.60, 0.54; judged class-consistency
+    # 0.43, 0.31 against 0.20, 0.21 after these short fits (chance: 0.1)
+    assert dp > rp + 0.15, out
+    assert dc > rc + 0.05, out
+    assert dc > 0.25, out
 
 
 def test_bad_config_and_data_give_one_line_errors():
