@@ -498,10 +498,11 @@ class DigitTokens(ZooModel):
 
     def evaluate(self, guide, data) -> dict:
         """On ``data`` (held-out rows): the token change rate under pixel noise, the AR
-        bits per token and per image (null class; and given the label), a position-wise
-        unigram's bits on the same rows, a linear probe of the AR hidden states against raw
-        pixels (a stratified split of ``data``), the judge's accuracy on stage-2
-        reconstructions and on the class-conditional samples."""
+        bits per token and per image (null class; and given the label), the judge's accuracy
+        on stage-2 reconstructions and on class-conditional samples, and a linear probe of
+        the AR hidden states beside one on raw pixels (a seeded random split of ``data``:
+        ``probe_rows``, at most half, held out, the rest trained on; the recipe probes with
+        the training rows instead)."""
         c = self.config
         x = torch.as_tensor(data["x"], dtype=torch.float32)
         out = {"change_rate": self.tokenizer.change_rate(x, c.noise_sigma)}
