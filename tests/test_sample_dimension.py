@@ -332,6 +332,8 @@ OBSERVES_A_FUNCTION_OF_THE_DATA = {
     # a JEPA has no decoder: its likelihood is over the target encoder's latents of the masked
     # columns of x, so its posterior predictive is latent-shaped (rows, tokens, width), not x's
     "tjepa": "the observed site 'x' scores the target encoder's latents of x, not x",
+    # DiGIT's AR model is over the 16 patch tokens a fixed tokenizer makes of the 64 pixels
+    "digit_tokens": "the observed site 'x' scores x's 16 tokens, not its 64 pixels",
 }
 
 
