@@ -15,13 +15,16 @@ Parallel chains are measured against NumPyro in ``benchmarks.nuts_peers``. The f
 min bulk ESS (ArviZ, over beta, tau and sigma) per CPU-second of the run (``process_time``,
 compilation included), mean ± sd over seeds, and its ratio to the default paired by seed.
 
-Run alone with ``python -m benchmarks.nuts_options [--quick]``.
+Each finished (variant, seed) run is kept in ``runs/benchmarks/nuts_options/``; a stopped run
+resumes. Run alone with ``python -m benchmarks.nuts_options [--quick]``.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -30,6 +33,8 @@ from inference.diagnostics.summary import min_ess_bulk
 from inference.mcmc import quiet_nuts
 
 FEATURES = (0, 1)
+#: finished (variant, seed) runs, per warmup + draws, so an interrupted run resumes
+CACHE = Path(__file__).resolve().parents[1] / "runs" / "benchmarks" / "nuts_options"
 #: variant -> (model overrides, nuts options, start at the SVI point estimate)
 VARIANTS = {
     "default (JIT, non-centered, diagonal mass)": ({}, {}, False),
@@ -40,7 +45,22 @@ VARIANTS = {
 }
 
 
-def _one(overrides: dict, options: dict, svi_init: bool, warmup: int, draws: int, seed: int):
+def _one(variant: str, warmup: int, draws: int, seed: int) -> dict:
+    """One variant's run at one seed, kept in :data:`CACHE` once done (a stopped run
+    resumes at the next one)."""
+    slug = "".join(c if c.isalnum() else "_" for c in variant.split(" (")[0])
+    cache = CACHE / f"{warmup}+{draws}" / f"{slug}-{seed}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    result = _measure(*VARIANTS[variant], warmup, draws, seed)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _measure(
+    overrides: dict, options: dict, svi_init: bool, warmup: int, draws: int, seed: int
+) -> dict:
     model = zoo.create("pac_invariance", features=FEATURES, **overrides)
     data = model.default_data()
     start, cpu = time.perf_counter(), time.process_time()
@@ -51,7 +71,12 @@ def _one(overrides: dict, options: dict, svi_init: bool, warmup: int, draws: int
     samples = mcmc.get_samples(group_by_chain=True)
     ess = min_ess_bulk({k: samples[k].numpy() for k in ("beta", "tau", "sigma")})
     divergent = sum(len(steps) for steps in mcmc.diagnostics()["divergences"].values())
-    return {"per cpu": ess / cpu, "seconds": seconds, "ess": ess, "divergent": divergent}
+    return {
+        "per cpu": float(ess / cpu),
+        "seconds": float(seconds),
+        "ess": float(ess),
+        "divergent": int(divergent),
+    }
 
 
 def _mean_sd(values, digits: int = 1) -> str:
@@ -62,10 +87,7 @@ def run(quick: bool = False) -> dict:
     torch.set_num_threads(1)
     warmup, draws = (20, 20) if quick else (200, 200)
     seeds = range(2 if quick else 3)
-    runs = {
-        name: [_one(*spec, warmup, draws, seed) for seed in seeds]
-        for name, spec in VARIANTS.items()
-    }
+    runs = {name: [_one(name, warmup, draws, seed) for seed in seeds] for name in VARIANTS}
     base = runs[next(iter(VARIANTS))]
     rows = []
     for name, results in runs.items():
