@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 from torch import nn
+
+from inference.representation import linear_probe as probe
 
 __all__ = [
     "SimCLREncoder",
@@ -168,13 +168,12 @@ def linear_probe(
     x_test: torch.Tensor,
     y_test: np.ndarray,
 ) -> float:
-    """Test accuracy of a logistic regression on ``features(x)`` (raw pixels if ``None``)."""
+    """Test accuracy of a logistic regression (standardised, C = 1) on ``features(x)`` (raw
+    pixels if ``None``): :func:`inference.representation.linear_probe` at one penalty."""
     with torch.no_grad():
         f_train = x_train if features is None else features(x_train)
         f_test = x_test if features is None else features(x_test)
-    scaler = StandardScaler().fit(f_train.numpy())
-    clf = LogisticRegression(max_iter=2000).fit(scaler.transform(f_train.numpy()), y_train)
-    return float(clf.score(scaler.transform(f_test.numpy()), y_test))
+    return probe(f_train, y_train, f_test, y_test, penalties=(1.0,))["accuracy"]
 
 
 def positive_view_experiment(
