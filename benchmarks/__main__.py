@@ -28,10 +28,15 @@ BENCHMARKS = (
 
 def replace_section(text: str, section: str) -> str:
     """``text`` (a results.md) with the ``## title`` section of ``section`` replaced, or
-    appended when it has none."""
-    title = section.splitlines()[0]
+    appended when it has none. Titles match up to their settings in parentheses, so a run
+    with other settings replaces the section instead of adding a second one."""
+
+    def stem(title: str) -> str:
+        return title.rstrip("\n").split(" (")[0]
+
+    title = stem(section.splitlines()[0])
     lines = text.splitlines(keepends=True)
-    starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == title]
+    starts = [i for i, line in enumerate(lines) if line.startswith("## ") and stem(line) == title]
     if not starts:
         return text.rstrip("\n") + "\n\n" + section
     start = starts[0]

@@ -87,6 +87,11 @@ def test_only_replaces_the_chosen_sections_of_the_results_file():
     )
     assert replace_section(text, "## B\n\nnew b\n").endswith("## B\n\nnew b\n")
     assert replace_section(text, "## C\n\nc\n").endswith("old b\n\n## C\n\nc\n")
+    # the same benchmark at other settings replaces its section, not adds a second one
+    text = "# results\n\n## A (10 s a run)\n\nold a\n\n## B\n\nold b\n"
+    assert replace_section(text, "## A (30 s a run)\n\nnew a\n") == (
+        "# results\n\n## A (30 s a run)\n\nnew a\n\n## B\n\nold b\n"
+    )
 
 
 def test_nuts_peers_is_skipped_without_numpyro(monkeypatch):
