@@ -164,6 +164,12 @@ def run(
             "estimators interleaved. The gain is paired by seed (sampled minus auto; positive "
             "means the analytic KL is ahead) with its 95% t-interval; 'better per second' is "
             "'auto' or 'sampled' where the interval excludes 0, else 'level within noise'."
+            + (
+                f" Measured so far: {len(names)} of the {len(zoo.list())} registered models; "
+                f"not yet: {', '.join(sorted(set(zoo.list()) - set(names)))}."
+                if models and not quick and set(names) != set(zoo.list())
+                else ""
+            )
         ),
         "rows": rows,
     }
