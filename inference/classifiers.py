@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["mlp_classifier", "train_classifier", "accuracy", "predict"]
+__all__ = ["mlp_classifier", "train_classifier", "fit_classifier", "accuracy", "predict"]
 
 
 def mlp_classifier(
@@ -61,10 +61,31 @@ def train_classifier(
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     classes = int(num_classes or int(y.max()) + 1)
-    generator = torch.Generator().manual_seed(int(seed))
     with torch.random.fork_rng():
         torch.manual_seed(int(seed))
         net = mlp_classifier(x.shape[1], classes, hidden)
+    return fit_classifier(
+        net, x, y, steps=steps, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed
+    )
+
+
+def fit_classifier(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> nn.Module:
+    """``net`` trained in place by ``steps`` Adam steps on the cross-entropy of seeded
+    minibatches of ``(x, y)`` (its parameters unfrozen first, so a frozen classifier can be
+    fine-tuned), then returned in eval mode with its parameters frozen."""
+    for p in net.parameters():
+        p.requires_grad_(True)
+    generator = torch.Generator().manual_seed(int(seed))
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(int(steps)):
         index = torch.randint(len(x), (min(batch_size, len(x)),), generator=generator)

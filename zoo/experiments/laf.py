@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 import zoo
-from inference.classifiers import accuracy, train_classifier
+from inference.classifiers import accuracy, fit_classifier, train_classifier
 from inference.membership import membership_attack, output_features
 from inference.representation import linear_probe
 from inference.svi import fit
@@ -49,21 +49,9 @@ ARMS = ("original", "laf", "retrain", "finetune", "relabel")
 
 def finetune(net, x, y, *, steps: int, lr: float, batch_size: int, seed: int) -> nn.Sequential:
     """A copy of ``net`` trained ``steps`` Adam steps on cross-entropy of ``(x, y)``."""
-    net = copy.deepcopy(net)
-    for p in net.parameters():
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(int(seed))
-    for _ in range(steps):
-        index = torch.randint(len(x), (min(batch_size, len(x)),), generator=generator)
-        loss = nn.functional.cross_entropy(net(x[index]), y[index])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
+    return fit_classifier(
+        copy.deepcopy(net), x, y, steps=steps, lr=lr, batch_size=batch_size, seed=seed
+    )
 
 
 def scores(net, t, test_forget: torch.Tensor, seed: int) -> dict[str, float]:
