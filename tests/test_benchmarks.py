@@ -78,6 +78,25 @@ def test_time_to_result_names_the_slowest_stage_and_flags_slow_runs(monkeypatch)
     assert failed["zoo train, wall / CPU s"].startswith("failed: ValueError")
 
 
+def test_time_to_result_summary_names_what_misses_its_target_and_why(monkeypatch):
+    recorded = {"fast": (120.0, 3), "slow": (2400.0, 3), "unexplained": (1000.0, 3)}
+    monkeypatch.setattr(time_to_result, "reproduce_seconds", lambda n: recorded.get(n, (None, 0)))
+    monkeypatch.setitem(time_to_result.SLOW_BECAUSE, "slow", "NUTS per subset")
+    measured = {
+        "fast": {"total": 20.0, "cpu": 30.0},
+        "slow": {"total": 400.0, "cpu": 380.0},
+        "unexplained": {"total": 500.0, "cpu": 120.0},  # a loaded machine, not a slow model
+    }
+    summary = time_to_result.targets_summary(measured)
+    assert "over 5 minutes: `slow` (of 3 timed; the slowest is `unexplained`" in summary
+    assert "`slow` 40 min over 3 seeds (NUTS per subset)" in summary
+    assert "`unexplained` 17 min over 3 seeds (not yet explained)" in summary
+    assert "`fast`" not in summary.split("as recorded:")[1]
+    quick = time_to_result.targets_summary({"fast": measured["fast"], "bad": {"error": "E"}})
+    assert "over 5 minutes: none" in quick and "Failed: `bad`" in quick
+    assert quick.endswith("as recorded: none.")
+
+
 def test_only_replaces_the_chosen_sections_of_the_results_file():
     from benchmarks.__main__ import replace_section
 

@@ -224,6 +224,13 @@ def test_the_performance_block_copies_the_pythae_section(tmp_path):
     block = render_performance(tmp_path / "results")
     assert "### vae_digits against pythae: held-out" in block and "| zoo |" in block
     assert "## other" not in block and "SVI step" not in block
+    assert "Time to result: not measured yet" in block
+    # the time-to-result section: its prose in the README, its per-model table left out
+    with (tmp_path / "benchmarks" / "results.md").open("a") as results:
+        results.write("\n## Time to result: per model\n\nhow\n\nover: `m`\n\n| model |\n")
+    block = render_performance(tmp_path / "results")
+    assert "### Time to result: per model\n\nhow\n\nover: `m`" in block
+    assert "| model |" not in block
 
 
 @pytest.mark.parametrize("name", zoo.list_models())

@@ -146,6 +146,8 @@ PERF_BEGIN = (
 PERF_END = "<!-- end of performance -->"
 #: the benchmark sections the README shows (the rest are on the site's performance page)
 PERF_SECTIONS = ("## vae_digits against pythae", "## NUTS min-ESS per CPU-second against NumPyro")
+#: sections the README shows without their table (a row per model is the site's to show)
+PERF_SUMMARIES = ("## Time to result",)
 
 
 def render_performance(results_dir: Path | str = "results") -> str:
@@ -155,12 +157,16 @@ def render_performance(results_dir: Path | str = "results") -> str:
     text = bench.read_text() if bench.is_file() else ""
     parts = ["## " + part for part in ("\n" + text).split("\n## ")[1:]]
     body = []
-    for title in PERF_SECTIONS:
+    for title in PERF_SECTIONS + PERF_SUMMARIES:
         found = [p for p in parts if p.startswith(title)]
-        if found:
-            body.append("#" + found[0].strip())
-        else:
+        if not found:
             body.append(f"{title[3:]}: not measured yet (`make bench` measures it).")
+        elif title in PERF_SUMMARIES:
+            prose = found[0].split("\n| ")[0].strip()
+            table = "[benchmarks/results.md](benchmarks/results.md)"
+            body.append(f"#{prose}\n\nThe table, one row per model: {table}.")
+        else:
+            body.append("#" + found[0].strip())
     return "\n".join([PERF_BEGIN, "", "\n\n".join(body), "", PERF_END])
 
 
