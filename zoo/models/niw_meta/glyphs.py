@@ -384,7 +384,7 @@ class NIWMetaGlyphs(NIWMetaDigits):
         scale = self.log_scale.detach()
 
         def log_post(theta):  # (chains, B, D) -> (chains, B)
-            fs, fq = self.adapt(hs, theta), self.adapt(hs, theta)
+            fs = fq = self.adapt(hs, theta)  # the support scored on its own prototypes
             onehot = nn.functional.one_hot(ys, c.ways).to(fs.dtype)
             protos = onehot.mT @ fs / onehot.sum(-2).unsqueeze(-1)
             logits = -scale.exp() * ((fq.unsqueeze(-2) - protos.unsqueeze(-3)) ** 2).sum(-1)
