@@ -92,7 +92,30 @@ def _row(name: str, timings: dict) -> dict:
 
 #: why a committed ``zoo reproduce`` is over its target: what dominates its time and why the
 #: paper's check needs it (the README names these beside the target)
-SLOW_BECAUSE: dict[str, str] = {}
+SLOW_BECAUSE: dict[str, str] = {
+    "capability_factors": "5 seeds, since recovery varies widely between them, of two "
+    "2,000-step SVI fits, and an 80-replicate NUTS SBC run once",
+    "causal_diffae": "per seed, 2 datasets x 3 arms x 600 steps of a diffusion U-Net, "
+    "then DDIM counterfactuals for 100 rows under each intervention",
+    "cdev": "per seed, 2 arms x 800 steps summing all 32 code settings, and 3 arms x 5 "
+    "bits x 5 values x 400 draws of exploration",
+    "eight_schools": "per seed, 4 NUTS chains x 2,000 iterations; a 100-replicate NUTS SBC "
+    "run once",
+    "gedi": "per seed, the paper's 9 ablation arms x 1,000 steps, 5 of them with 5 SGLD "
+    "steps per step",
+    "lzn": "per seed, the LZN fit (8 flow steps and 20 label-flow steps per step) and a VAE, "
+    "1,200 steps each",
+    "mm_gpvae": "per seed, 5 arms x 3,000 steps, two of them with a GP prior over time",
+    "mpnp": "per seed, the MPNP arm: 5 particles through a set-attention block for 1,000 steps",
+    "niw_meta": "a 100-replicate SBC of 150-step SVI fits, run once",
+    "niw_meta_glyphs": "per seed, 4 (ways, shots) settings x 3 methods, each scored on 1,400 "
+    "episodes with 10 SGLD posterior samples each (not yet profiled)",
+    "pac_invariance": "per seed, NUTS (300 + 300 iterations) for each of 6 feature subsets, "
+    "the headline method",
+    "potential_flows": "per seed, 4 arms x 2,000 steps; the PDE arm takes an exact "
+    "Laplacian, one double-backward per latent dimension, every step",
+    "tjepa": "per seed, 3 transformer pre-trainings and a NUTS probe (2 arms x 2 chains)",
+}
 
 
 def _over_train(timings: dict) -> bool:
