@@ -38,7 +38,7 @@ import contextlib
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import pyro
@@ -91,37 +91,32 @@ def _is_finite_number(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value)
 
 
-def require_positive_ints(config: Any, *keys: str) -> None:
-    """Each of ``keys`` holds an int >= 1 (not a bool, not a float such as 2.0)."""
+def _require(config: Any, keys: tuple[str, ...], ok: Callable[[Any], bool], what: str) -> None:
     for key in keys:
         value = getattr(config, key)
-        if not (_is_int(value) and value >= 1):
-            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        if not ok(value):
+            raise ConfigError(f"{key} must be {what}, got {value!r}")
+
+
+def require_positive_ints(config: Any, *keys: str) -> None:
+    """Each of ``keys`` holds an int >= 1 (not a bool, not a float such as 2.0)."""
+    _require(config, keys, lambda v: _is_int(v) and v >= 1, "a positive integer")
 
 
 def require_non_negative_ints(config: Any, *keys: str) -> None:
     """Each of ``keys`` holds an int >= 0 (a count that may be zero: steps, burn-in)."""
-    for key in keys:
-        value = getattr(config, key)
-        if not (_is_int(value) and value >= 0):
-            raise ConfigError(f"{key} must be an integer >= 0, got {value!r}")
+    _require(config, keys, lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 
 
 def require_positive_numbers(config: Any, *keys: str) -> None:
     """Each of ``keys`` holds a finite real > 0, an int or a float (scales, rates, weights)."""
-    for key in keys:
-        value = getattr(config, key)
-        if not (_is_finite_number(value) and value > 0):
-            raise ConfigError(f"{key} must be a positive number, got {value!r}")
+    _require(config, keys, lambda v: _is_finite_number(v) and v > 0, "a positive number")
 
 
 def require_non_negative_numbers(config: Any, *keys: str) -> None:
     """Each of ``keys`` holds a finite real >= 0, an int or a float (a weight that may be off,
     a noise level that may be zero)."""
-    for key in keys:
-        value = getattr(config, key)
-        if not (_is_finite_number(value) and value >= 0):
-            raise ConfigError(f"{key} must be a finite number >= 0, got {value!r}")
+    _require(config, keys, lambda v: _is_finite_number(v) and v >= 0, "a finite number >= 0")
 
 
 def require_positive_sizes(config: Any, *keys: str, allow_empty: bool = False) -> None:
