@@ -38,7 +38,7 @@ import contextlib
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import pyro
@@ -58,11 +58,76 @@ from inference.data import (
 )
 from zoo.priors import PriorError, check_override
 
-__all__ = ["ZooModel", "ConfigError", "DATA_PLATE", "TrainConfig"]
+__all__ = [
+    "ZooModel",
+    "ConfigError",
+    "DATA_PLATE",
+    "TrainConfig",
+    "require_positive_ints",
+    "require_non_negative_ints",
+    "require_positive_numbers",
+    "require_non_negative_numbers",
+    "require_positive_sizes",
+]
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used: the message names the key."""
+
+
+# ----- shared checks for a model's ``check_config`` ----------------------------------------
+# Each takes the config and the names of its fields, and raises a ConfigError naming the first
+# field that fails. Bools are refused where a number is asked for (``True`` is not a size), and
+# so are NaN and infinities.
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    if _is_int(value):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _require(config: Any, keys: tuple[str, ...], ok: Callable[[Any], bool], what: str) -> None:
+    for key in keys:
+        value = getattr(config, key)
+        if not ok(value):
+            raise ConfigError(f"{key} must be {what}, got {value!r}")
+
+
+def require_positive_ints(config: Any, *keys: str) -> None:
+    """Each of ``keys`` holds an int >= 1 (not a bool, not a float such as 2.0)."""
+    _require(config, keys, lambda v: _is_int(v) and v >= 1, "a positive integer")
+
+
+def require_non_negative_ints(config: Any, *keys: str) -> None:
+    """Each of ``keys`` holds an int >= 0 (a count that may be zero: steps, burn-in)."""
+    _require(config, keys, lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+
+
+def require_positive_numbers(config: Any, *keys: str) -> None:
+    """Each of ``keys`` holds a finite real > 0, an int or a float (scales, rates, weights)."""
+    _require(config, keys, lambda v: _is_finite_number(v) and v > 0, "a positive number")
+
+
+def require_non_negative_numbers(config: Any, *keys: str) -> None:
+    """Each of ``keys`` holds a finite real >= 0, an int or a float (a weight that may be off,
+    a noise level that may be zero)."""
+    _require(config, keys, lambda v: _is_finite_number(v) and v >= 0, "a finite number >= 0")
+
+
+def require_positive_sizes(config: Any, *keys: str, allow_empty: bool = False) -> None:
+    """Each of ``keys`` holds layer sizes (``hidden=(64, 32)``): a tuple (or list) of ints
+    >= 1, non-empty unless ``allow_empty`` (a model whose network may have no hidden layer)."""
+    for key in keys:
+        value = getattr(config, key)
+        if not isinstance(value, tuple | list) or not all(_is_int(h) and h >= 1 for h in value):
+            raise ConfigError(f"{key} sizes must be positive integers, got {value!r}")
+        if not value and not allow_empty:
+            raise ConfigError(f"{key} must hold at least one size, got {value!r}")
 
 
 def _tuples(value: Any) -> Any:

@@ -196,7 +196,7 @@ def test_digits_need_64_features():
         ({"dataset": "mnist"}, "dataset must be one of"),
         ({"latent_dim": 0}, "latent_dim must be a positive integer"),
         ({"true_dim": 30}, r"true_dim \(30\) must not exceed data_dim"),
-        ({"obs_scale": 0.0}, "obs_scale must be positive"),
+        ({"obs_scale": 0.0}, "obs_scale must be a positive number"),
         ({"s2_momentum": 1.5}, r"s2_momentum must be in \(0, 1\]"),
         ({"kl_weigth": 1.0}, r"unknown config key\(s\) \['kl_weigth'\]"),
     ],

@@ -189,11 +189,11 @@ def test_bad_data_is_refused(name, data, message):
     [
         ("collapse_cvae", {"encoder_scale": "diagonal"}, "encoder_scale must be one of"),
         ("collapse_cvae", {"rho": 1.0}, r"rho must be in \[0, 1\)"),
-        ("collapse_cvae", {"beta": 0.0}, "beta must be positive"),
+        ("collapse_cvae", {"beta": 0.0}, "beta must be a positive number"),
         ("collapse_cvae", {"latent_dim": 0}, "latent_dim must be a positive integer"),
         ("collapse_cvae", {"dataset": "mnist"}, "dataset must be one of"),
         ("collapse_hvae", {"sigma1": "free"}, "sigma1 must be one of"),
-        ("collapse_hvae", {"eta_dec": -1.0}, "eta_dec must be positive"),
+        ("collapse_hvae", {"eta_dec": -1.0}, "eta_dec must be a positive number"),
         ("collapse_hvae", {"hidden": (0,)}, "hidden sizes"),
         ("collapse_hvae", {"beta_2": 1.0}, r"unknown config key\(s\) \['beta_2'\]"),
     ],

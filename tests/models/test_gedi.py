@@ -84,7 +84,7 @@ def test_sgld_samples_follow_the_learned_energy():
         ({"dataset": "spirals"}, "dataset must be one of"),
         ({"variant": "mcmc"}, "variant must be one of"),
         ({"clusters": 1}, "clusters must be >= 2"),
-        ({"tau": 0.0}, "tau must be positive"),
+        ({"tau": 0.0}, "tau must be a positive number"),
         ({"gen_weight": -1.0}, "gen_weight must be a finite number >= 0"),
         ({"gen_weight": 0.0, "inv_weight": 0.0, "prior_weight": 0.0}, "all 0"),
         ({"reinit": 2.0}, "reinit must be in"),

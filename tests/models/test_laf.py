@@ -87,11 +87,11 @@ def test_elbo_rho_runs_and_keeps_the_remaining_data(fitted):
     [
         ({"task": "noisy"}, "task must be one of"),
         ({"rho": "kl"}, "rho must be one of"),
-        ({"beta": 0.0}, "beta must be positive"),
+        ({"beta": 0.0}, "beta must be a positive number"),
         ({"forget_class": 10}, "forget_class must be a digit"),
         ({"forget_fraction": 1.5}, "forget_fraction must be in"),
-        ({"tau": 0.0}, "tau must be positive"),
-        ({"lr_ue": -1.0}, "lr_ue must be >= 0"),
+        ({"tau": 0.0}, "tau must be a positive number"),
+        ({"lr_ue": -1.0}, "lr_ue must be a finite number >= 0"),
     ],
 )
 def test_bad_config_is_refused(overrides, message):

@@ -241,7 +241,7 @@ def test_bad_data_is_refused(digits_model, digits_data, change, message):
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"alpha": 0.0}, r"alpha \(Dirichlet concentration\) must be > 0"),
+        ({"alpha": 0.0}, "alpha must be a positive number"),
         ({"num_codes": 3}, r"num_codes must be >= num_classes \(5\)"),
         ({"num_classes": 1}, "num_classes must be >= 2"),
         ({"clusters": 3}, r"unknown config key\(s\) \['clusters'\]"),

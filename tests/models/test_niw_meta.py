@@ -130,8 +130,8 @@ def test_prior_swap_hyperparameters_covariance_and_site_override():
     [
         ({"nu0": 11.0}, r"nu0 must be > dim - 1 = 11 .*valid range \(11, inf\), got 11.0"),
         ({"covariance": "diag", "nu0": 0.0}, r"nu0 must be > 0 .*valid range \(0, inf\)"),
-        ({"kappa0": 0.0}, r"kappa0 must be > 0; valid range \(0, inf\), got 0.0"),
-        ({"psi0": -1.0}, r"psi0 must be > 0"),
+        ({"kappa0": 0.0}, "kappa0 must be a positive number, got 0.0"),
+        ({"psi0": -1.0}, "psi0 must be a positive number"),
         ({"covariance": "wishart"}, "covariance must be one of"),
         ({"local_step": "maml"}, "local_step must be one of"),
     ],

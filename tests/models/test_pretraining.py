@@ -386,7 +386,7 @@ def test_bad_data_is_refused(change, message):
     [
         ("pretraining_factor", {"latent_dim": 50}, "latent_dim must be below input_dim"),
         ("pretraining_factor", {"latent_dim": 0}, "latent_dim must be a positive integer"),
-        ("pretraining_factor", {"noise_scale": -1.0}, "noise_scale must be positive"),
+        ("pretraining_factor", {"noise_scale": -1.0}, "noise_scale must be a positive number"),
         ("pretraining_factor", {"rank": 2}, r"unknown config key\(s\) \['rank'\]"),
         ("pretraining_mixture", {"num_components": 1}, "num_components must be >= 2"),
     ],

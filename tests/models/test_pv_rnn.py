@@ -156,7 +156,7 @@ def test_bad_inputs_are_refused_before_training():
     for overrides, message in [
         ({"posterior": "gru"}, "posterior must be one of"),
         ({"er_window": TINY["length"]}, "er_window must be in"),
-        ({"w": 0.0}, "w must be positive"),
+        ({"w": 0.0}, "w must be a positive number"),
         ({"w1": -1.0}, "w1 must be positive"),
         ({"tau": (0.5, 2.0)}, "tau must be two time constants"),
         ({"length": 1}, "length must be >= 2"),

@@ -17,7 +17,14 @@ from guides.encoders import NormalEncoder, mlp
 from inference.data import Field
 from inference.diagnostics.collapse import latent_activity
 from inference.evaluation import elbo_per_row
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_positive_ints,
+    require_positive_numbers,
+    require_positive_sizes,
+)
 from zoo.registry import register
 
 __all__ = ["ARDVAE", "manifold_data", "PRIORS", "DATASETS"]
@@ -139,17 +146,11 @@ class ARDVAE(ZooModel):
             raise ConfigError(f"dataset must be one of {DATASETS}, got '{c.dataset}'")
         if c.prior not in PRIORS:
             raise ConfigError(f"prior must be one of {PRIORS}, got '{c.prior}'")
-        for name in ("num_rows", "true_dim", "data_dim", "latent_dim"):
-            value = getattr(c, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(c, "num_rows", "true_dim", "data_dim", "latent_dim")
         if c.dataset == "manifold" and c.true_dim > c.data_dim:
             raise ConfigError(f"true_dim ({c.true_dim}) must not exceed data_dim ({c.data_dim})")
-        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in c.hidden):
-            raise ConfigError(f"hidden sizes must be positive integers, got {c.hidden}")
-        for name in ("obs_scale", "kl_weight", "a0", "b0", "s2_floor"):
-            if not float(getattr(c, name)) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(c, name)}")
+        require_positive_sizes(c, "hidden", allow_empty=True)
+        require_positive_numbers(c, "obs_scale", "kl_weight", "a0", "b0", "s2_floor")
         if not 0.0 < float(c.s2_momentum) <= 1.0:
             raise ConfigError(f"s2_momentum must be in (0, 1], got {c.s2_momentum}")
 

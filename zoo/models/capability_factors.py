@@ -19,7 +19,7 @@ import torch
 from torch.distributions import constraints
 
 from inference.data import Field
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel, require_positive_ints
 from zoo.registry import register
 
 __all__ = [
@@ -324,10 +324,7 @@ class CapabilityFactors(ZooModel):
 
     def check_config(self) -> None:
         c = self.config
-        for key in ("num_domains", "num_benchmarks", "num_factors", "per_domain"):
-            value = getattr(c, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        require_positive_ints(c, "num_domains", "num_benchmarks", "num_factors", "per_domain")
         if c.num_factors > c.num_benchmarks:
             raise ConfigError(
                 f"num_factors ({c.num_factors}) must not exceed num_benchmarks ({c.num_benchmarks})"

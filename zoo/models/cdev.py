@@ -19,7 +19,15 @@ from inference.data import Field
 from inference.diagnostics.extreme_effects import ExtremeEffects, extreme_effects
 from inference.elbos import enumerating
 from inference.evaluation import elbo_per_row
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_numbers,
+    require_positive_ints,
+    require_positive_numbers,
+    require_positive_sizes,
+)
 from zoo.datasets.codas import (
     FACTOR_NAMES,
     FACTOR_OUTCOMES,
@@ -118,24 +126,16 @@ class CDEV(ZooModel):
 
     def check_config(self) -> None:
         c = self.config
-        for key in ("num_rows", "num_codes", "latent_dim"):
-            value = getattr(c, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        require_positive_ints(c, "num_rows", "num_codes", "latent_dim")
         if c.num_codes > 8:
             raise ConfigError(
                 f"num_codes must be at most 8 (2^K terms are summed), got {c.num_codes}"
             )
-        if not c.hidden or any(
-            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in c.hidden
-        ):
-            raise ConfigError(f"hidden must be one or more positive integers, got {c.hidden}")
+        require_positive_sizes(c, "hidden")
         if not (isinstance(c.p_code, int | float) and 0 < c.p_code < 1):
             raise ConfigError(f"p_code must lie in (0, 1), got {c.p_code!r}")
-        if not (isinstance(c.obs_scale, int | float) and 0 < c.obs_scale < math.inf):
-            raise ConfigError(f"obs_scale must be a positive number, got {c.obs_scale!r}")
-        if not (isinstance(c.info_weight, int | float) and 0 <= c.info_weight < math.inf):
-            raise ConfigError(f"info_weight must be a non-negative number, got {c.info_weight!r}")
+        require_positive_numbers(c, "obs_scale")
+        require_non_negative_numbers(c, "info_weight")
 
     # ----- data -----------------------------------------------------------------------------
 

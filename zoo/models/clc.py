@@ -40,7 +40,14 @@ from inference.rate import (
     index_bits,
     psnr,
 )
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_positive_ints,
+    require_positive_numbers,
+    require_positive_sizes,
+)
 from zoo.registry import register
 
 PIXELS = 64
@@ -171,14 +178,11 @@ class CLC(ZooModel):
 
     def check_config(self) -> None:
         c = self.config
-        if not isinstance(c.latent_dim, int) or c.latent_dim < 1:
-            raise ConfigError(f"latent_dim must be a positive integer, got {c.latent_dim!r}")
-        if any(not isinstance(h, int) or h < 1 for h in c.hidden):
-            raise ConfigError(f"hidden sizes must be positive integers, got {c.hidden}")
+        require_positive_ints(c, "latent_dim")
+        require_positive_sizes(c, "hidden", allow_empty=True)
         if not isinstance(c.reference, bool):
             raise ConfigError(f"reference must be true or false, got {c.reference!r}")
-        if not (isinstance(c.lam, int | float) and math.isfinite(c.lam) and c.lam > 0):
-            raise ConfigError(f"lam must be a positive number, got {c.lam!r}")
+        require_positive_numbers(c, "lam")
         if not isinstance(c.dictionary_size, int) or not 2 <= c.dictionary_size <= 1000:
             raise ConfigError(
                 f"dictionary_size must be an integer in 2..1000, got {c.dictionary_size!r}"

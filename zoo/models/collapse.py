@@ -56,7 +56,14 @@ from guides.encoders import SCALE_MODES, GaussianEncoder, mlp
 from inference.data import Field
 from inference.diagnostics.collapse import latent_activity
 from inference.evaluation import elbo_per_row
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_positive_ints,
+    require_positive_numbers,
+    require_positive_sizes,
+)
 from zoo.registry import register
 
 __all__ = [
@@ -199,17 +206,11 @@ def _digits_halves() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_common(config, names: tuple[str, ...]) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    require_positive_ints(config, *names)
     if config.dataset not in DATASETS:
         raise ConfigError(f"dataset must be one of {DATASETS}, got '{config.dataset}'")
-    if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in config.hidden):
-        raise ConfigError(f"hidden sizes must be positive integers, got {config.hidden}")
-    for name in ("eta_dec", "init_scale"):
-        if not float(getattr(config, name)) > 0:
-            raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
+    require_positive_sizes(config, "hidden", allow_empty=True)
+    require_positive_numbers(config, "eta_dec", "init_scale")
 
 
 def _activity_metrics(model, guide, data, predicted: dict[str, int | None]) -> dict:
@@ -316,9 +317,7 @@ class CollapseCVAE(ZooModel):
             )
         if not 0.0 <= float(c.rho) < 1.0:
             raise ConfigError(f"rho must be in [0, 1), got {c.rho}")
-        for name in ("beta", "eta_enc"):
-            if not float(getattr(c, name)) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(c, name)}")
+        require_positive_numbers(c, "beta", "eta_enc")
 
     def data_spec(self) -> dict[str, Field]:
         half = (4, 8) if self.config.dataset == "digits" else None  # top / bottom halves
@@ -465,9 +464,7 @@ class CollapseHVAE(ZooModel):
         for name in ("sigma1", "sigma2"):
             if getattr(c, name) not in SCALE_MODES:
                 raise ConfigError(f"{name} must be one of {SCALE_MODES}, got '{getattr(c, name)}'")
-        for name in ("beta1", "beta2"):
-            if not float(getattr(c, name)) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(c, name)}")
+        require_positive_numbers(c, "beta1", "beta2")
 
     def data_spec(self) -> dict[str, Field]:
         image = (8, 8) if self.config.dataset == "digits" else None

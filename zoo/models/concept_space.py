@@ -50,7 +50,15 @@ from guides.encoders import NormalEncoder, mlp
 from inference.data import Field
 from inference.evaluation import elbo_per_row
 from inference.representation import fit_linear_probe
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_numbers,
+    require_positive_ints,
+    require_positive_numbers,
+    require_positive_sizes,
+)
 from zoo.datasets.blobs import CHANNELS, SIDE, blobs
 from zoo.registry import register
 
@@ -136,18 +144,10 @@ class ConceptSpace(ZooModel):
             raise ConfigError(f"m_c must be in [0, 1], got {c.m_c}")
         if not 0.0 <= c.m_s <= 0.8:
             raise ConfigError(f"m_s must be in [0, 0.8], got {c.m_s}")
-        for key in ("per_class", "latent_dim", "embed_dim"):
-            if getattr(c, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(c, key)}")
-        for key in ("hidden", "embed_hidden"):
-            if any(h < 1 for h in getattr(c, key)):
-                raise ConfigError(f"{key} sizes must be >= 1, got {getattr(c, key)}")
-        for key in ("obs_scale",):
-            if not getattr(c, key) > 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(c, key)}")
-        for key in ("jitter", "noise", "kappa"):
-            if not getattr(c, key) >= 0:
-                raise ConfigError(f"{key} must be >= 0, got {getattr(c, key)}")
+        require_positive_ints(c, "per_class", "latent_dim", "embed_dim")
+        require_positive_sizes(c, "hidden", "embed_hidden", allow_empty=True)
+        require_positive_numbers(c, "obs_scale")
+        require_non_negative_numbers(c, "jitter", "noise", "kappa")
 
     def data_spec(self) -> dict[str, Field]:
         return {

@@ -68,7 +68,13 @@ from torch.nn import functional as F
 from inference.data import Field, full_batch
 from inference.rate import bits
 from inference.representation import linear_probe
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_numbers,
+    require_positive_numbers,
+)
 from zoo.datasets.digits import NUM_DIGIT_CLASSES, digit_label_field
 from zoo.registry import register
 
@@ -327,10 +333,8 @@ class DigitTokens(ZooModel):
         for key in ("dropout", "label_dropout"):
             if not 0.0 <= getattr(c, key) < 1.0:
                 raise ConfigError(f"{key} must be in [0, 1), got {getattr(c, key)!r}")
-        if not c.invariance >= 0.0:
-            raise ConfigError(f"invariance must be >= 0, got {c.invariance!r}")
-        if not c.noise_sigma > 0.0:
-            raise ConfigError(f"noise_sigma must be > 0, got {c.noise_sigma!r}")
+        require_non_negative_numbers(c, "invariance")
+        require_positive_numbers(c, "noise_sigma")
 
     # ----- the frozen parts -------------------------------------------------------------------
 

@@ -53,7 +53,14 @@ from torch import nn
 from torch.distributions import constraints
 
 from inference.data import Field, full_batch
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_ints,
+    require_positive_ints,
+    require_positive_numbers,
+)
 from zoo.registry import register
 
 
@@ -121,26 +128,21 @@ class DNIS(ZooModel):
 
     def check_config(self) -> None:
         c = self.config
-        for key in ("n_users", "n_items", "dim_blocks", "n_ratings", "rounds", "rank_frequent"):
-            if int(getattr(c, key)) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(c, key)!r}")
-        if c.dim < 0:
-            raise ConfigError(f"dim must be >= 0, got {c.dim!r}")
+        require_positive_ints(c, "n_users", "n_items", "dim_blocks", "n_ratings", "rounds",
+                              "rank_frequent")  # fmt: skip
+        require_non_negative_ints(c, "dim")
         if c.ard and (c.dim == 0 or c.dim % c.dim_blocks):
             raise ConfigError(f"dim ({c.dim}) must be a positive multiple of dim_blocks "
                               f"({c.dim_blocks}) when ard is on")  # fmt: skip
         fr = tuple(c.block_fractions)
         if not fr or any(f <= 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
             raise ConfigError(f"block_fractions must be positive and sum to 1, got {fr}")
-        for key in ("embedding_scale", "noise", "zipf"):
-            if not getattr(c, key) > 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(c, key)!r}")
+        require_positive_numbers(c, "embedding_scale", "noise", "zipf")
         if not 0 <= c.prune_threshold < 1:
             raise ConfigError(f"prune_threshold must be in [0, 1), got {c.prune_threshold!r}")
         if not 0 < c.frequent_fraction < 1:
             raise ConfigError(f"frequent_fraction must be in (0, 1), got {c.frequent_fraction}")
-        if c.alpha_steps < 0:
-            raise ConfigError(f"alpha_steps must be >= 0, got {c.alpha_steps!r}")
+        require_non_negative_ints(c, "alpha_steps")
         if not 1 <= c.rank_rare <= c.rank_frequent:
             raise ConfigError("rank_rare must be in [1, rank_frequent]")
 

@@ -63,7 +63,16 @@ from guides.encoders import mlp
 from inference.data import Field
 from inference.ebm import ReplayBuffer, persistent_sgld, sgld
 from inference.representation import cluster_scores
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_ints,
+    require_non_negative_numbers,
+    require_positive_ints,
+    require_positive_numbers,
+    require_positive_sizes,
+)
 from zoo.registry import register
 
 __all__ = ["GEDI", "EnergyFactor", "two_clusters"]
@@ -182,32 +191,14 @@ class GEDI(ZooModel):
             raise ConfigError(f"dataset must be one of {DATASETS}, got {c.dataset!r}")
         if c.variant not in VARIANTS:
             raise ConfigError(f"variant must be one of {VARIANTS}, got {c.variant!r}")
-        for key in ("rows", "clusters", "buffer_size"):
-            value = getattr(c, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        require_positive_ints(c, "rows", "clusters", "buffer_size")
         if c.clusters < 2:
             raise ConfigError(f"clusters must be >= 2, got {c.clusters}")
-        if isinstance(c.sgld_steps, bool) or not isinstance(c.sgld_steps, int) or c.sgld_steps < 0:
-            raise ConfigError(f"sgld_steps must be an integer >= 0, got {c.sgld_steps!r}")
-        if not c.hidden or any(h < 1 for h in c.hidden):
-            raise ConfigError(f"hidden sizes must be >= 1, got {c.hidden}")
-        for key in ("tau", "box", "prior_concentration"):
-            if not getattr(c, key) > 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(c, key)}")
-        for key in (
-            "noise",
-            "jitter",
-            "gen_weight",
-            "inv_weight",
-            "prior_weight",
-            "sgld_step",
-            "sgld_noise",
-            "energy_reg",
-        ):
-            value = getattr(c, key)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ConfigError(f"{key} must be a finite number >= 0, got {value!r}")
+        require_non_negative_ints(c, "sgld_steps")
+        require_positive_sizes(c, "hidden")
+        require_positive_numbers(c, "tau", "box", "prior_concentration")
+        require_non_negative_numbers(c, "noise", "jitter", "sgld_step", "sgld_noise", "energy_reg")
+        require_non_negative_numbers(c, "gen_weight", "inv_weight", "prior_weight")
         if not 0 < c.circle_factor < 1:
             raise ConfigError(f"circle_factor must be in (0, 1), got {c.circle_factor}")
         if not 0 <= c.reinit <= 1:

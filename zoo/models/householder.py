@@ -18,7 +18,14 @@ from guides.encoders import NormalEncoder, as_pyro_module, mlp
 from inference.data import Field
 from inference.diagnostics.traversal import closed_form_directions, traversal_purity
 from inference.evaluation import elbo_per_row
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_positive_ints,
+    require_positive_numbers,
+    require_positive_sizes,
+)
 from zoo.datasets.sprites import FACTOR_NAMES, MEASUREMENTS, SIDE, sprites
 from zoo.registry import register
 
@@ -172,21 +179,14 @@ class HouseholderVAE(ZooModel):
         c = self.config
         if c.projector not in PROJECTORS:
             raise ConfigError(f"projector must be one of {PROJECTORS}, got '{c.projector}'")
-        for key in ("num_rows", "latent_dim", "rank"):
-            value = getattr(c, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-        if not c.hidden or any(
-            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in c.hidden
-        ):
-            raise ConfigError(f"hidden must be one or more positive integers, got {c.hidden}")
+        require_positive_ints(c, "num_rows", "latent_dim", "rank")
+        require_positive_sizes(c, "hidden")
         if c.rank > min(c.latent_dim, c.hidden[0]):
             raise ConfigError(
                 f"rank ({c.rank}) must not exceed latent_dim ({c.latent_dim}) or the "
                 f"projection width hidden[0] ({c.hidden[0]})"
             )
-        if not (isinstance(c.obs_scale, int | float) and 0 < c.obs_scale < math.inf):
-            raise ConfigError(f"obs_scale must be a positive number, got {c.obs_scale!r}")
+        require_positive_numbers(c, "obs_scale")
 
     # ----- data -----------------------------------------------------------------------------
 

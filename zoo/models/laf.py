@@ -58,7 +58,16 @@ from guides import local
 from guides.encoders import NormalEncoder, mlp
 from inference.classifiers import train_classifier
 from inference.data import Field
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_ints,
+    require_non_negative_numbers,
+    require_positive_ints,
+    require_positive_numbers,
+    require_positive_sizes,
+)
 from zoo.registry import register
 
 __all__ = ["LAF", "ForgetTask", "forget_task", "extractor", "TASKS", "RHOS"]
@@ -218,17 +227,10 @@ class LAF(ZooModel):
 
     def check_config(self) -> None:
         c = self.config
-        ints = ("latent_dim", "forget_class", "classifier_steps", "unlearn_epochs")
-        for key in (*ints, "unlearn_batch"):
-            value = getattr(c, key)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{key} must be an integer, got {value!r}")
-        if c.latent_dim < 1:
-            raise ConfigError(f"latent_dim must be >= 1, got {c.latent_dim}")
-        if not c.hidden or any(h < 1 for h in c.hidden):
-            raise ConfigError(f"hidden sizes must be >= 1, got {c.hidden}")
-        if not c.beta > 0:
-            raise ConfigError(f"beta must be positive, got {c.beta}")
+        require_positive_ints(c, "latent_dim", "classifier_steps", "unlearn_batch")
+        require_non_negative_ints(c, "forget_class", "unlearn_epochs")
+        require_positive_sizes(c, "hidden")
+        require_positive_numbers(c, "beta")
         if c.task not in TASKS:
             raise ConfigError(f"task must be one of {list(TASKS)}, got {c.task!r}")
         if c.rho not in RHOS:
@@ -238,13 +240,8 @@ class LAF(ZooModel):
         for key in ("forget_fraction", "test_fraction"):
             if not 0 < getattr(c, key) < 1:
                 raise ConfigError(f"{key} must be in (0, 1), got {getattr(c, key)}")
-        if c.classifier_steps < 1 or c.unlearn_batch < 1 or c.unlearn_epochs < 0:
-            raise ConfigError(
-                "classifier_steps and unlearn_batch must be >= 1 and unlearn_epochs >= 0"
-            )
-        for key in ("lr_ue", "lr_ra", "tau"):
-            if not getattr(c, key) >= 0 or (key == "tau" and not c.tau > 0):
-                raise ConfigError(f"{key} must be {'positive' if key == 'tau' else '>= 0'}")
+        require_non_negative_numbers(c, "lr_ue", "lr_ra")
+        require_positive_numbers(c, "tau")
 
     # ----- data ---------------------------------------------------------------------------
 

@@ -50,7 +50,14 @@ from torch.distributions import constraints
 
 from inference.attacks import hidden_pgd, pgd_linf, robust_accuracy
 from inference.data import Field
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_ints,
+    require_positive_ints,
+    require_positive_numbers,
+)
 from zoo.registry import register
 
 __all__ = ["LAT", "COMPLY", "REFUSE", "make_task", "NUM_FEATURES", "TRIGGER"]
@@ -256,22 +263,16 @@ class LAT(ZooModel):
         c = self.config
         if c.adversary not in ADVERSARIES:
             raise ConfigError(f"adversary must be one of {list(ADVERSARIES)}, got {c.adversary!r}")
-        for key in ("hidden", "pgd_steps", "eval_pgd_steps", "predictive_draws"):
-            value = getattr(c, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        require_positive_ints(c, "hidden", "pgd_steps", "eval_pgd_steps", "predictive_draws")
         for key in ("pretrain_rows", "safety_rows"):
             value = getattr(c, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 20:
                 raise ConfigError(f"{key} must be an integer >= 20, got {value!r}")
-        if isinstance(c.pretrain_steps, bool) or c.pretrain_steps < 0:
-            raise ConfigError(f"pretrain_steps must be >= 0, got {c.pretrain_steps!r}")
+        require_non_negative_ints(c, "pretrain_steps")
         for key in ("eps_rel", "eps_input"):
             if not 0 <= getattr(c, key) < 100:
                 raise ConfigError(f"{key} must be in [0, 100), got {getattr(c, key)!r}")
-        for key in ("harm_weight", "radius", "base_lr", "spread", "safety_spread"):
-            if not getattr(c, key) > 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(c, key)!r}")
+        require_positive_numbers(c, "harm_weight", "radius", "base_lr", "spread", "safety_spread")
 
     # ----- data -------------------------------------------------------------------------------
 

@@ -29,7 +29,13 @@ from torch.distributions import constraints
 
 from inference.data import Field, full_batch
 from inference.metrics import hungarian_accuracy, match_classes
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_positive_ints,
+    require_positive_numbers,
+)
 from zoo.registry import register
 
 __all__ = [
@@ -180,22 +186,18 @@ class LatentLabelShift(ZooModel):
 
     def check_config(self) -> None:
         c = self.config
-        for name in ("num_classes", "num_domains", "num_codes", "per_domain", "batch_size"):
-            value = getattr(c, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(
+            c, "num_classes", "num_domains", "num_codes", "per_domain", "batch_size"
+        )
         if c.num_classes < 2:
             raise ConfigError(f"num_classes must be >= 2, got {c.num_classes}")
         if c.num_codes < c.num_classes:
             raise ConfigError(
                 f"num_codes must be >= num_classes ({c.num_classes}), got {c.num_codes}"
             )
-        if not c.alpha > 0:
-            raise ConfigError(f"alpha (Dirichlet concentration) must be > 0, got {c.alpha}")
+        require_positive_numbers(c, "alpha")
         if not c.max_cond >= 1:
             raise ConfigError(f"max_cond must be >= 1, got {c.max_cond}")
-        if not c.lr > 0:
-            raise ConfigError(f"lr must be positive, got {c.lr}")
 
     def data_spec(self) -> dict[str, Field]:
         c = self.config

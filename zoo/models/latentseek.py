@@ -56,7 +56,14 @@ from torch.distributions import constraints
 
 from inference.data import DataError, Field
 from inference.latent_search import search
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_ints,
+    require_positive_ints,
+    require_positive_numbers,
+)
 from zoo.registry import register
 
 __all__ = [
@@ -184,19 +191,13 @@ class LatentSeek(ZooModel):
 
     def check_config(self) -> None:
         c = self.config
-        for key in ("num_strings", "hidden", "embed", "seek_tokens"):
-            value = getattr(c, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        require_positive_ints(c, "num_strings", "hidden", "embed", "seek_tokens")
         if not 2 <= c.num_strings <= 10_000:
             raise ConfigError(f"num_strings must be in 2..10000, got {c.num_strings}")
         if c.seek_tokens > ANSWER:
             raise ConfigError(f"seek_tokens must be in 1..{ANSWER}, got {c.seek_tokens}")
-        if isinstance(c.seek_steps, bool) or not isinstance(c.seek_steps, int) or c.seek_steps < 0:
-            raise ConfigError(f"seek_steps must be an integer >= 0, got {c.seek_steps!r}")
-        for key in ("seek_lr", "proximity", "reward_temp", "perturb_sd", "guide_sd"):
-            if not getattr(c, key) > 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(c, key)!r}")
+        require_non_negative_ints(c, "seek_steps")
+        require_positive_numbers(c, "seek_lr", "proximity", "reward_temp", "perturb_sd", "guide_sd")
         if not -1.0 <= c.stop_reward <= 0.0:
             raise ConfigError(f"stop_reward must be in [-1, 0], got {c.stop_reward}")
         if c.seek_tokens_from not in ("greedy", "sample"):

@@ -11,7 +11,6 @@ Bernoulli pixel likelihood (pixels are greyscale).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import pyro
@@ -22,7 +21,13 @@ from guides import local
 from guides.encoders import LipschitzNormalEncoder, mlp
 from guides.quantize import grid_quantize, grid_round
 from inference.data import Field
-from zoo.base import ConfigError, TrainConfig
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    require_non_negative_ints,
+    require_positive_ints,
+    require_positive_numbers,
+)
 from zoo.datasets.digits import (
     NUM_DIGIT_CLASSES,
     digit_label_field,
@@ -124,19 +129,13 @@ class LQVI(DigitImageVAE):
         for key in ("quantize", "spectral_norm"):
             if not isinstance(getattr(c, key), bool):
                 raise ConfigError(f"{key} must be true or false, got {getattr(c, key)!r}")
-        for key in ("spacing", "lipschitz"):
-            value = getattr(c, key)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"{key} must be a positive number, got {value!r}")
+        require_positive_numbers(c, "spacing", "lipschitz")
         if not (isinstance(c.latent_noise, int | float) and 0 <= c.latent_noise < 10):
             raise ConfigError(f"latent_noise must be in [0, 10), got {c.latent_noise!r}")
         if not (isinstance(c.eval_eps, int | float) and 0 < c.eval_eps <= 1):
             raise ConfigError(f"eval_eps must be in (0, 1], got {c.eval_eps!r}")
-        for key in ("attack_steps", "classifier_steps"):
-            if not isinstance(getattr(c, key), int) or getattr(c, key) < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {getattr(c, key)!r}")
-        if not isinstance(c.eot_samples, int) or c.eot_samples < 0:
-            raise ConfigError(f"eot_samples must be an integer >= 0, got {c.eot_samples!r}")
+        require_positive_ints(c, "attack_steps", "classifier_steps")
+        require_non_negative_ints(c, "eot_samples")
 
     # ----- data -----------------------------------------------------------------------------
 

@@ -75,7 +75,15 @@ from inference.latent_flow import (
     to_gaussian,
     zone_assignment,
 )
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_numbers,
+    require_positive_ints,
+    require_positive_numbers,
+    require_positive_sizes,
+)
 from zoo.registry import register
 
 __all__ = ["LZN", "digits_data"]
@@ -138,22 +146,15 @@ class LZN(ZooModel):
 
     def check_config(self) -> None:
         c = self.config
-        for key in ("latent_dim", "num_classes", "flow_steps", "label_steps"):
-            value = getattr(c, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        require_positive_ints(c, "latent_dim", "num_classes", "flow_steps", "label_steps")
         if c.num_classes < 2:
             raise ConfigError(f"num_classes must be >= 2, got {c.num_classes}")
-        if not c.hidden or any(h < 1 for h in c.hidden):
-            raise ConfigError(f"hidden sizes must be >= 1, got {c.hidden}")
-        if not c.obs_scale > 0:
-            raise ConfigError(f"obs_scale must be positive, got {c.obs_scale}")
-        if not c.label_scale >= 0:
-            raise ConfigError(f"label_scale must be >= 0, got {c.label_scale}")
+        require_positive_sizes(c, "hidden")
+        require_positive_numbers(c, "obs_scale")
+        require_non_negative_numbers(c, "label_scale")
         if not 0.0 <= c.label_cutoff < 1.0:
             raise ConfigError(f"label_cutoff must be in [0, 1), got {c.label_cutoff}")
-        if not c.anchor_bound > 0:
-            raise ConfigError(f"anchor_bound must be positive, got {c.anchor_bound}")
+        require_positive_numbers(c, "anchor_bound")
         if not 0.0 < c.t0 < 0.1:
             raise ConfigError(f"t0 must be in (0, 0.1), got {c.t0}")
         if c.guide not in GUIDES:

@@ -105,7 +105,14 @@ from guides import local
 from guides.encoders import mlp
 from inference.data import DataError, Field, full_batch
 from inference.metrics import affine_r2
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_ints,
+    require_positive_ints,
+    require_positive_numbers,
+)
 from zoo.registry import register
 
 __all__ = ["MMGPVAE", "KERNELS", "PRESETS", "make_kernel", "is_stationary", "rbf_gram"]
@@ -409,18 +416,14 @@ class MMGPVAE(ZooModel):
             raise ConfigError("kernel='custom' needs a GPyTorch kernel object: pass kernel=...")
         if c.shared_combine not in COMBINES:
             raise ConfigError(f"shared_combine must be one of {COMBINES}, got '{c.shared_combine}'")
-        if c.latent_shared < 1 or c.latent_neural < 0 or c.latent_image < 0:
-            raise ConfigError("latent_shared must be >= 1, latent_neural and latent_image >= 0")
-        for key in ("trials", "time_bins", "neurons", "image_side", "hidden"):
-            if getattr(c, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(c, key)}")
+        require_positive_ints(c, "latent_shared")
+        require_non_negative_ints(c, "latent_neural", "latent_image")
+        require_positive_ints(c, "trials", "time_bins", "neurons", "image_side", "hidden")
         if c.time_bins < 4:
             raise ConfigError(f"time_bins must be >= 4, got {c.time_bins}")
         if c.image_side < 8:  # the default data's digit (8x8 pixels) must fit in the frame
             raise ConfigError(f"image_side must be >= 8 (the digit is 8x8), got {c.image_side}")
-        for key in ("fourier_pad", "min_lengthscale", "jitter", "true_lengthscale"):
-            if not getattr(c, key) > 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(c, key)}")
+        require_positive_numbers(c, "fourier_pad", "min_lengthscale", "jitter", "true_lengthscale")
 
     def data_spec(self) -> dict[str, Field]:
         c = self.config

@@ -71,7 +71,7 @@ from guides.encoders import mlp
 from guides.sets import ISAB, masked_mean
 from inference.data import DataError, Field
 from inference.metrics import interval_coverage
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel, require_positive_ints
 from zoo.datasets.gp_tasks import KERNELS, NOISES, gp_tasks
 from zoo.registry import register
 
@@ -179,11 +179,8 @@ class MPNP(ZooModel):
             raise ConfigError(f"kernel must be one of {sorted(KERNELS)}, got {c.kernel!r}")
         if c.noise not in NOISES:
             raise ConfigError(f"noise must be one of {NOISES}, got {c.noise!r}")
-        for key in ("width", "depth", "heads", "noise_dim", "latent_dim", "particles",
-                    "eval_samples", "num_tasks"):  # fmt: skip
-            value = getattr(c, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        require_positive_ints(c, "width", "depth", "heads", "noise_dim", "latent_dim",
+                              "particles", "eval_samples", "num_tasks")  # fmt: skip
         if c.depth < 2:
             raise ConfigError(f"depth must be >= 2, got {c.depth}")
         if c.width % c.heads:

@@ -23,7 +23,13 @@ from torch.distributions import constraints
 
 from inference.data import Field
 from inference.posterior import posterior
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_positive_ints,
+    require_positive_numbers,
+)
 from zoo.registry import register
 
 __all__ = [
@@ -250,10 +256,7 @@ class PACInvariance(ZooModel):
 
     def check_config(self) -> None:
         c = self.config
-        for key in ("num_envs", "num_features", "rows_per_env"):
-            value = getattr(c, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        require_positive_ints(c, "num_envs", "num_features", "rows_per_env")
         if c.num_envs < 2:
             raise ConfigError(f"num_envs must be at least 2 to test invariance, got {c.num_envs}")
         features = tuple(c.features) if isinstance(c.features, list | tuple) else None
@@ -270,8 +273,7 @@ class PACInvariance(ZooModel):
             raise ConfigError(f"features must not repeat a column, got {features}")
         if not isinstance(c.centered, bool):
             raise ConfigError(f"centered must be true or false, got {c.centered!r}")
-        if not isinstance(c.epsilon, int | float) or not c.epsilon > 0:
-            raise ConfigError(f"epsilon must be a positive number, got {c.epsilon!r}")
+        require_positive_numbers(c, "epsilon")
         self.config.features = features
 
     def data_spec(self) -> dict[str, Field]:

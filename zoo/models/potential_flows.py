@@ -67,7 +67,12 @@ from guides.encoders import NormalEncoder, mlp
 from inference.data import Field
 from inference.evaluation import elbo_per_row, iwae_per_row
 from inference.relative import latent_means
-from zoo.base import ConfigError, TrainConfig
+from zoo.base import (
+    TrainConfig,
+    require_non_negative_numbers,
+    require_positive_ints,
+    require_positive_sizes,
+)
 from zoo.datasets.digits import TRANSFORMS, image_field, transformed_digit_pairs
 from zoo.models.vae_digits import DigitImageVAE
 from zoo.registry import register
@@ -185,17 +190,9 @@ class PotentialFlows(DigitImageVAE):
     def check_config(self) -> None:
         super().check_config()  # likelihood, latent_dim, hidden
         c = self.config
-        if c.flow_steps < 1:
-            raise ConfigError(f"flow_steps must be >= 1, got {c.flow_steps}")
-        if c.copies < 1:
-            raise ConfigError(f"copies must be >= 1, got {c.copies}")
-        for key in ("potential_hidden", "classifier_hidden"):
-            if any(h < 1 for h in getattr(c, key)):
-                raise ConfigError(f"{key} sizes must be >= 1, got {getattr(c, key)}")
-        for key in ("pde_weight", "classifier_weight", "change_weight"):
-            value = getattr(c, key)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ConfigError(f"{key} must be a finite number >= 0, got {value!r}")
+        require_positive_ints(c, "flow_steps", "copies")
+        require_positive_sizes(c, "potential_hidden", "classifier_hidden", allow_empty=True)
+        require_non_negative_numbers(c, "pde_weight", "classifier_weight", "change_weight")
 
     # ----- data -----------------------------------------------------------------------------
 

@@ -30,7 +30,13 @@ from torch.distributions import constraints
 
 from guides import local
 from inference.data import Field, full_batch
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_positive_ints,
+    require_positive_numbers,
+)
 from zoo.registry import register
 
 __all__ = [
@@ -68,18 +74,9 @@ def _unlabeled(rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return rows
 
 
-def _check_positive_ints(config, names) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-
-
 def _check_common(c) -> None:
-    _check_positive_ints(c, ("input_dim", "batch_size"))
-    for name in ("noise_scale", "lr"):
-        if not getattr(c, name) > 0:
-            raise ConfigError(f"{name} must be positive, got {getattr(c, name)}")
+    require_positive_ints(c, "input_dim", "batch_size")
+    require_positive_numbers(c, "noise_scale")
 
 
 # ----- downstream: ERM, the ridge baseline and a Bayesian linear regression ------------------
@@ -271,7 +268,7 @@ class FactorPretraining(_Pretraining):
     def check_config(self) -> None:
         c = self.config
         _check_common(c)
-        _check_positive_ints(c, ("latent_dim", "num_unlabeled", "num_labeled", "num_test"))
+        require_positive_ints(c, "latent_dim", "num_unlabeled", "num_labeled", "num_test")
         if c.latent_dim >= c.input_dim:
             raise ConfigError(
                 f"latent_dim must be below input_dim, got {c.latent_dim} >= {c.input_dim}"
@@ -447,7 +444,7 @@ class MixturePretraining(_Pretraining):
     def check_config(self) -> None:
         c = self.config
         _check_common(c)
-        _check_positive_ints(c, ("num_unlabeled", "num_labeled", "num_test"))
+        require_positive_ints(c, "num_unlabeled", "num_labeled", "num_test")
         if isinstance(c.num_components, bool) or not isinstance(c.num_components, int):
             raise ConfigError(f"num_components must be an integer, got {c.num_components!r}")
         if c.num_components < 2:

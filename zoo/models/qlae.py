@@ -11,7 +11,6 @@ measured.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import pyro
@@ -25,7 +24,15 @@ from guides import local
 from guides.encoders import NormalEncoder, mlp
 from guides.quantize import nearest_code, straight_through_value
 from inference.data import Field
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_numbers,
+    require_positive_ints,
+    require_positive_numbers,
+    require_positive_sizes,
+)
 from zoo.datasets.dsprites import FACTOR_NAMES, mini_dsprites
 from zoo.registry import register
 
@@ -143,21 +150,12 @@ class QLAE(ZooModel):
         c = self.config
         if c.variant not in VARIANTS:
             raise ConfigError(f"variant must be one of {VARIANTS}, got '{c.variant}'")
-        for key in ("latent_dim", "num_factors", "batch_size"):
-            if not isinstance(getattr(c, key), int) or getattr(c, key) < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {getattr(c, key)!r}")
+        require_positive_ints(c, "latent_dim", "num_factors", "batch_size")
         if not isinstance(c.num_values, int) or c.num_values < 2:
             raise ConfigError(f"num_values must be an integer >= 2, got {c.num_values!r}")
-        if any(not isinstance(h, int) or h < 1 for h in c.hidden):
-            raise ConfigError(f"hidden sizes must be positive integers, got {c.hidden}")
-        for key in ("beta",):
-            value = getattr(c, key)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"{key} must be a positive number, got {value!r}")
-        for key in ("quantization_weight", "commitment_weight"):
-            value = getattr(c, key)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
+        require_positive_sizes(c, "hidden", allow_empty=True)
+        require_positive_numbers(c, "beta")
+        require_non_negative_numbers(c, "quantization_weight", "commitment_weight")
 
     # ----- data -----------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ import torch
 
 from guides.encoders import RelativeEncoder, mlp
 from inference.relative import anchor_indices, latent_means
-from zoo.base import ConfigError, TrainConfig
+from zoo.base import ConfigError, TrainConfig, require_positive_ints
 from zoo.datasets.digits import (
     digit_images,
 )
@@ -108,8 +108,7 @@ class RelRep(DigitImageVAE):
         c = self.config
         if not 2 <= c.num_anchors <= NUM_DIGITS:
             raise ConfigError(f"num_anchors must be in 2..{NUM_DIGITS}, got {c.num_anchors}")
-        if c.embed_dim < 1:
-            raise ConfigError(f"embed_dim must be >= 1, got {c.embed_dim}")
+        require_positive_ints(c, "embed_dim")
         if c.relative and c.num_anchors < c.embed_dim:
             raise ConfigError(
                 f"num_anchors ({c.num_anchors}) must be >= embed_dim ({c.embed_dim}): fewer "

@@ -31,7 +31,15 @@ from guides import local
 from guides.encoders import NormalEncoder, mlp
 from inference.data import DataError, Field, full_batch, validate_data
 from inference.metrics import affine_r2
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_numbers,
+    require_positive_ints,
+    require_positive_numbers,
+    require_positive_sizes,
+)
 from zoo.registry import register
 
 __all__ = [
@@ -287,21 +295,14 @@ class Rep4Ex(ZooModel):
         c = self.config
         if c.prior_mean not in PRIOR_MEANS:
             raise ConfigError(f"prior_mean must be one of {PRIOR_MEANS}, got '{c.prior_mean}'")
-        for key in ("action_dim", "latent_dim", "obs_dim", "num_rows", "batch_size"):
-            if int(getattr(c, key)) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(c, key)}")
+        require_positive_ints(c, "action_dim", "latent_dim", "obs_dim", "num_rows", "batch_size")
         if c.obs_dim < c.latent_dim:
             raise ConfigError(
                 f"obs_dim ({c.obs_dim}) must be >= latent_dim ({c.latent_dim}): g0 is injective"
             )
-        if any(h < 1 for h in (*c.hidden, *c.outcome_hidden)):
-            raise ConfigError(f"hidden sizes must be >= 1, got {c.hidden} / {c.outcome_hidden}")
-        if not (c.mmr_weight >= 0 and math.isfinite(c.mmr_weight)):
-            raise ConfigError(f"mmr_weight must be a finite number >= 0, got {c.mmr_weight}")
-        if not c.mmr_bandwidth > 0:
-            raise ConfigError(f"mmr_bandwidth must be > 0, got {c.mmr_bandwidth}")
-        if not (c.lr > 0 and c.epochs > 0):
-            raise ConfigError(f"lr and epochs must be > 0, got lr={c.lr}, epochs={c.epochs}")
+        require_positive_sizes(c, "hidden", "outcome_hidden", allow_empty=True)
+        require_non_negative_numbers(c, "mmr_weight")
+        require_positive_numbers(c, "mmr_bandwidth", "epochs")
 
     # ----- data ---------------------------------------------------------------------------
 

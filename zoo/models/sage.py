@@ -40,7 +40,12 @@ from torch import nn
 from guides import local
 from guides.encoders import NormalEncoder, mlp
 from inference.data import Field
-from zoo.base import ConfigError, TrainConfig
+from zoo.base import (
+    TrainConfig,
+    require_non_negative_ints,
+    require_non_negative_numbers,
+    require_positive_ints,
+)
 from zoo.datasets.digits import (
     NUM_DIGIT_CLASSES,
     digit_label_field,
@@ -147,14 +152,11 @@ class SAGE(DigitImageVAE):
     def check_config(self) -> None:
         super().check_config()
         c = self.config
-        w = c.fail_weight
-        if not (isinstance(w, int | float) and math.isfinite(w) and w >= 0):
-            raise ConfigError(f"fail_weight must be a finite number >= 0, got {w!r}")
-        for key in ("judge_steps", "search_chains", "search_draws", "search_tree_depth"):
-            if not isinstance(getattr(c, key), int) or getattr(c, key) < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {getattr(c, key)!r}")
-        if not isinstance(c.search_warmup, int) or c.search_warmup < 0:
-            raise ConfigError(f"search_warmup must be an integer >= 0, got {c.search_warmup!r}")
+        require_non_negative_numbers(c, "fail_weight")
+        require_positive_ints(
+            c, "judge_steps", "search_chains", "search_draws", "search_tree_depth"
+        )
+        require_non_negative_ints(c, "search_warmup")
 
     # ----- data -----------------------------------------------------------------------------
 

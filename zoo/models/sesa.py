@@ -59,7 +59,14 @@ from torch.distributions import constraints
 
 from guides.encoders import as_pyro_module
 from inference.data import Field
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_ints,
+    require_positive_ints,
+    require_positive_numbers,
+)
 from zoo.registry import register
 
 __all__ = ["SESA", "synthetic_matches", "precision_at_k"]
@@ -237,26 +244,24 @@ class SESA(ZooModel):
 
     def check_config(self) -> None:
         c = self.config
-        for key in ("num_skills", "words_per_skill", "title_len", "embed_dim", "hidden"):
-            if getattr(c, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(c, key)}")
+        require_positive_ints(
+            c, "num_skills", "words_per_skill", "title_len", "embed_dim", "hidden"
+        )
         if c.num_skills < 6:
             raise ConfigError(
                 f"num_skills must be >= 6 (profiles hold up to 10), got {c.num_skills}"
             )
         if c.encoder not in ("bow", "embed"):
             raise ConfigError(f"encoder must be 'bow' or 'embed', got {c.encoder!r}")
-        if not c.head_scale > 0:
-            raise ConfigError(f"head_scale must be > 0, got {c.head_scale}")
-        if c.noise_words < 0:
-            raise ConfigError(f"noise_words must be >= 0, got {c.noise_words}")
+        require_positive_numbers(c, "head_scale")
+        require_non_negative_ints(c, "noise_words")
         if not 0.0 < c.skill_word_prob <= 1.0:
             raise ConfigError(f"skill_word_prob must be in (0, 1], got {c.skill_word_prob}")
         if not 0.0 <= c.label_flip < 0.5:
             raise ConfigError(f"label_flip must be in [0, 0.5), got {c.label_flip}")
-        for key in ("num_jobs", "num_profiles", "num_pairs", "dense_dim", "predictive_draws"):
-            if getattr(c, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(c, key)}")
+        require_positive_ints(
+            c, "num_jobs", "num_profiles", "num_pairs", "dense_dim", "predictive_draws"
+        )
 
     # ----- data ---------------------------------------------------------------------------
 

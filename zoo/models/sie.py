@@ -62,7 +62,15 @@ from torch.distributions import constraints
 from guides import local
 from guides.encoders import NormalEncoder, mlp
 from inference.data import Field
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_ints,
+    require_positive_ints,
+    require_positive_numbers,
+    require_positive_sizes,
+)
 from zoo.datasets.digits import rotated_digit_pairs
 from zoo.registry import register
 
@@ -131,21 +139,10 @@ class SIE(ZooModel):
 
     def check_config(self) -> None:
         c = self.config
-        for key in ("inv_dim", "equi_dim", "pairs_per_digit"):
-            value = getattr(c, key)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{key} must be an integer, got {value!r}")
-        if c.inv_dim < 0:
-            raise ConfigError(f"inv_dim must be >= 0 (0: no split), got {c.inv_dim}")
-        if c.equi_dim < 1:
-            raise ConfigError(f"equi_dim must be >= 1, got {c.equi_dim}")
-        if c.pairs_per_digit < 1:
-            raise ConfigError(f"pairs_per_digit must be >= 1, got {c.pairs_per_digit}")
-        if not c.hidden or any(h < 1 for h in c.hidden):
-            raise ConfigError(f"hidden sizes must be >= 1, got {c.hidden}")
-        for key in ("obs_scale", "equi_scale"):
-            if not getattr(c, key) > 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(c, key)}")
+        require_non_negative_ints(c, "inv_dim")  # 0: no invariant/equivariant split
+        require_positive_ints(c, "equi_dim", "pairs_per_digit")
+        require_positive_sizes(c, "hidden")
+        require_positive_numbers(c, "obs_scale", "equi_scale")
         if not 0 <= c.max_degrees <= 180:
             raise ConfigError(f"max_degrees must be in [0, 180], got {c.max_degrees}")
         if len(c.brightness) != 2 or not 0 < c.brightness[0] <= c.brightness[1]:

@@ -59,7 +59,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from inference.data import DataError, Field, full_batch
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel, require_positive_ints
 from zoo.registry import register
 
 GRAPHS = ("tree", "cycle_star")
@@ -223,10 +223,7 @@ class Snowflake(ZooModel):
             raise ConfigError(f"graph must be one of {list(GRAPHS)}, got {c.graph!r}")
         if c.geometry not in GEOMETRIES:
             raise ConfigError(f"geometry must be one of {list(GEOMETRIES)}, got {c.geometry!r}")
-        for key in ("latent_dim", "width", "depth"):
-            value = getattr(c, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        require_positive_ints(c, "latent_dim", "width", "depth")
         if not (isinstance(c.eps, int | float) and 0 < c.eps < 0.1):
             raise ConfigError(f"eps must be in (0, 0.1), got {c.eps!r}")
 

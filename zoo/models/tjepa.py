@@ -54,7 +54,13 @@ from torch.nn import functional as F
 
 from inference.data import Field
 from inference.representation import effective_rank, embedding_spread, linear_probe
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_ints,
+    require_positive_ints,
+)
 from zoo.datasets.tables import TABLES, load_table
 from zoo.registry import register
 
@@ -207,19 +213,16 @@ class TJEPA(ZooModel):
             raise ConfigError(f"rows must be an integer or None, got {c.rows!r}")
         if c.rows is not None and c.rows < 16:
             raise ConfigError(f"rows must be >= 16, got {c.rows}")
-        for key in ("width", "layers", "heads", "ff", "pred_width", "pred_layers", "pred_heads"):
-            value = getattr(c, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        require_positive_ints(
+            c, "width", "layers", "heads", "ff", "pred_width", "pred_layers", "pred_heads"
+        )
         if c.width % c.heads or c.pred_width % c.pred_heads:
             raise ConfigError(
                 f"width ({c.width}) and pred_width ({c.pred_width}) must be divisible by "
                 f"heads ({c.heads}) and pred_heads ({c.pred_heads})"
             )
-        if isinstance(c.n_reg, bool) or not isinstance(c.n_reg, int) or c.n_reg < 0:
-            raise ConfigError(f"n_reg must be an integer >= 0, got {c.n_reg!r}")
-        if not isinstance(c.target_masks, int) or c.target_masks < 1:
-            raise ConfigError(f"target_masks must be a positive integer, got {c.target_masks!r}")
+        require_non_negative_ints(c, "n_reg")
+        require_positive_ints(c, "target_masks")
         _check_share("context_share", c.context_share)
         _check_share("target_share", c.target_share)
         if c.context_share[1] + c.target_share[1] > 1.0:

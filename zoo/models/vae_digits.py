@@ -24,7 +24,13 @@ from guides import local
 from guides.encoders import NormalEncoder, mlp
 from inference.data import DataError, Field
 from inference.evaluation import elbo_per_row, iwae_per_row
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_positive_ints,
+    require_positive_sizes,
+)
 from zoo.datasets.digits import (
     LIKELIHOODS,
     digit_images,
@@ -48,10 +54,8 @@ class DigitImageVAE(ZooModel):
         c = self.config
         if c.likelihood not in LIKELIHOODS:
             raise ConfigError(f"likelihood must be one of {LIKELIHOODS}, got '{c.likelihood}'")
-        if c.latent_dim < 1:
-            raise ConfigError(f"latent_dim must be >= 1, got {c.latent_dim}")
-        if any(h < 1 for h in c.hidden):
-            raise ConfigError(f"hidden sizes must be >= 1, got {c.hidden}")
+        require_positive_ints(c, "latent_dim")
+        require_positive_sizes(c, "hidden", allow_empty=True)
 
     def data_error_hint(self, error: DataError) -> str | None:
         return greyscale_hint(error, self.config.likelihood)

@@ -22,7 +22,14 @@ from torch.distributions import constraints
 
 from guides import local
 from inference.data import Field
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_ints,
+    require_positive_ints,
+    require_positive_numbers,
+)
 from zoo.registry import register
 
 __all__ = [
@@ -388,9 +395,9 @@ class CausalDiffAE(ZooModel):
             raise ConfigError(f"dataset must be one of {DATASETS}, got '{c.dataset}'")
         if c.eps_net not in EPS_NETS:
             raise ConfigError(f"eps_net must be one of {EPS_NETS}, got '{c.eps_net}'")
-        for key in ("block_dim", "timesteps", "ddim_steps", "hidden", "n_data", "batch_size"):
-            if getattr(c, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(c, key)}")
+        require_positive_ints(
+            c, "block_dim", "timesteps", "ddim_steps", "hidden", "n_data", "batch_size"
+        )
         if c.cf_encoding not in CF_ENCODINGS:
             raise ConfigError(f"cf_encoding must be one of {CF_ENCODINGS}, got '{c.cf_encoding}'")
         if not 0.0 < c.cf_start <= 1.0:
@@ -401,11 +408,8 @@ class CausalDiffAE(ZooModel):
             raise ConfigError(f"mask_prob must be in [0, 1), got {c.mask_prob}")
         if not 0.0 <= c.factor_drop < 1.0:
             raise ConfigError(f"factor_drop must be in [0, 1), got {c.factor_drop}")
-        for key in ("kl_weight", "label_scale", "ddpm_weight", "lr"):
-            if not getattr(c, key) > 0:
-                raise ConfigError(f"{key} must be > 0, got {getattr(c, key)}")
-        if c.anneal_steps < 0:
-            raise ConfigError(f"anneal_steps must be >= 0, got {c.anneal_steps}")
+        require_positive_numbers(c, "kl_weight", "label_scale", "ddpm_weight")
+        require_non_negative_ints(c, "anneal_steps")
         if not 0.0 < c.beta_start < c.beta_end < 1.0:
             raise ConfigError("need 0 < beta_start < beta_end < 1")
         if c.image_size is not None and c.image_size < 8:

@@ -34,7 +34,16 @@ from guides.local import LocalOnlyGuide
 from inference.data import Field
 from inference.elbos import enumerating
 from inference.metrics import displacement_errors, hungarian_accuracy
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_ints,
+    require_non_negative_numbers,
+    require_positive_ints,
+    require_positive_numbers,
+    require_positive_sizes,
+)
 from zoo.models.gcrl.agents import make_agents
 from zoo.registry import register
 
@@ -141,28 +150,21 @@ class GCRL(ZooModel):
 
     def check_config(self) -> None:
         c = self.config
-        for key in ("past_steps", "future_steps", "z_dim", "s_dim", "num_envs", "per_env"):
-            value = getattr(c, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        require_positive_ints(
+            c, "past_steps", "future_steps", "z_dim", "s_dim", "num_envs", "per_env"
+        )
         if c.past_steps < 2:
             raise ConfigError(f"past_steps must be >= 2, got {c.past_steps}")
-        if c.flow_layers < 0 or c.flow_hidden < 1:
-            raise ConfigError(
-                f"flow_layers must be >= 0 and flow_hidden >= 1, got {c.flow_layers}, "
-                f"{c.flow_hidden}"
-            )
+        require_non_negative_ints(c, "flow_layers")
+        require_positive_ints(c, "flow_hidden")
         if c.flow_layers and min(c.z_dim, c.s_dim) < 2:
             raise ConfigError(
                 f"affine coupling flows need z_dim and s_dim >= 2 (got {c.z_dim}, {c.s_dim}); "
                 "set flow_layers=0 for 1-D latents"
             )
-        if not c.hidden or any(h < 1 for h in c.hidden):
-            raise ConfigError(f"hidden sizes must be >= 1, got {c.hidden}")
-        if not c.obs_scale > 0:
-            raise ConfigError(f"obs_scale must be positive, got {c.obs_scale}")
-        if not c.noise >= 0:
-            raise ConfigError(f"noise must be >= 0, got {c.noise}")
+        require_positive_sizes(c, "hidden")
+        require_positive_numbers(c, "obs_scale")
+        require_non_negative_numbers(c, "noise")
         if not c.train_envs or any(not 0 <= e < c.num_envs for e in c.train_envs):
             raise ConfigError(
                 f"train_envs must be environments in 0..{c.num_envs - 1}, got {c.train_envs}"

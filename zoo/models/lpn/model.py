@@ -47,7 +47,6 @@ last pair from the others (their encoder means, then 0/10/100 ascent steps).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,7 +63,15 @@ from guides.encoders import NormalEncoder, mlp
 from guides.local import LocalOnlyGuide
 from inference.data import Field
 from inference.latent_search import refine, search
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_ints,
+    require_positive_ints,
+    require_positive_numbers,
+    require_positive_sizes,
+)
 from zoo.models.lpn.tasks import COLOURS, pattern_tasks
 from zoo.registry import register
 
@@ -140,10 +147,7 @@ class LPN(ZooModel):
         c = self.config
         if c.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {list(OBJECTIVES)}, got {c.objective!r}")
-        for key in ("latent_dim", "tasks", "grid", "pattern"):
-            value = getattr(c, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        require_positive_ints(c, "latent_dim", "tasks", "grid", "pattern")
         if isinstance(c.pairs, bool) or not isinstance(c.pairs, int) or c.pairs < 2:
             raise ConfigError(f"pairs must be an integer >= 2 (one left out), got {c.pairs!r}")
         if c.activation not in ACTIVATIONS:
@@ -154,16 +158,9 @@ class LPN(ZooModel):
             raise ConfigError(f"pattern_colours must be in 1..9, got {c.pattern_colours!r}")
         if c.pattern > c.grid:
             raise ConfigError(f"pattern ({c.pattern}) must fit in the grid ({c.grid})")
-        if not c.hidden or any(h < 1 for h in c.hidden):
-            raise ConfigError(f"hidden sizes must be >= 1, got {c.hidden}")
-        if isinstance(c.refine_steps, bool) or not isinstance(c.refine_steps, int):
-            raise ConfigError(f"refine_steps must be an integer >= 0, got {c.refine_steps!r}")
-        if c.refine_steps < 0:
-            raise ConfigError(f"refine_steps must be an integer >= 0, got {c.refine_steps!r}")
-        for key in ("refine_lr", "test_lr", "beta"):
-            value = getattr(c, key)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"{key} must be a positive number, got {value!r}")
+        require_positive_sizes(c, "hidden")
+        require_non_negative_ints(c, "refine_steps")
+        require_positive_numbers(c, "refine_lr", "test_lr", "beta")
         if not c.test_steps or any(
             isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in c.test_steps
         ):

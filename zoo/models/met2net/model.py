@@ -15,7 +15,13 @@ from guides import local
 from inference.data import Field
 from inference.metrics import interval_coverage
 from inference.svi import fit
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_numbers,
+    require_positive_ints,
+)
 from zoo.models.met2net.data import VARIABLES, coupled_fields
 from zoo.models.met2net.nets import Translator, WindowDecoder, WindowEncoder
 from zoo.registry import register
@@ -113,11 +119,8 @@ class Met2Net(ZooModel):
 
     def check_config(self) -> None:
         c = self.config
-        for name in ("num_vars", "window", "grid", "hid", "blocks", "heads", "rounds",
-                     "num_sequences", "batch_size"):  # fmt: skip
-            value = getattr(c, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(c, "num_vars", "window", "grid", "hid", "blocks",
+                              "heads", "rounds", "num_sequences", "batch_size")  # fmt: skip
         if c.grid % 2:
             raise ConfigError(f"grid must be even (codes are grid/2 maps), got {c.grid}")
         if c.hid % c.heads:
@@ -126,9 +129,7 @@ class Met2Net(ZooModel):
             raise ConfigError(f"per_variable must be true or false, got {c.per_variable!r}")
         if not 0.0 <= c.momentum < 1.0:
             raise ConfigError(f"momentum must be in [0, 1), got {c.momentum}")
-        for name in ("wind", "diffusion", "noise"):
-            if not getattr(c, name) >= 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
+        require_non_negative_numbers(c, "wind", "diffusion", "noise")
         if c.diffusion > 0.25:
             raise ConfigError(f"diffusion must be <= 0.25 (explicit step), got {c.diffusion}")
 

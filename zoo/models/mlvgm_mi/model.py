@@ -29,7 +29,13 @@ from guides.encoders import NormalEncoder, as_pyro_module
 from inference.data import DataError, Field
 from inference.diagnostics import latent_activity
 from inference.evaluation import elbo_per_row
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_positive_ints,
+    require_positive_sizes,
+)
 from zoo.datasets.digits import (
     LIKELIHOODS,
     digit_images,
@@ -170,20 +176,14 @@ class MLVGM(ZooModel):
 
     def check_config(self) -> None:
         c = self.config
-        for key in ("levels", "latent_dim", "hidden", "batch_size"):
-            value = getattr(c, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        require_positive_ints(c, "levels", "latent_dim", "hidden", "batch_size")
         if c.levels < 2:
             raise ConfigError(f"levels must be >= 2 for a multi-latent model, got {c.levels}")
         if c.injection not in INJECTIONS:
             raise ConfigError(f"injection must be one of {INJECTIONS}, got {c.injection!r}")
         if c.likelihood not in LIKELIHOODS:
             raise ConfigError(f"likelihood must be one of {LIKELIHOODS}, got {c.likelihood!r}")
-        if any(not isinstance(h, int) or h < 1 for h in c.encoder_hidden):
-            raise ConfigError(
-                f"encoder_hidden sizes must be positive integers, got {c.encoder_hidden}"
-            )
+        require_positive_sizes(c, "encoder_hidden", allow_empty=True)
         bad = [lv for lv in c.dead_levels if not isinstance(lv, int) or not 1 <= lv <= c.levels]
         if bad:
             raise ConfigError(
@@ -193,8 +193,6 @@ class MLVGM(ZooModel):
             raise ConfigError("dead_levels may not switch off every latent group")
         if not 0.0 <= c.level_dropout < 1.0:
             raise ConfigError(f"level_dropout must be in [0, 1), got {c.level_dropout!r}")
-        if not c.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {c.lr}")
 
     def data_error_hint(self, error: DataError) -> str | None:
         return greyscale_hint(error, self.config.likelihood)

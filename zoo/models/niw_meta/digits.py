@@ -75,7 +75,13 @@ from torch import nn
 from guides import local
 from guides.encoders import NormalEncoder, as_pyro_module
 from inference.data import DataError, Field, full_batch
-from zoo.base import ConfigError, TrainConfig
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    require_non_negative_ints,
+    require_positive_ints,
+    require_positive_numbers,
+)
 from zoo.models.niw_meta.common import COVARIANCES, NIWBase
 from zoo.models.niw_meta.distributions import PrecisionTrilNormal
 from zoo.registry import register
@@ -328,18 +334,11 @@ class NIWMetaDigits(NIWBase):
         if not 2 <= c.ways <= self.max_ways:
             raise ConfigError(f"ways must be in [2, {self.max_ways}], got {c.ways}")
         self.check_nu0(dim, "ways * (feat_dim + 1)")
-        for key in ("kappa0", "psi0", "sgld_step_size", "a_max", "feature_scale"):
-            value = getattr(c, key)
-            if not value > 0:
-                raise ConfigError(f"{key} must be > 0; valid range (0, inf), got {value}")
-        counts = ("shots", "queries", "hidden", "feat_dim", "sgld_steps", "sgld_chains",
-                  "test_samples", "num_episodes", "test_episodes", "maml_inner_steps")  # fmt: skip
-        for key in counts:
-            if getattr(c, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(c, key)}")
-        for key in ("sgld_burnin", "baseline_steps", "pretrain_steps"):
-            if getattr(c, key) < 0:
-                raise ConfigError(f"{key} must be >= 0, got {getattr(c, key)}")
+        require_positive_numbers(c, "kappa0", "psi0", "sgld_step_size", "a_max", "feature_scale")
+        require_positive_ints(c, "shots", "queries", "hidden", "feat_dim", "sgld_steps",
+                              "sgld_chains", "test_samples", "num_episodes", "test_episodes",
+                              "maml_inner_steps")  # fmt: skip
+        require_non_negative_ints(c, "sgld_burnin", "baseline_steps", "pretrain_steps")
 
     # ----- data ---------------------------------------------------------------------------
 

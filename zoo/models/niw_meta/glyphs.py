@@ -62,7 +62,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from inference.data import full_batch
-from zoo.base import ConfigError
+from zoo.base import ConfigError, require_positive_ints
 from zoo.datasets.glyphs import MAX_CLASSES, glyph_set
 from zoo.models.niw_meta.digits import (
     NIWMetaDigits,
@@ -276,8 +276,7 @@ class NIWMetaGlyphs(NIWMetaDigits):
             )
         if not 8 <= c.side <= 64:
             raise ConfigError(f"side must be in [8, 64], got {c.side}")
-        if c.channels < 1:
-            raise ConfigError(f"channels must be >= 1, got {c.channels}")
+        require_positive_ints(c, "channels")
         if c.theta not in THETAS:
             raise ConfigError(f"theta must be one of {THETAS}, got '{c.theta}'")
         if c.theta == "adapter" and c.covariance != "diag":

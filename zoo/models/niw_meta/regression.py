@@ -68,7 +68,13 @@ from pyro import poutine
 from guides import local
 from guides.encoders import NormalEncoder
 from inference.data import DataError, Field, full_batch
-from zoo.base import ConfigError, TrainConfig
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    require_non_negative_ints,
+    require_positive_ints,
+    require_positive_numbers,
+)
 from zoo.models.niw_meta.common import COVARIANCES, NIWBase
 from zoo.models.niw_meta.distributions import PrecisionTrilNormal, tril_to_vec
 from zoo.registry import register
@@ -154,16 +160,10 @@ class NIWMeta(NIWBase):
             raise ConfigError(f"covariance must be one of {COVARIANCES}, got '{c.covariance}'")
         if c.local_step not in LOCAL_STEPS:
             raise ConfigError(f"local_step must be one of {LOCAL_STEPS}, got '{c.local_step}'")
-        if c.num_rbf < 0:
-            raise ConfigError(f"num_rbf must be >= 0, got {c.num_rbf}")
+        require_non_negative_ints(c, "num_rbf")
         self.check_nu0(dim, "num_rbf + 2")
-        for key in ("kappa0", "psi0", "noise", "rbf_width"):
-            value = getattr(c, key)
-            if not value > 0:
-                raise ConfigError(f"{key} must be > 0; valid range (0, inf), got {value}")
-        for key in ("shots", "queries", "num_tasks"):
-            if getattr(c, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(c, key)}")
+        require_positive_numbers(c, "kappa0", "psi0", "noise", "rbf_width")
+        require_positive_ints(c, "shots", "queries", "num_tasks")
 
     # ----- features and data -------------------------------------------------------------
 

@@ -50,7 +50,14 @@ from guides import local
 from guides.encoders import SequenceEncoder
 from inference.data import DATA_PLATE, DataError, Field
 from inference.online import sliding_window
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import (
+    ConfigError,
+    TrainConfig,
+    ZooModel,
+    require_non_negative_numbers,
+    require_positive_ints,
+    require_positive_numbers,
+)
 from zoo.models.pv_rnn.network import MTRNN, SequencePrior
 from zoo.models.pv_rnn.primitives import classify_segments, make_sequences, transition_kl
 from zoo.registry import register
@@ -185,29 +192,22 @@ class PVRNN(ZooModel):
         c = self.config
         if c.posterior not in POSTERIORS:
             raise ConfigError(f"posterior must be one of {POSTERIORS}, got {c.posterior!r}")
-        for key in ("length", "num_sequences", "hidden", "latent", "encoder_hidden"):
-            value = getattr(c, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        require_positive_ints(c, "length", "num_sequences", "hidden", "latent", "encoder_hidden")
         if c.length < 2:
             raise ConfigError(f"length must be >= 2 (z_1 and z_2..z_T), got {c.length}")
         if c.num_sequences < 2:
             raise ConfigError(f"num_sequences must be >= 2, got {c.num_sequences}")
         if len(c.tau) != 2 or not all(t >= 1 for t in c.tau):
             raise ConfigError(f"tau must be two time constants >= 1, got {c.tau}")
-        for key in ("w", "sigma_x", "er_lr"):
-            if not getattr(c, key) > 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(c, key)!r}")
+        require_positive_numbers(c, "w", "sigma_x", "er_lr")
         if c.w1 is not None and not c.w1 > 0:
             raise ConfigError(f"w1 must be positive (or None for w), got {c.w1!r}")
         if not 1 <= c.er_window < c.length:
             raise ConfigError(
                 f"er_window must be in 1..length-1 = {c.length - 1}, got {c.er_window}"
             )
-        if c.er_steps < 1:
-            raise ConfigError(f"er_steps must be >= 1, got {c.er_steps}")
-        if not c.noise >= 0:
-            raise ConfigError(f"noise must be >= 0, got {c.noise}")
+        require_positive_ints(c, "er_steps")
+        require_non_negative_numbers(c, "noise")
 
     def data_spec(self) -> dict[str, Field]:
         return {

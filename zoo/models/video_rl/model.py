@@ -29,7 +29,7 @@ from torch.distributions import constraints
 
 from inference.data import DataError, Field, full_batch
 from inference.metrics import match_classes
-from zoo.base import ConfigError, TrainConfig, ZooModel
+from zoo.base import ConfigError, TrainConfig, ZooModel, require_positive_numbers
 from zoo.datasets.markov import empirical_transitions
 from zoo.models.video_rl.gridworld import NOISES, render_gridworld
 from zoo.registry import register
@@ -185,10 +185,7 @@ class VideoRL(ZooModel):
             raise ConfigError(f"noise must be one of {list(NOISES)}, got {c.noise!r}")
         if not math.isfinite(c.distractor_value):
             raise ConfigError(f"distractor_value must be finite, got {c.distractor_value!r}")
-        for name in ("pixel_noise", "alpha", "mean_scale"):
-            value = getattr(c, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ConfigError(f"{name} must be positive, got {value!r}")
+        require_positive_numbers(c, "pixel_noise", "alpha", "mean_scale")
 
     # ----- data -----------------------------------------------------------------------------
 
