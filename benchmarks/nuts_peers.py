@@ -238,6 +238,23 @@ def _mean_sd(values) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+def _so_far(name: str, seeds: range, quick: bool) -> str:
+    """A model left out of the table: its seeds already measured (in :data:`CACHE`), or that
+    none is."""
+    folder = CACHE / ("quick" if quick else "full")
+    done = [json.loads(f.read_text()) for seed in seeds
+            if (f := folder / f"{name}-{seed}.json").is_file()]  # fmt: skip
+    if not done:
+        return f"{name} (no seed yet)"
+    zoo_rate = statistics.mean(r["zoo"] for r in done)
+    numpyro_rate = statistics.mean(r["numpyro"] for r in done)
+    return (
+        f"{name} ({len(done)} of {len(seeds)} seeds so far, {done[0]['warmup']} + "
+        f"{done[0]['draws']} per chain: zoo {zoo_rate:.2f}, NumPyro {numpyro_rate:.2f} min-ESS "
+        f"per CPU-s, zoo/numpyro {zoo_rate / numpyro_rate:.2f})"
+    )
+
+
 def run(quick: bool = False, models: list[str] | None = None) -> dict:
     """The table over ``models`` (default: every case); a subset's notes name the rest."""
     unknown = sorted(set(models or ()) - set(CASES))
@@ -275,7 +292,9 @@ def run(quick: bool = False, models: list[str] | None = None) -> dict:
             "the machine, CPU-s do not); compilation included in both. ESS: ArviZ bulk ESS, "
             "minimum over the shared latent sites."
             + (
-                f" Not measured yet: {', '.join(n for n in CASES if n not in names)}."
+                " Not measured yet: "
+                + "; ".join(_so_far(n, seeds, quick) for n in CASES if n not in names)
+                + "."
                 if len(names) < len(CASES)
                 else ""
             )

@@ -1,5 +1,6 @@
 """The benchmark suite runs (quick mode) and reports ratios; no timing is asserted."""
 
+import json
 import math
 
 import pytest
@@ -129,3 +130,17 @@ def test_nuts_peers_twins_have_the_zoo_models_log_joint():
     for name in nuts_peers.CASES:
         zoo_value, twin_value = nuts_peers.check_twin(name)
         assert twin_value == pytest.approx(zoo_value, rel=1e-4)
+
+
+def test_nuts_peers_names_a_model_left_out_with_its_seeds_so_far(monkeypatch, tmp_path):
+    from benchmarks import nuts_peers
+
+    monkeypatch.setattr(nuts_peers, "CACHE", tmp_path)
+    (tmp_path / "full").mkdir()
+    record = {"zoo": 1.2, "numpyro": 0.3, "warmup": 300, "draws": 300}
+    (tmp_path / "full" / "m-0.json").write_text(json.dumps(record))
+    assert nuts_peers._so_far("m", range(3), quick=False) == (
+        "m (1 of 3 seeds so far, 300 + 300 per chain: zoo 1.20, NumPyro 0.30 min-ESS per "
+        "CPU-s, zoo/numpyro 4.00)"
+    )
+    assert nuts_peers._so_far("other", range(3), quick=False) == "other (no seed yet)"
