@@ -193,10 +193,14 @@ def _min_ess(draws: dict, sites) -> float:
     return min_ess_bulk({k: draws[k] for k in sites})
 
 
+def _cached(name: str, seed: int, quick: bool) -> Path:
+    return CACHE / ("quick" if quick else "full") / f"{name}-{seed}.json"
+
+
 def _one(name: str, seed: int, quick: bool) -> dict:
     """One seed of one model on both sides, kept in :data:`CACHE` once done (a run that is
     stopped resumes at the next seed)."""
-    cache = CACHE / ("quick" if quick else "full") / f"{name}-{seed}.json"
+    cache = _cached(name, seed, quick)
     if cache.is_file():
         return json.loads(cache.read_text())
     result = _measure(name, seed, quick)
@@ -241,9 +245,8 @@ def _mean_sd(values) -> str:
 def _so_far(name: str, seeds: range, quick: bool) -> str:
     """A model left out of the table: its seeds already measured (in :data:`CACHE`), or that
     none is."""
-    folder = CACHE / ("quick" if quick else "full")
     done = [json.loads(f.read_text()) for seed in seeds
-            if (f := folder / f"{name}-{seed}.json").is_file()]  # fmt: skip
+            if (f := _cached(name, seed, quick)).is_file()]  # fmt: skip
     if not done:
         return f"{name} (no seed yet)"
     zoo_rate = statistics.mean(r["zoo"] for r in done)

@@ -63,6 +63,7 @@ __all__ = [
     "ConfigError",
     "DATA_PLATE",
     "TrainConfig",
+    "check_positive_int",
     "require_positive_ints",
     "require_non_negative_ints",
     "require_positive_numbers",
@@ -96,6 +97,13 @@ def _require(config: Any, keys: tuple[str, ...], ok: Callable[[Any], bool], what
         value = getattr(config, key)
         if not ok(value):
             raise ConfigError(f"{key} must be {what}, got {value!r}")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """A call's count argument (``num`` rows to draw): an int >= 1, not a bool, or a
+    ValueError naming ``name`` (a config's counts raise ConfigError through the checks below)."""
+    if not (_is_int(value) and value >= 1):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def require_positive_ints(config: Any, *keys: str) -> None:
@@ -452,8 +460,7 @@ class ZooModel(PyroModule):
         ``fixed`` sets other sites too (e.g. local latents drawn some other way)."""
         from inference.generate import draw_globals, forward_trace, global_sites, guide_globals
 
-        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-            raise ValueError(f"num must be a positive integer, got {num!r}")
+        check_positive_int("num", num)
 
         data = {k: torch.as_tensor(v).to(self.device) for k, v in data.items()}
         size = len(next(iter(data.values())))

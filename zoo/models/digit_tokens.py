@@ -72,6 +72,7 @@ from zoo.base import (
     ConfigError,
     TrainConfig,
     ZooModel,
+    check_positive_int,
     require_non_negative_numbers,
     require_positive_numbers,
 )
@@ -544,8 +545,7 @@ class DigitTokens(ZooModel):
         """``num`` new images: labels resampled from ``data`` (seeded), token sequences drawn
         from the AR model given them, decoded by stage 2 (pixel means in (0, 1) whatever
         ``mean``: stage 2 is fitted by cross-entropy, its mean is the image)."""
-        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-            raise ValueError(f"num must be a positive integer, got {num!r}")
+        check_positive_int("num", num)
         size = len(data["x"])
         rows = torch.randint(size, (num,), generator=torch.Generator().manual_seed(int(seed)))
         if "label" in data:

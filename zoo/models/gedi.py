@@ -67,6 +67,7 @@ from zoo.base import (
     ConfigError,
     TrainConfig,
     ZooModel,
+    check_positive_int,
     require_non_negative_ints,
     require_non_negative_numbers,
     require_positive_ints,
@@ -379,8 +380,7 @@ class GEDI(ZooModel):
     def sample_new_rows(self, num, *, data, guide=None, draws=None, seed=0, mean=False):
         """``num`` points drawn from p_theta(x) by SGLD (200 steps from uniform starts in the
         box), with their clusters argmax_y f(x)[y] as ``label``."""
-        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-            raise ValueError(f"num must be a positive integer, got {num!r}")
+        check_positive_int("num", num)
         x = self.sample_energy(num, seed=seed)
         return {"x": x, "label": torch.as_tensor(self.assign(x), dtype=torch.long)}
 

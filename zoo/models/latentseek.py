@@ -60,6 +60,7 @@ from zoo.base import (
     ConfigError,
     TrainConfig,
     ZooModel,
+    check_positive_int,
     require_non_negative_ints,
     require_positive_ints,
     require_positive_numbers,
@@ -584,8 +585,7 @@ class LatentSeek(ZooModel):
     def sample_new_rows(self, num, *, data, guide=None, draws=None, seed=0, mean=False):
         """``num`` strings drawn from the language model (ancestral sampling from BOS, the
         bias at the guide's median), padded after their end token."""
-        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-            raise ValueError(f"num must be a positive integer, got {num!r}")
+        check_positive_int("num", num)
         self.use_guide(guide, data)
         rows = torch.full((num, LENGTH), PAD, dtype=torch.long)
         with torch.no_grad(), torch.random.fork_rng():

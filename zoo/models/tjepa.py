@@ -58,6 +58,7 @@ from zoo.base import (
     ConfigError,
     TrainConfig,
     ZooModel,
+    check_positive_int,
     require_non_negative_ints,
     require_positive_ints,
 )
@@ -393,8 +394,7 @@ class TJEPA(ZooModel):
     def sample_new_rows(self, num, *, data, guide=None, draws=None, seed=0, mean=False):
         """A JEPA has no decoder and no density over rows: ``num`` training rows resampled
         with replacement (seeded), so ``zoo sample`` runs; not new data."""
-        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-            raise ValueError(f"num must be a positive integer, got {num!r}")
+        check_positive_int("num", num)
         size = len(next(iter(data.values())))
         rows = torch.randint(size, (num,), generator=torch.Generator().manual_seed(int(seed)))
         return {k: torch.as_tensor(v)[rows] for k, v in data.items()}

@@ -26,6 +26,7 @@ from zoo.base import (
     ConfigError,
     TrainConfig,
     ZooModel,
+    check_positive_int,
     require_non_negative_ints,
     require_positive_ints,
     require_positive_numbers,
@@ -778,8 +779,7 @@ class CausalDiffAE(ZooModel):
         comes from ``num`` training rows resampled with replacement; ``y`` is read off the
         code, ``clip(mean of z_i's block, 0, 1)``: where the label prior ``p(z_i | y_i) =
         N(y_i 1, s^2)`` centres a factor's label (the model generates no labels)."""
-        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-            raise ValueError(f"num must be a positive integer, got {num!r}")
+        check_positive_int("num", num)
         generator = torch.Generator().manual_seed(int(seed))
         rows = torch.randint(len(data["x"]), (num,), generator=generator)
         with self.inference_mode(), torch.random.fork_rng():

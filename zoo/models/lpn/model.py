@@ -67,6 +67,7 @@ from zoo.base import (
     ConfigError,
     TrainConfig,
     ZooModel,
+    check_positive_int,
     require_non_negative_ints,
     require_positive_ints,
     require_positive_numbers,
@@ -361,8 +362,7 @@ class LPN(ZooModel):
         """New tasks from the generative story: inputs of ``num`` resampled tasks, one
         program z ~ N(0, I) per task (the prior, whatever the objective), each pair's output
         drawn from dec(x_i, z) (``mean``: its most likely colours)."""
-        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-            raise ValueError(f"num must be a positive integer, got {num!r}")
+        check_positive_int("num", num)
         generator = torch.Generator().manual_seed(int(seed))
         x = torch.as_tensor(data["x"])
         rows = torch.randint(len(x), (num,), generator=generator)
