@@ -67,7 +67,7 @@ bench: setup
 	$(PY) -m benchmarks
 
 lint: setup
-	$(VENV)/bin/ruff check zoo guides inference tests benchmarks
+	$(VENV)/bin/ruff check zoo guides inference tests benchmarks tutorials
 	$(VENV)/bin/ruff format --check zoo guides inference tests benchmarks
 
 clean:

@@ -34,7 +34,7 @@ from inference.representation import linear_probe
 from inference.svi import fit
 from zoo.evidence import Figure, RunContext, recipe
 from zoo.evidence.checks import Check
-from zoo.models.digit_tokens import TOKENIZERS
+from zoo.models.digit_tokens import TOKENIZERS, DigitTokens
 
 MODEL_KEYS = (
     "codebook_size",
@@ -128,18 +128,8 @@ def run_arm(tokenizer: str, seed: int, s: dict) -> tuple[dict, tuple]:
         "lr": 2e-3,
         "samples_per_class": 50,
     },
-    quick={
-        "codebook_size": 16,
-        "tokenizer_rows": 200,
-        "encoder_steps": 20,
-        "decoder_steps": 20,
-        "judge_steps": 20,
-        "width": 16,
-        "layers": 1,
-        "heads": 2,
-        "steps": 10,
-        "samples_per_class": 2,
-    },
+    # the model's own tiny sizes (the contract test's), with fewer AR steps and samples
+    quick={k: DigitTokens.tiny[k] for k in MODEL_KEYS} | {"steps": 10, "samples_per_class": 2},
     paper="Zhu et al., NeurIPS 2024, arXiv 2410.12490 (paper 30)",
     data="load_digits, 2x2 patches (16 tokens per image, K = 64); 600 images per seed set "
     "aside for the tokenizers, stage 2 and the judge, the rest split 80/20 for the AR model",
