@@ -315,6 +315,19 @@ def test_reference_refusals_come_before_any_work(tmp_path, fake, capsys):
     assert len(REF_CALLS) == 1
 
 
+def test_a_model_without_a_reference_says_why(tmp_path, capsys):
+    from zoo.evidence.reference import NO_REFERENCE, has_reference
+
+    name = "capability_factors"
+    assert zoo.get(name).supports_nuts and not has_reference(name)
+    argv = ["reproduce", name, "--only", "reference", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "has no reference posterior: no design found that NUTS certifies" in error_line(capsys)
+    assert not list(tmp_path.iterdir())
+    row = next(line for line in render_guide_table(tmp_path).splitlines() if f"`{name}`" in line)
+    assert f"not made: {NO_REFERENCE[name][:40]}" in row
+
+
 def test_a_failed_reference_run_keeps_the_older_files(tmp_path, monkeypatch):
     from zoo.evidence import reference as part
 

@@ -482,13 +482,12 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
-    import zoo
-    from zoo.evidence.reference import check_reference_request, reference
+    from zoo.evidence.reference import check_reference_request, has_reference, reference
     from zoo.evidence.runner import check_request, reproduce
 
     request = (args.name, args.seeds, args.quick, args.out)
     parts = [args.only] if args.only else ["headline"]
-    if args.only is None and zoo.get(args.name).supports_nuts:
+    if args.only is None and has_reference(args.name):
         parts.append("reference")
     # every refusal before any work
     if "headline" in parts:

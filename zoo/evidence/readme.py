@@ -83,8 +83,10 @@ def render_table(results_dir: Path | str = "results") -> str:
 
 
 def _guide_row(name: str, path: Path) -> str:
-    from zoo.evidence.reference import KIND_ORDER
+    from zoo.evidence.reference import KIND_ORDER, NO_REFERENCE
 
+    if name in NO_REFERENCE and not path.exists():
+        return f"| `{name}` | not made: {_cell(NO_REFERENCE[name])} | | | |"
     if not path.exists():
         return f"| `{name}` | not yet made | | | `zoo reproduce {name} --only reference` |"
     results = read_results(path)
