@@ -21,7 +21,10 @@ from zoo.evidence.readme import (
     GUIDES_END,
     PERF_BEGIN,
     PERF_END,
+    SBC_BEGIN,
+    SBC_END,
     render_guide_table,
+    render_sbc,
     render_table,
     stale_rows,
     update_readme,
@@ -188,8 +191,8 @@ def test_readme_generation_and_its_check(tmp_path, fake, capsys):
     assert main(["reproduce", "eight_schools", "--out", str(results)]) == 0
     readme = tmp_path / "README.md"
     readme.write_text(
-        f"# title\n\n{BEGIN}\n{END}\n\n{CHECKS_BEGIN}\n{CHECKS_END}\n\n{GUIDES_BEGIN}\n"
-        f"{GUIDES_END}\n\n{PERF_BEGIN}\n{PERF_END}\n\ntail\n"
+        f"# title\n\n{BEGIN}\n{END}\n\n{CHECKS_BEGIN}\n{CHECKS_END}\n\n{SBC_BEGIN}\n{SBC_END}\n\n"
+        f"{GUIDES_BEGIN}\n{GUIDES_END}\n\n{PERF_BEGIN}\n{PERF_END}\n\ntail\n"
     )
     assert stale_rows(readme, results)  # empty table: stale
     assert update_readme(readme, results) and not update_readme(readme, results)
@@ -203,6 +206,22 @@ def test_readme_generation_and_its_check(tmp_path, fake, capsys):
     assert "eight_schools" in capsys.readouterr().out
     assert main(["readme", "--readme", str(tmp_path / "missing.md")]) == 2
     assert "does not exist" in error_line(capsys)
+
+
+def test_the_sbc_block_reads_verdict_and_power_from_the_results(tmp_path):
+    powered = json.loads((REPO / "results" / "eight_schools.json").read_text())
+    (tmp_path / "eight_schools.json").write_text(json.dumps(powered))
+    weak = json.loads(json.dumps(powered))  # a failing, underpowered run under another name
+    weak["figures"]["sbc/passed"]["mean"] = 0.0
+    weak["figures"]["sbc/power/too_wide"]["mean"] = 0.5
+    (tmp_path / "niw_meta.json").write_text(json.dumps(weak))
+    (tmp_path / "lzn.json").write_text((REPO / "results" / "lzn.json").read_text())  # no SBC
+    rows = {line.split("`")[1]: line for line in render_sbc(tmp_path).splitlines()[4:-2]}
+    assert sorted(rows) == ["eight_schools", "niw_meta"]
+    assert "| passes (smallest p" in rows["eight_schools"]
+    assert "| yes | yes |" in rows["eight_schools"]
+    assert "| **fails** (smallest p" in rows["niw_meta"]
+    assert "/ 0.50 /" in rows["niw_meta"] and "**no**: underpowered" in rows["niw_meta"]
 
 
 def test_the_readme_agrees_with_results():

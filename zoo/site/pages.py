@@ -196,6 +196,7 @@ def results_index(models: Iterable[ModelSources], results_dir) -> str:
             f"| [{m.name}]({m.name}.md) | {_escape(figures) or 'not yet reproduced'} | {seeds} |"
         )
     lines += ["", "## The papers' claims, checked", "", *_checks_table(results_dir)]
+    lines += ["", "## SBC runs of `zoo reproduce`", "", *_sbc_table(results_dir)]
     lines += ["", "## Which guide for which model", "", *_guide_table(results_dir)]
     return "\n".join(lines) + "\n"
 
@@ -206,6 +207,14 @@ def _checks_table(results_dir) -> list[str]:
 
     text = render_checks(results_dir)
     return [line for line in text.splitlines() if line not in (CHECKS_BEGIN, CHECKS_END)]
+
+
+def _sbc_table(results_dir) -> list[str]:
+    """Each recipe's SBC run with its verdict and power, linked to the model's page."""
+    from zoo.evidence.readme import SBC_BEGIN, SBC_END, render_sbc
+
+    text = render_sbc(results_dir).replace("](results/", "](")
+    return [line for line in text.splitlines() if line not in (SBC_BEGIN, SBC_END)]
 
 
 def _guide_table(results_dir) -> list[str]:
