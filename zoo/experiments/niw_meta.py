@@ -327,7 +327,10 @@ def _glyph_setting(ways: int, shots: int, seed: int, s) -> dict[str, float]:
     """Every arm at one (ways, shots): the same meta-training episodes (base glyph classes),
     the same step budget in images per step, every tuned setting chosen on the same
     validation episodes (validation glyph classes), scored on held-out glyph classes and
-    (at most 10 ways) on load_digits."""
+    (at most 10 ways) on load_digits. The conv network the network arms start from is pre-trained
+    once per configuration, from seed 0, and shared by all seeds: the spread over seeds
+    covers the episodes, the meta-training and each method's own randomness, not the
+    pre-training's."""
     from zoo.models.niw_meta.glyphs import episode_logreg_logits, train_anil
 
     model = _glyph_model(ways, shots, s)
