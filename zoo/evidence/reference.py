@@ -157,7 +157,7 @@ NO_REFERENCE: dict[str, str] = {
     "capability_factors": (
         "no design found that NUTS certifies within a reproduce run. The identifiable default "
         "keeps its Laplace noise as per-row latents (400 at d0 = 2 and 50 LMs per domain): "
-        "its chains run at the tree-depth cap of 10, about 5 CPU-s an iteration, some 12 "
+        "its chains run at the tree-depth cap of 10, about 4 CPU-s an iteration, some 10 "
         "CPU-hours for 4 x 2,200. The Gaussian variant's raw parameters lie on a ridge that "
         "only the prior shapes (see the model's docstring): 2 chains of 100 + 100 at depth 10 "
         "left R-hat 1.27 and a bulk ESS of 6 on its loadings. At d0 = 1 there is no ridge, "
