@@ -427,6 +427,25 @@ def test_the_guide_table(tmp_path):
     assert "(reference/eight_schools.md)" in page and GUIDES_BEGIN not in page
 
 
+def test_chains_in_other_labellings_are_relabelled_before_certifying():
+    from inference.reference import certify
+    from zoo.evidence.reference import DESIGNS, align_chains
+
+    rng = np.random.default_rng(0)
+    phi = rng.dirichlet(np.ones(12), size=5)  # 5 classes' code distributions
+    pi = rng.dirichlet(np.ones(5), size=8)
+    draws = {
+        "phi": phi + 0.001 * rng.standard_normal((4, 2000, 5, 12)),
+        "pi": pi + 0.001 * rng.standard_normal((4, 2000, 8, 5)),
+    }
+    swapped = [1, 0, 3, 2, 4]  # chain 3 settled in another labelling of the classes
+    draws["phi"][3], draws["pi"][3] = draws["phi"][3][:, swapped], draws["pi"][3][..., swapped]
+    assert not certify(draws, 0)["certified"]
+    aligned = align_chains(draws, DESIGNS["latent_label_shift"].align)
+    assert certify(aligned, 0)["certified"]
+    np.testing.assert_array_equal(aligned["phi"][:3], draws["phi"][:3])
+
+
 def test_a_guide_kind_that_diverges_is_recorded_not_fatal(tmp_path, monkeypatch):
     import inference.reference
     from inference.svi import TrainingDiverged
