@@ -139,7 +139,9 @@ DESIGNS: dict[str, Design] = {
     # A full run of this design (commit 8d1e1c4, 4,258 s of NUTS) was not certified: chain 3
     # had settled in another labelling and chain 0 had classes 2 and 3 swapped (R-hat 1.83).
     # Relabelled (align_chains), R-hat is 1.20 and the smallest bulk ESS 14, on the class
-    # shares near 0 (pi about 0.005), with 13 divergences: the simplex's edge, still open.
+    # shares near 0 (pi about 0.005), with 13 divergences. pi's prior, Dirichlet(alpha / K) =
+    # Dirichlet(0.1), has unbounded density at the simplex's edge; a design with alpha >= K
+    # (a flat or convex prior) is the next thing to try.
     "latent_label_shift": Design(
         config={"num_domains": 8, "num_codes": 12},
         why="8 domains x 80 rows and 12 codes (the default 15 domains and 30 codes need about "
