@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -167,7 +168,12 @@ def fit_linear_probe(
         head = LogisticRegressionCV(
             Cs=penalties, cv=min(folds, int(counts.min())), max_iter=2000, random_state=seed
         )
-    return make_pipeline(StandardScaler(), head).fit(train_x, train_y)
+    with warnings.catch_warnings():
+        # scikit-learn >= 1.8 warns that LogisticRegressionCV's defaults (scoring, l1_ratios,
+        # its fitted attributes) will change; the probe relies on today's, and the names to
+        # pin them do not exist in the older versions pyproject.toml allows
+        warnings.simplefilter("ignore", FutureWarning)
+        return make_pipeline(StandardScaler(), head).fit(train_x, train_y)
 
 
 def _chosen_penalty(probe: Pipeline) -> float:

@@ -30,7 +30,6 @@ versus in the representation).
 from __future__ import annotations
 
 import copy
-import warnings
 
 import numpy as np
 import torch
@@ -87,11 +86,9 @@ def probe_forget(net, t, test_forget: torch.Tensor, seed: int) -> float:
     reps = extractor(net)(t.x_test).detach().numpy()
     labels = t.y_test.numpy()
     scored = ~half & test_forget.numpy()
-    with warnings.catch_warnings():  # sklearn's FutureWarnings about LogisticRegressionCV
-        warnings.simplefilter("ignore", FutureWarning)
-        return linear_probe(reps[half], labels[half], reps[scored], labels[scored], seed=seed)[
-            "accuracy"
-        ]
+    return linear_probe(reps[half], labels[half], reps[scored], labels[scored], seed=seed)[
+        "accuracy"
+    ]
 
 
 def run_task(seed: int, s: dict, task: str) -> dict[str, float]:

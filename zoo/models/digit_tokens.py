@@ -263,6 +263,9 @@ class DigitTokens(ZooModel):
     summary = "DiGIT: GPT over discriminative vs pixel K-means patch tokens of digits"
     paper = 30
     optional_fields = ("label",)
+    #: the default guide is a point mass (delta), whose 500 draws would repeat one: the run's
+    #: idata covers 200 rows x 64 draws, each a tokenizer and GPT pass
+    idata_rows = 200
 
     tiny = {
         "codebook_size": 16,
