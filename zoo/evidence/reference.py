@@ -170,7 +170,7 @@ DESIGNS: dict[str, Design] = {
 
 
 #: NUTS-capable models with no reference, and why (measured): ``zoo reproduce NAME`` runs
-#: only their headline, and the README's guide table gives the reason
+#: only their headline, and the guide table (the site's results page) gives the reason
 NO_REFERENCE: dict[str, str] = {
     "capability_factors": (
         "no design found that NUTS certifies within a reproduce run. The identifiable default "

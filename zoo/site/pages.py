@@ -201,26 +201,29 @@ def results_index(models: Iterable[ModelSources], results_dir) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _page_block(block: str) -> list[str]:
+    """A generated README block as lines of the results page: its two marker lines dropped,
+    its links into ``results/`` made relative to the page (which lives there)."""
+    return block.replace("](results/", "](").splitlines()[1:-1]
+
+
 def _checks_table(results_dir) -> list[str]:
     """Each recipe's paper checks with their verdicts (:mod:`zoo.evidence.checks`)."""
-    from zoo.evidence.readme import CHECKS_BEGIN, CHECKS_END, render_checks
+    from zoo.evidence.readme import render_checks
 
-    text = render_checks(results_dir)
-    return [line for line in text.splitlines() if line not in (CHECKS_BEGIN, CHECKS_END)]
+    return _page_block(render_checks(results_dir))
 
 
 def _sbc_table(results_dir) -> list[str]:
     """Each recipe's SBC run with its verdict and power, linked to the model's page."""
-    from zoo.evidence.readme import SBC_BEGIN, SBC_END, render_sbc
+    from zoo.evidence.readme import render_sbc
 
-    text = render_sbc(results_dir).replace("](results/", "](")
-    return [line for line in text.splitlines() if line not in (SBC_BEGIN, SBC_END)]
+    return _page_block(render_sbc(results_dir))
 
 
 def _guide_table(results_dir) -> list[str]:
     """The reference-posterior grades of each guide kind (:mod:`zoo.evidence.reference`),
     linked to the reference pages beside this one."""
-    from zoo.evidence.readme import GUIDES_BEGIN, GUIDES_END, render_guide_table
+    from zoo.evidence.readme import render_guide_table
 
-    text = render_guide_table(results_dir).replace("](results/reference/", "](reference/")
-    return [line for line in text.splitlines() if line not in (GUIDES_BEGIN, GUIDES_END)]
+    return _page_block(render_guide_table(results_dir))
