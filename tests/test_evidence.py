@@ -467,3 +467,36 @@ def test_a_guide_kind_that_diverges_is_recorded_not_fatal(tmp_path, monkeypatch)
     assert set(results["grades"]) == {"normal", "lowrank", "mvn"}
     assert "SVI diverged" in results["skipped_kinds"]["flow"]
     assert results["certificate"]["certified"] and results["recommendation"]["kind"] == "normal"
+
+
+def test_a_designs_prior_reaches_the_sampled_and_graded_model_and_its_files(tmp_path, monkeypatch):
+    import inference.reference
+    from zoo.evidence import reference as part
+
+    seen = []
+    rng = np.random.default_rng(0)
+    draws = {
+        "phi": rng.dirichlet(np.ones(12), size=(2, 50, 5)),
+        "pi": rng.dirichlet(np.ones(5), size=(2, 50, 8)),
+    }
+
+    def reference_draws(model, data, settings):
+        seen.append(model.prior("pi").concentration.tolist())
+        return None, {}, False
+
+    def grade_kind(model, data, kind, *args):
+        seen.append(model.prior("pi").concentration.tolist())
+        return {"khat": 0.3, "mean_error_max": 0.1, "mean_error_median": 0.05,
+                "sd_ratio_worst_deviation": 0.1}  # fmt: skip
+
+    monkeypatch.setattr(part, "_reference_draws", reference_draws)
+    monkeypatch.setattr(inference.reference, "mcmc_draws", lambda mcmc: (draws, 0))
+    monkeypatch.setattr(part, "_grade_kind", grade_kind)
+    part.reference("latent_label_shift", quick=True, seeds=1, out=tmp_path)
+    # the model's own prior is Dirichlet(alpha / K) = Dirichlet(0.1); the design's is flat
+    assert seen and all(c == [1.0] * 5 for c in seen), seen
+    folder = tmp_path / "reference"
+    results = json.loads((folder / "latent_label_shift.json").read_text())
+    flat = "Dirichlet(concentration=[1.0, 1.0, 1.0, 1.0, 1.0])"
+    assert results["prior_overrides"] == {"pi": flat}
+    assert f"prior pi ~ {flat}" in (folder / "latent_label_shift.md").read_text()

@@ -95,6 +95,24 @@ def _align_classes(reference: Mapping[str, np.ndarray], approx: dict) -> dict:
     return out
 
 
+def _flat_class_shares() -> dict[str, Any]:
+    """latent_label_shift's reference prior: each domain's class shares flat on the simplex."""
+    import pyro.distributions as dist
+    import torch
+
+    return {"pi": dist.Dirichlet(torch.ones(5))}
+
+
+def describe_prior(prior) -> str:
+    """A distribution in words with its parameters, e.g. ``Dirichlet(concentration=[1, 1])``."""
+    params = []
+    for name in prior.arg_constraints:
+        value = getattr(prior, name, None)
+        if value is not None:
+            params.append(f"{name}={np.round(value.detach().cpu().numpy(), 4).tolist()}")
+    return f"{type(prior).__name__}({', '.join(params)})"
+
+
 def align_chains(draws: Mapping[str, np.ndarray], align: Callable) -> dict[str, np.ndarray]:
     """Every chain relabelled to the first chain's labelling by ``align`` (draws shaped
     (chain, draw, ...)): chains of an exchangeable model can each settle in another of its
@@ -108,13 +126,16 @@ def align_chains(draws: Mapping[str, np.ndarray], align: Callable) -> dict[str, 
 @dataclass(frozen=True)
 class Design:
     """How a model's reference is made: the model's config (the data design; empty for the
-    default data), why it departs from the default, and settings over :data:`_FULL`."""
+    default data), why it departs from the default, settings over :data:`_FULL`, prior
+    overrides (a function returning ``{site: distribution}``, for the model's ``priors=``)
+    and, for a model with exchangeable labels, how to align one labelling to another."""
 
     config: Mapping[str, Any] = field(default_factory=dict)
     why: str = "the model's default data"
     settings: Mapping[str, Any] = field(default_factory=dict)
     quick_config: Mapping[str, Any] = field(default_factory=dict)
     align: Callable | None = None
+    priors: Callable[[], Mapping[str, Any]] | None = None
 
     def settings_for(self, quick: bool) -> dict[str, Any]:
         merged = _FULL | dict(self.settings)
@@ -136,22 +157,26 @@ DESIGNS: dict[str, Design] = {
         settings={"draws": 2500},
         quick_config={"rows_per_env": 20},
     ),
-    # A full run of this design (commit 8d1e1c4, 4,258 s of NUTS) was not certified: chain 3
-    # had settled in another labelling and chain 0 had classes 2 and 3 swapped (R-hat 1.83).
-    # Relabelled (align_chains), R-hat is 1.20 and the smallest bulk ESS 14, on the class
-    # shares near 0 (pi about 0.005), with 13 divergences. pi's prior, Dirichlet(alpha / K) =
-    # Dirichlet(0.1), has unbounded density at the simplex's edge. With alpha = 5 (a flat
-    # prior) NUTS is 12x faster per iteration, but two chains of 200 + 200 still disagree
-    # after relabelling (R-hat 1.56): the posterior may have modes beyond the labellings.
+    # Under the model's own prior, pi ~ Dirichlet(alpha / K) = Dirichlet(0.1), a full run
+    # (commit 8d1e1c4, 4,258 s of NUTS, 4 x (700 + 1,500)) was not certified: relabelled,
+    # R-hat 1.20, smallest bulk ESS 14 and 13 divergences, all on class shares near 0, where
+    # that prior's density is unbounded. Under the flat prior below, 2 chains of 300 + 300
+    # took 43 s and reached R-hat 1.014 and a bulk ESS of 206 once relabelled. (alpha = 5 in
+    # the config is not the same fix: it also redraws the data's domains near-uniform, which
+    # leaves the factorization weakly identified.)
     "latent_label_shift": Design(
         config={"num_domains": 8, "num_codes": 12},
-        why="8 domains x 80 rows and 12 codes (the default 15 domains and 30 codes need about "
-        "3.5 CPU-hours of NUTS; this design about 1.2); chains start at the model's nuts_init "
-        "(one SVI point: one labelling of the classes); each chain, and each guide, is "
-        "relabelled to the first chain's labelling by matching phi",
-        settings={"svi_lr": 0.05},
+        why="8 domains x 80 rows and 12 codes (the default 15 domains and 30 codes need hours "
+        "of NUTS); the data's domains as by default (alpha = 0.5), but a flat prior on each "
+        "domain's class shares, Dirichlet(1), in place of the model's Dirichlet(alpha / K), "
+        "whose unbounded density at the simplex's edge NUTS could not certify; chains start "
+        "at the model's nuts_init (one SVI point), and each chain, and each guide, is "
+        "relabelled to the first chain's labelling by matching phi (chains switch labels "
+        "in warmup)",
+        settings={"svi_lr": 0.05, "draws": 2500},
         quick_config={"per_domain": 10},
         align=_align_classes,
+        priors=_flat_class_shares,
     ),
     "pretraining_factor": Design(
         config={"input_dim": 10, "latent_dim": 2, "num_unlabeled": 1000, "num_test": 100},
@@ -299,7 +324,8 @@ def reference(
     origin = provenance()  # the code that runs is the code at the start
     started = time.perf_counter()
     pyro.set_rng_seed(0)
-    model = zoo.create(name, **config)
+    priors = dict(design.priors()) if design.priors is not None else {}
+    model = zoo.create(name, priors=priors, **config)
     data = model.default_data()
     mcmc, options, started_at_init = _reference_draws(model, data, s)
     draws, divergences = mcmc_draws(mcmc)
@@ -334,6 +360,7 @@ def reference(
         "quick": quick,
         "design": {k: _jsonable(v) for k, v in config.items()},
         "design_why": design.why,
+        "prior_overrides": {site: describe_prior(prior) for site, prior in priors.items()},
         "num_rows": int(len(next(iter(data.values())))),
         "settings": {k: _jsonable(v) for k, v in s.items()},
         "nuts_options": {k: _jsonable(v) for k, v in options.items()},
@@ -414,7 +441,9 @@ def render_reference_markdown(results: Mapping[str, Any]) -> str:
         + ".",
         "",
         f"Design: {results['design_why']}; config `{results['design']}`, "
-        f"{results['num_rows']} rows. NUTS options `{results['nuts_options']}`, chains "
+        f"{results['num_rows']} rows"
+        + "".join(f"; prior {k} ~ {v}" for k, v in results.get("prior_overrides", {}).items())
+        + f". NUTS options `{results['nuts_options']}`, chains "
         f"start at {results['nuts_init']}.",
         "",
         f"Reference: {c['chains']} chains x {c['draws_per_chain']} draws, worst R-hat "
