@@ -466,7 +466,42 @@ def test_a_guide_kind_that_diverges_is_recorded_not_fatal(tmp_path, monkeypatch)
     results = json.loads((tmp_path / "reference" / "eight_schools.json").read_text())
     assert set(results["grades"]) == {"normal", "lowrank", "mvn"}
     assert "SVI diverged" in results["skipped_kinds"]["flow"]
+    assert "again at lr 0.003" in results["skipped_kinds"]["flow"]  # eight_schools' lr 0.03
     assert results["certificate"]["certified"] and results["recommendation"]["kind"] == "normal"
+
+
+def test_a_guide_kind_that_diverges_once_is_graded_at_the_lower_lr_and_says_so(
+    tmp_path, monkeypatch
+):
+    import inference.reference
+    from inference.svi import TrainingDiverged
+    from zoo.evidence import reference as part
+    from zoo.evidence.readme import render_guide_table
+
+    draws = {"mu": _chains([0, 0, 0, 0])["theta"][..., 0]}
+    monkeypatch.setattr(part, "_reference_draws", lambda *a: (None, {}, False))
+    monkeypatch.setattr(inference.reference, "mcmc_draws", lambda mcmc: (draws, 0))
+    lrs = []
+
+    def grade_kind(model, data, kind, seed, settings, *args):
+        lrs.append((kind, settings["svi_lr"]))
+        if kind == "flow" and settings["svi_lr"] > 0.01:
+            raise TrainingDiverged("loss became nan at step 2")
+        return {"khat": 0.3, "mean_error_max": 0.1, "mean_error_median": 0.05,
+                "sd_ratio_worst_deviation": 0.1}  # fmt: skip
+
+    monkeypatch.setattr(part, "_grade_kind", grade_kind)
+    part.reference("eight_schools", quick=True, seeds=1, out=tmp_path)
+    results = json.loads((tmp_path / "reference" / "eight_schools.json").read_text())
+    assert set(results["grades"]) == {"normal", "lowrank", "mvn", "flow"}
+    assert "flow" not in results["skipped_kinds"]
+    assert results["retried_kinds"]["flow"].endswith("graded at lr 0.003")
+    assert ("normal", 0.03) in lrs and ("normal", 0.003) not in lrs  # only the diverged kind
+    md = (tmp_path / "reference" / "eight_schools.md").read_text()
+    assert "Retried: `flow`: SVI diverged at lr 0.03" in md
+    results["quick"] = False  # the table shows quick runs as "not evidence"
+    (tmp_path / "reference" / "eight_schools.json").write_text(json.dumps(results))
+    assert "`flow` (retried at a lower lr) k̂" in render_guide_table(tmp_path)
 
 
 def test_a_designs_prior_reaches_the_sampled_and_graded_model_and_its_files(tmp_path, monkeypatch):

@@ -107,8 +107,9 @@ def _guide_row(name: str, path: Path) -> str:
     for kind in KIND_ORDER:
         g = results["grades"].get(kind)
         if g is not None:
+            retried = " (retried at a lower lr)" if kind in results.get("retried_kinds", {}) else ""
             grades.append(
-                f"`{kind}` k̂ {format_figure(g['khat'], 2)}, mean err "
+                f"`{kind}`{retried} k̂ {format_figure(g['khat'], 2)}, mean err "
                 f"{format_figure(g['mean_error_max'], 2)}, sd dev "
                 f"{format_figure(g['sd_ratio_worst_deviation'], 2)}"
             )
