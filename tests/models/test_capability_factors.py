@@ -242,3 +242,40 @@ def test_nuts_and_svi_agree_on_what_the_data_identify():
         assert close[varies].all(), (name, vi.mean(0), mc.mean(0))
         ratio = vi.std(0)[varies] / mc.std(0)[varies]
         assert 0.7 < np.median(ratio) < 1.4, (name, ratio)
+
+
+def test_anchored_model_is_the_defaults_posterior_in_other_coordinates():
+    """anchored_model's joint density equals the default's at the same point, less the
+    Jacobian sum_i sum_j log w_kj of eps -> anchor noise; its draws map back to eps."""
+    from zoo.models.capability_factors import simulate_capabilities, true_site_values
+
+    model = zoo.create("capability_factors", num_factors=2, per_domain=10)
+    data = model.default_data()
+    batch = full_batch(data)
+    truth, _ = simulate_capabilities(num_factors=2, per_domain=10, seed=0)  # data's truth
+    values = {k: v.float() for k, v in true_site_values(truth).items()}
+    noise = 0.05 * torch.randn(len(data["x"]), 2, generator=torch.Generator().manual_seed(0))
+    anchored = values | {"anchor_noise": noise}
+    draws = {k: v.numpy()[None, None] for k, v in anchored.items()}  # (chain, draw, ...)
+    back = model.eps_from_anchor_noise(draws, data)
+    assert set(back) == {*SITES, "eps"}
+    eps = torch.as_tensor(back["eps"][0, 0])
+
+    def joint(fn, at):
+        return poutine.trace(poutine.condition(fn, at)).get_trace(batch).log_prob_sum()
+
+    default = joint(model.model, values | {"eps": eps})
+    jacobian = values["log_omega"][data["domain"]].sum()
+    assert abs(default) < 1e4  # a point near the truth, where a small error shows
+    torch.testing.assert_close(
+        joint(model.anchored_model, anchored), default - jacobian, rtol=0, atol=1e-2
+    )
+    # the eps of another anchor noise is another point of the default model
+    other = model.eps_from_anchor_noise(
+        draws | {"anchor_noise": draws["anchor_noise"] + 0.05}, data
+    )
+    assert not np.allclose(other["eps"], back["eps"], atol=1e-2)
+    with pytest.raises(zoo.ConfigError, match="marginal=false"):
+        poutine.trace(zoo.create("capability_factors", marginal=True).anchored_model).get_trace(
+            batch
+        )

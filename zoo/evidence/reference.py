@@ -138,6 +138,10 @@ class Design:
     quick_config: Mapping[str, Any] = field(default_factory=dict)
     align: Callable | None = None
     priors: Callable[[], Mapping[str, Any]] | None = None
+    #: a model method NUTS samples in place of the model (the same posterior over other
+    #: local sites), and the model method that turns its draws into the model's own sites
+    sampler: str | None = None
+    to_model_sites: str | None = None
 
     def settings_for(self, quick: bool) -> dict[str, Any]:
         merged = _FULL | dict(self.settings)
@@ -180,6 +184,23 @@ DESIGNS: dict[str, Design] = {
         align=_align_classes,
         priors=_flat_class_shares,
     ),
+    # capability_factors in its own coordinates (eps, or the capabilities z themselves) mixed
+    # too slowly for a reference: at this size eps chains ran at the tree-depth cap of 10,
+    # about 4 CPU-s an iteration (some 10 CPU-hours for 4 x 2,200), and 2 chains sampling z
+    # disagreed after 100 + 100 (R-hat 2.6). A dense mass matrix over the globals in
+    # anchored_model: 3x faster per iteration but a fifth of the ESS at 200 + 200.
+    "capability_factors": Design(
+        config={"num_factors": 2, "per_domain": 50},
+        why="d0 = 2 capabilities and 50 LMs per domain (the default's 3 and 150 leave NUTS "
+        "hours longer); NUTS samples anchored_model, the same posterior with each row's "
+        "anchor-benchmark noise as its local latent (2 chains of 200 + 200: R-hat 1.03 and a "
+        "bulk ESS of 110, against R-hat 2.3 sampling the capabilities z), and its draws are "
+        "turned back into eps",
+        settings={"warmup": 500, "draws": 2200},
+        quick_config={"per_domain": 5},
+        sampler="anchored_model",
+        to_model_sites="eps_from_anchor_noise",
+    ),
     "pretraining_factor": Design(
         config={"input_dim": 10, "latent_dim": 2, "num_unlabeled": 1000, "num_test": 100},
         why="d = 10 inputs, r = 2 factors, 1,000 unlabeled rows (the default d = 50 needs "
@@ -197,23 +218,8 @@ DESIGNS: dict[str, Design] = {
 
 
 #: NUTS-capable models with no reference, and why (measured): ``zoo reproduce NAME`` runs
-#: only their headline, and the guide table (the site's results page) gives the reason.
-#: capability_factors, for the next attempt: sampling the capabilities z themselves in place
-#: of eps (the centered form, eps = W_k^{-1} ((I - B_k) z - mu_k) and the Laplace density
-#: with its Jacobian) ran at d0 = 2 and 50 LMs a domain at about 0.4 CPU-s an iteration,
-#: ten times faster, but 2 chains of 100 + 100 from the prior disagreed (R-hat 2.6, bulk
-#: ESS 3): separate modes or a ridge of the weak identification, not yet told apart.
-NO_REFERENCE: dict[str, str] = {
-    "capability_factors": (
-        "no design found that NUTS certifies within a reproduce run. The identifiable default "
-        "keeps its Laplace noise as per-row latents (400 at d0 = 2 and 50 LMs per domain): "
-        "its chains run at the tree-depth cap of 10, about 4 CPU-s an iteration, some 10 "
-        "CPU-hours for 4 x 2,200. The Gaussian variant's raw parameters lie on a ridge that "
-        "only the prior shapes (see the model's docstring): 2 chains of 100 + 100 at depth 10 "
-        "left R-hat 1.27 and a bulk ESS of 6 on its loadings. At d0 = 1 there is no ridge, "
-        "but the edge site is then empty, which the posterior tools cannot reshape"
-    ),
-}
+#: only their headline, and the guide table (the site's results page) gives the reason
+NO_REFERENCE: dict[str, str] = {}
 
 
 def has_reference(name: str) -> bool:
@@ -245,7 +251,7 @@ def check_reference_request(
     return DESIGNS[name], seed_list, results_folder(out, quick, FOLDER)
 
 
-def _reference_draws(model, data, s: Mapping[str, Any]):
+def _reference_draws(model, data, s: Mapping[str, Any], sampler: str | None = None):
     from inference.mcmc import quiet_nuts
 
     options = {"dense_mass": False} | dict(model.nuts_options)
@@ -253,7 +259,7 @@ def _reference_draws(model, data, s: Mapping[str, Any]):
         warnings.simplefilter("ignore")  # nuts_init's own SVI fit
         init = model.nuts_init(data) if s["use_nuts_init"] else None
     mcmc = quiet_nuts(
-        model,
+        getattr(model, sampler) if sampler else model,
         data,
         chains=s["chains"],
         warmup=s["warmup"],
@@ -346,8 +352,10 @@ def reference(
     priors = dict(design.priors()) if design.priors is not None else {}
     model = zoo.create(name, priors=priors, **config)
     data = model.default_data()
-    mcmc, options, started_at_init = _reference_draws(model, data, s)
+    mcmc, options, started_at_init = _reference_draws(model, data, s, design.sampler)
     draws, divergences = mcmc_draws(mcmc)
+    if design.to_model_sites is not None:
+        draws = getattr(model, design.to_model_sites)(draws, data)
     if design.align is not None:
         draws = align_chains(draws, design.align)
     nuts_time = time.perf_counter() - started
@@ -359,7 +367,7 @@ def reference(
         try:
             grades[kind] = _grade_over_seeds(model, data, kind, seed_list, s, draws, design.align)
         except TrainingDiverged as error:  # every kind gets the same one retry, at a lower lr
-            first = f"SVI diverged at lr {s['svi_lr']}: {error}"
+            first = f"SVI diverged at lr {s['svi_lr']}: {str(error).rstrip('.')}"
             slower = s | {"svi_lr": s["svi_lr"] * RETRY_LR_FACTOR}
             try:
                 grades[kind] = _grade_over_seeds(
@@ -387,6 +395,7 @@ def reference(
         "settings": {k: _jsonable(v) for k, v in s.items()},
         "nuts_options": {k: _jsonable(v) for k, v in options.items()},
         "nuts_init": "the model's nuts_init" if started_at_init else "prior median",
+        "sampler": design.sampler or "model",
         "nuts_time_s": round(nuts_time, 1),
         "certificate": certificate,
         "svi_seeds": seed_list,
@@ -467,7 +476,13 @@ def render_reference_markdown(results: Mapping[str, Any]) -> str:
         f"{results['num_rows']} rows"
         + "".join(f"; prior {k} ~ {v}" for k, v in results.get("prior_overrides", {}).items())
         + f". NUTS options `{results['nuts_options']}`, chains "
-        f"start at {results['nuts_init']}.",
+        f"start at {results['nuts_init']}"
+        + (
+            f"; NUTS samples `{results['sampler']}`"
+            if results.get("sampler", "model") != "model"
+            else ""
+        )
+        + ".",
         "",
         f"Reference: {c['chains']} chains x {c['draws_per_chain']} draws, worst R-hat "
         f"{c['rhat_max']:.4f}, smallest bulk ESS {c['ess_bulk_min']:.0f}, "
