@@ -509,6 +509,7 @@ def test_a_guide_kind_that_diverges_once_is_graded_at_the_lower_lr_and_says_so(
 def test_a_designs_prior_reaches_the_sampled_and_graded_model_and_its_files(tmp_path, monkeypatch):
     import inference.reference
     from zoo.evidence import reference as part
+    from zoo.evidence.readme import render_guide_table
 
     seen = []
     rng = np.random.default_rng(0)
@@ -537,3 +538,7 @@ def test_a_designs_prior_reaches_the_sampled_and_graded_model_and_its_files(tmp_
     flat = "Dirichlet(concentration=[1.0, 1.0, 1.0, 1.0, 1.0])"
     assert results["prior_overrides"] == {"pi": flat}
     assert f"prior pi ~ {flat}" in (folder / "latent_label_shift.md").read_text()
+    results["quick"] = False  # the guide table shows quick runs as "not evidence"
+    (folder / "latent_label_shift.json").write_text(json.dumps(results))
+    row = next(r for r in render_guide_table(tmp_path).splitlines() if "`latent_label_shift`" in r)
+    assert "its design's own prior for pi (see details)" in row

@@ -103,6 +103,9 @@ def _guide_row(name: str, path: Path) -> str:
         f"{verdict} ({c['chains']} x {c['draws_per_chain']} draws, R-hat {c['rhat_max']:.3f}, "
         f"ESS {c['ess_bulk_min']:.0f}, {c['divergences']} div.)"
     )
+    overrides = results.get("prior_overrides", {})
+    if overrides:  # the grades are of that posterior, not of the model's default prior
+        reference += f"; its design's own prior for {', '.join(overrides)} (see details)"
     grades = []
     for kind in KIND_ORDER:
         g = results["grades"].get(kind)
