@@ -16,13 +16,15 @@ from zoo.evidence.readme import (
     BEGIN,
     CHECKS_BEGIN,
     CHECKS_END,
+    CHOICE_BEGIN,
+    CHOICE_END,
     END,
     GUIDES_BEGIN,
-    GUIDES_END,
     PERF_BEGIN,
     PERF_END,
     SBC_BEGIN,
     SBC_END,
+    render_guide_choice,
     render_guide_table,
     render_sbc,
     render_table,
@@ -192,7 +194,7 @@ def test_readme_generation_and_its_check(tmp_path, fake, capsys):
     readme = tmp_path / "README.md"
     readme.write_text(
         f"# title\n\n{BEGIN}\n{END}\n\n{CHECKS_BEGIN}\n{CHECKS_END}\n\n{SBC_BEGIN}\n{SBC_END}\n\n"
-        f"{GUIDES_BEGIN}\n{GUIDES_END}\n\n{PERF_BEGIN}\n{PERF_END}\n\ntail\n"
+        f"{CHOICE_BEGIN}\n{CHOICE_END}\n\n{PERF_BEGIN}\n{PERF_END}\n\ntail\n"
     )
     assert stale_rows(readme, results)  # empty table: stale
     assert update_readme(readme, results) and not update_readme(readme, results)
@@ -222,6 +224,23 @@ def test_the_sbc_block_reads_verdict_and_power_from_the_results(tmp_path):
     assert "| yes | yes |" in rows["eight_schools"]
     assert "| **fails** (smallest p" in rows["niw_meta"]
     assert "/ 0.50 /" in rows["niw_meta"] and "**no**: underpowered" in rows["niw_meta"]
+
+
+def test_the_guide_choice_block_names_each_nuts_models_guide_from_its_reference(tmp_path):
+    folder = tmp_path / "reference"
+    folder.mkdir()
+    (folder / "eight_schools.json").write_text(
+        (REPO / "results" / "reference" / "eight_schools.json").read_text()
+    )
+    quick = json.loads((folder / "eight_schools.json").read_text()) | {"quick": True}
+    (folder / "pac_invariance.json").write_text(json.dumps(quick))
+    block = render_guide_choice(tmp_path)
+    rows = {line.split("`")[1]: line for line in block.splitlines() if line.startswith("| `")}
+    assert sorted(rows) == sorted(n for n in zoo.list_models() if zoo.get(n).supports_nuts)
+    note = json.loads((folder / "eight_schools.json").read_text())["recommendation"]["note"]
+    assert f"| {note} | [results/reference/eight_schools.md]" in rows["eight_schools"]
+    assert "quick run only: not evidence" in rows["pac_invariance"]
+    assert "not yet made" in rows["latent_label_shift"]
 
 
 def test_the_readme_agrees_with_results():
