@@ -561,3 +561,15 @@ def test_a_designs_prior_reaches_the_sampled_and_graded_model_and_its_files(tmp_
     (folder / "latent_label_shift.json").write_text(json.dumps(results))
     row = next(r for r in render_guide_table(tmp_path).splitlines() if "`latent_label_shift`" in r)
     assert "its design's own prior for pi (see details)" in row
+
+
+def test_a_khat_infinite_on_one_seed_is_not_averaged_away():
+    from zoo.evidence.reference import format_khat, recommend
+
+    results = _reference_results(certified=True, normal_error=0.05)
+    # normal's k-hat is fine on two seeds and infinite (None) on the third
+    results["grades"]["normal"]["khat"] = summarise([0.4, None, 0.5])
+    assert results["grades"]["normal"]["khat"]["mean"] < 0.7  # summarise skips the None
+    assert recommend(results)["kind"] == "mvn"
+    assert format_khat(results["grades"]["normal"]["khat"]).endswith("(infinite on 1 of 3 seeds)")
+    assert format_khat(_entry(0.4)) == "0.40 ± 0.01"

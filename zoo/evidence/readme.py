@@ -96,7 +96,7 @@ def render_table(results_dir: Path | str = "results") -> str:
 
 
 def _guide_row(name: str, path: Path) -> str:
-    from zoo.evidence.reference import KIND_ORDER, NO_REFERENCE
+    from zoo.evidence.reference import KIND_ORDER, NO_REFERENCE, format_khat
 
     if name in NO_REFERENCE and not path.exists():
         return f"| `{name}` | not made: {_cell(NO_REFERENCE[name])} | | | |"
@@ -120,7 +120,7 @@ def _guide_row(name: str, path: Path) -> str:
         if g is not None:
             retried = " (retried at a lower lr)" if kind in results.get("retried_kinds", {}) else ""
             grades.append(
-                f"`{kind}`{retried} k̂ {format_figure(g['khat'], 2)}, mean err "
+                f"`{kind}`{retried} k̂ {format_khat(g['khat'])}, mean err "
                 f"{format_figure(g['mean_error_max'], 2)}, sd dev "
                 f"{format_figure(g['sd_ratio_worst_deviation'], 2)}"
             )

@@ -421,8 +421,23 @@ def reference(
 
 
 def _mean(entry: Mapping[str, Any]) -> float:
+    """The mean over seeds, infinite when any seed's value is (a k-hat is stored as None
+    when the weights' tail is unbounded, and summarise's mean skips it)."""
     value = entry.get("mean")
-    return float("inf") if value is None else float(value)
+    if value is None or None in entry.get("values", []):
+        return float("inf")
+    return float(value)
+
+
+def format_khat(entry: Mapping[str, Any]) -> str:
+    """A k-hat figure over seeds, saying on how many seeds it was infinite."""
+    from zoo.evidence.results import format_figure
+
+    values = entry.get("values", [])
+    infinite = sum(v is None for v in values)
+    if not infinite or infinite == len(values):
+        return format_figure(entry, 2)
+    return f"{format_figure(entry, 2)} (infinite on {infinite} of {len(values)} seeds)"
 
 
 def recommend(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -499,7 +514,7 @@ def render_reference_markdown(results: Mapping[str, Any]) -> str:
     ]
     for kind, g in results["grades"].items():
         lines.append(
-            f"| `{kind}` | {_fmt(g['khat'])} | {_fmt(g['mean_error_max'])} | "
+            f"| `{kind}` | {format_khat(g['khat'])} | {_fmt(g['mean_error_max'])} | "
             f"{_fmt(g['mean_error_median'])} | {_fmt(g['sd_ratio_worst_deviation'])} |"
         )
     lines += ["", f"Recommended guide: {results['recommendation']['note']}.", ""]
