@@ -467,20 +467,31 @@ def test_chains_in_other_labellings_are_relabelled_before_certifying():
     np.testing.assert_array_equal(aligned["phi"][:3], draws["phi"][:3])
 
 
-def test_a_guide_kind_that_diverges_is_recorded_not_fatal(tmp_path, monkeypatch):
+#: the grades of a guide kind that meets the bar, for runs whose grading is faked
+GOOD_GRADE = {"khat": 0.3, "mean_error_max": 0.1, "mean_error_median": 0.05,
+              "sd_ratio_worst_deviation": 0.1}  # fmt: skip
+
+
+def _fake_nuts(monkeypatch, draws, reference_draws=None):
+    """The reference part with its NUTS run replaced: ``draws`` as the chains' draws."""
     import inference.reference
+    from zoo.evidence import reference as part
+
+    fake = reference_draws or (lambda *a: (None, {}, False))
+    monkeypatch.setattr(part, "_reference_draws", fake)
+    monkeypatch.setattr(inference.reference, "mcmc_draws", lambda mcmc: (draws, 0))
+
+
+def test_a_guide_kind_that_diverges_is_recorded_not_fatal(tmp_path, monkeypatch):
     from inference.svi import TrainingDiverged
     from zoo.evidence import reference as part
 
-    draws = {"mu": _chains([0, 0, 0, 0])["theta"][..., 0]}
-    monkeypatch.setattr(part, "_reference_draws", lambda *a: (None, {}, False))
-    monkeypatch.setattr(inference.reference, "mcmc_draws", lambda mcmc: (draws, 0))
+    _fake_nuts(monkeypatch, {"mu": _chains([0, 0, 0, 0])["theta"][..., 0]})
 
     def grade_kind(model, data, kind, *args):
         if kind == "flow":
             raise TrainingDiverged("loss became nan at step 2")
-        return {"khat": 0.3, "mean_error_max": 0.1, "mean_error_median": 0.05,
-                "sd_ratio_worst_deviation": 0.1}  # fmt: skip
+        return dict(GOOD_GRADE)
 
     monkeypatch.setattr(part, "_grade_kind", grade_kind)
     part.reference("eight_schools", quick=True, seeds=1, out=tmp_path)
@@ -494,22 +505,18 @@ def test_a_guide_kind_that_diverges_is_recorded_not_fatal(tmp_path, monkeypatch)
 def test_a_guide_kind_that_diverges_once_is_graded_at_the_lower_lr_and_says_so(
     tmp_path, monkeypatch
 ):
-    import inference.reference
     from inference.svi import TrainingDiverged
     from zoo.evidence import reference as part
     from zoo.evidence.readme import render_guide_table
 
-    draws = {"mu": _chains([0, 0, 0, 0])["theta"][..., 0]}
-    monkeypatch.setattr(part, "_reference_draws", lambda *a: (None, {}, False))
-    monkeypatch.setattr(inference.reference, "mcmc_draws", lambda mcmc: (draws, 0))
+    _fake_nuts(monkeypatch, {"mu": _chains([0, 0, 0, 0])["theta"][..., 0]})
     lrs = []
 
     def grade_kind(model, data, kind, seed, settings, *args):
         lrs.append((kind, settings["svi_lr"]))
         if kind == "flow" and settings["svi_lr"] > 0.01:
             raise TrainingDiverged("loss became nan at step 2")
-        return {"khat": 0.3, "mean_error_max": 0.1, "mean_error_median": 0.05,
-                "sd_ratio_worst_deviation": 0.1}  # fmt: skip
+        return dict(GOOD_GRADE)
 
     monkeypatch.setattr(part, "_grade_kind", grade_kind)
     part.reference("eight_schools", quick=True, seeds=1, out=tmp_path)
@@ -526,7 +533,6 @@ def test_a_guide_kind_that_diverges_once_is_graded_at_the_lower_lr_and_says_so(
 
 
 def test_a_designs_prior_reaches_the_sampled_and_graded_model_and_its_files(tmp_path, monkeypatch):
-    import inference.reference
     from zoo.evidence import reference as part
     from zoo.evidence.readme import render_guide_table
 
@@ -543,11 +549,9 @@ def test_a_designs_prior_reaches_the_sampled_and_graded_model_and_its_files(tmp_
 
     def grade_kind(model, data, kind, *args):
         seen.append(model.prior("pi").concentration.tolist())
-        return {"khat": 0.3, "mean_error_max": 0.1, "mean_error_median": 0.05,
-                "sd_ratio_worst_deviation": 0.1}  # fmt: skip
+        return dict(GOOD_GRADE)
 
-    monkeypatch.setattr(part, "_reference_draws", reference_draws)
-    monkeypatch.setattr(inference.reference, "mcmc_draws", lambda mcmc: (draws, 0))
+    _fake_nuts(monkeypatch, draws, reference_draws)
     monkeypatch.setattr(part, "_grade_kind", grade_kind)
     part.reference("latent_label_shift", quick=True, seeds=1, out=tmp_path)
     # the model's own prior is Dirichlet(alpha / K) = Dirichlet(0.1); the design's is flat
