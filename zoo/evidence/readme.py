@@ -95,17 +95,34 @@ def render_table(results_dir: Path | str = "results") -> str:
     return "\n".join([BEGIN, "", *_HEADER, *rows, "", END])
 
 
+def _nuts_models() -> list[str]:
+    """The models a reference posterior is made for: those NUTS can sample."""
+    import zoo
+
+    return [name for name in zoo.list_models() if zoo.get(name).supports_nuts]
+
+
+def _reference_or_why(name: str, path: Path) -> tuple[dict | None, str]:
+    """A model's reference results, or None and why the README has none to show."""
+    from zoo.evidence.reference import NO_REFERENCE
+
+    if not path.exists():
+        why = f"not made: {NO_REFERENCE[name]}" if name in NO_REFERENCE else "not yet made"
+        return None, why
+    results = read_results(path)
+    if results["quick"]:
+        return None, "quick run only: not evidence"
+    return results, ""
+
+
 def _guide_row(name: str, path: Path) -> str:
     from zoo.evidence.reference import KIND_ORDER, NO_REFERENCE, format_khat
 
-    if name in NO_REFERENCE and not path.exists():
-        return f"| `{name}` | not made: {_cell(NO_REFERENCE[name])} | | | |"
-    if not path.exists():
-        return f"| `{name}` | not yet made | | | `zoo reproduce {name} --only reference` |"
-    results = read_results(path)
+    results, why = _reference_or_why(name, path)
+    if results is None:
+        make = "" if name in NO_REFERENCE else f"`zoo reproduce {name} --only reference`"
+        return f"| `{name}` | {_cell(why)} | | | {make} |"
     c = results["certificate"]
-    if results["quick"]:
-        return f"| `{name}` | quick run only: not evidence | | | `{results['command']}` |"
     verdict = "yes" if c["certified"] else "**no**: " + "; ".join(c["failures"])
     reference = (
         f"{verdict} ({c['chains']} x {c['draws_per_chain']} draws, R-hat {c['rhat_max']:.3f}, "
@@ -147,26 +164,15 @@ _GUIDE_HEADER = [
 def render_guide_table(results_dir: Path | str = "results") -> str:
     """The "which guide for which model" block: one row per NUTS-capable model, from
     ``results/reference/NAME.json``."""
-    import zoo
-
     folder = Path(results_dir) / "reference"
-    rows = [
-        _guide_row(name, folder / f"{name}.json")
-        for name in zoo.list_models()
-        if zoo.get(name).supports_nuts
-    ]
+    rows = [_guide_row(name, folder / f"{name}.json") for name in _nuts_models()]
     return "\n".join([GUIDES_BEGIN, "", *_GUIDE_HEADER, *rows, "", GUIDES_END])
 
 
 def _choice_row(name: str, path: Path) -> str:
-    from zoo.evidence.reference import NO_REFERENCE
-
-    if not path.exists():
-        why = f"not made: {NO_REFERENCE[name]}" if name in NO_REFERENCE else "not yet made"
+    results, why = _reference_or_why(name, path)
+    if results is None:
         return f"| `{name}` | {_cell(why)} | |"
-    results = read_results(path)
-    if results["quick"]:
-        return f"| `{name}` | quick run only: not evidence | |"
     return (
         f"| `{name}` | {_cell(results['recommendation']['note'])} | "
         f"[results/reference/{name}.md](results/reference/{name}.md) |"
@@ -176,14 +182,8 @@ def _choice_row(name: str, path: Path) -> str:
 def render_guide_choice(results_dir: Path | str = "results") -> str:
     """The README's "which guide for which model" block: each NUTS-capable model's
     recommended guide kind, from its reference file (the grades are on the site)."""
-    import zoo
-
     folder = Path(results_dir) / "reference"
-    rows = [
-        _choice_row(name, folder / f"{name}.json")
-        for name in zoo.list_models()
-        if zoo.get(name).supports_nuts
-    ]
+    rows = [_choice_row(name, folder / f"{name}.json") for name in _nuts_models()]
     header = ["| model | which guide | reference and grades |", "|---|---|---|"]
     return "\n".join([CHOICE_BEGIN, "", *header, *rows, "", CHOICE_END])
 
