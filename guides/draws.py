@@ -10,7 +10,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions import constraints
 from torch import nn
+from torch.distributions import biject_to
 
 from inference.data import full_batch
 
@@ -20,15 +22,25 @@ __all__ = ["DrawsGuide", "from_draws"]
 class DrawsGuide(nn.Module):
     """A guide whose posterior is a set of draws: each call replays one draw, picked at
     random; :meth:`resample` gives many at once (what :func:`inference.posterior.draw_latents`
-    asks for) and :meth:`median` their elementwise median. It has no parameters to train."""
+    asks for) and :meth:`median` their median. It has no parameters to train.
 
-    def __init__(self, draws: Mapping[str, torch.Tensor], event_dims: Mapping[str, int]):
+    ``supports`` (site -> constraint) makes the median the elementwise median in each
+    site's unconstrained space, mapped back (as an autoguide's median is): an elementwise
+    median of simplex draws does not sum to one. A site without one is taken as real."""
+
+    def __init__(
+        self,
+        draws: Mapping[str, torch.Tensor],
+        event_dims: Mapping[str, int],
+        supports: Mapping[str, constraints.Constraint] | None = None,
+    ):
         super().__init__()
         sizes = {len(v) for v in draws.values()}
         if len(sizes) != 1:
             raise ValueError(f"every site needs the same number of draws, got {sorted(sizes)}")
         self.draws = {k: v.detach() for k, v in draws.items()}
         self.event_dims = dict(event_dims)
+        self.supports = dict(supports or {})
         self.num_draws = sizes.pop()
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
@@ -47,7 +59,15 @@ class DrawsGuide(nn.Module):
         return {name: value[index] for name, value in self.draws.items()}
 
     def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        return {name: value.median(0).values for name, value in self.draws.items()}
+        out = {}
+        for name, value in self.draws.items():
+            support = self.supports.get(name, constraints.real)
+            if not value.is_floating_point() or support is constraints.real:
+                out[name] = value.median(0).values
+                continue
+            to_support = biject_to(support)
+            out[name] = to_support(to_support.inv(value).median(0).values)
+        return out
 
 
 def from_draws(
@@ -62,4 +82,5 @@ def from_draws(
     if missing:
         raise ValueError(f"draws of {missing} are not sites of model '{model.name}'")
     event_dims = {k: int(trace.nodes[k]["fn"].event_dim) for k in draws}
-    return DrawsGuide(draws, event_dims)
+    supports = {k: trace.nodes[k]["fn"].support for k in draws}
+    return DrawsGuide(draws, event_dims, supports)
