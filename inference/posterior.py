@@ -8,7 +8,7 @@ likelihood by vectorized replay of the model -> ``az.from_dict``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -142,6 +142,29 @@ def _as_traced(draws: Mapping[str, torch.Tensor], model: nn.Module, guide, batch
     return out
 
 
+def _cut_to_rows(draws: Mapping[str, torch.Tensor], model: nn.Module, batch) -> dict:
+    """MCMC draws (num, *site) of per-row sites cover every row NUTS ran on; where ``batch``
+    holds only the first of them (a report's idata), each is cut to its site's shape in one
+    trace of the model on ``batch``."""
+    with poutine.block(), torch.no_grad():
+        trace = poutine.trace(model).get_trace(batch)
+    return {
+        name: _first_rows(value, trace.nodes[name]["value"].shape) if name in trace.nodes else value
+        for name, value in draws.items()
+    }
+
+
+def _first_rows(value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``value`` (num, *site) cut to ``shape`` where every dimension is at least as long
+    (per-row draws of all rows, a trace of the first rows); otherwise unchanged."""
+    site = value.shape[1:]
+    if len(site) != len(shape) or site == shape:
+        return value
+    if any(a < b for a, b in zip(site, shape, strict=True)):
+        return value
+    return value[(slice(None), *(slice(0, n) for n in shape))]
+
+
 def _per_draw(value: torch.Tensor, num: int, mpn: int) -> torch.Tensor:
     """Drop the singleton plate dimensions that broadcasting against the draws plate (at
     dim -(mpn+1)) left between the draws dimension and the site's own dimensions."""
@@ -169,12 +192,19 @@ def posterior(
     seed: int = 0,
     dims: Mapping[str, list[str]] | None = None,
     coords: Mapping[str, Any] | None = None,
+    mcmc_to_sites: Callable[[dict[str, torch.Tensor]], Mapping[str, Any]] | None = None,
 ) -> az.InferenceData:
     """One InferenceData with posterior, posterior_predictive, log_likelihood,
     observed_data, constant_data and sample_stats groups, from a guide or an MCMC run.
 
+    With ``mcmc``, ``data`` may be the first rows of the data NUTS ran on (per-row draws are
+    cut to them).
+
     :param dims: ArviZ dimension names per site, e.g. ``{"theta": ["school"]}``; observed
         sites get theirs for the predictive and log-likelihood groups too.
+    :param mcmc_to_sites: turns the MCMC run's draws (site -> (chain, draw, ...)) into draws
+        of ``model``'s own sites, for a run that sampled the model in other coordinates
+        (:meth:`zoo.base.ZooModel.nuts_target`).
     """
     if (guide is None) == (mcmc is None):
         raise ValueError("give exactly one of guide= or mcmc=")
@@ -185,8 +215,11 @@ def posterior(
     sample_stats: dict[str, np.ndarray] = {}
     if mcmc is not None:
         by_chain = mcmc.get_samples(group_by_chain=True)
+        if mcmc_to_sites is not None:
+            by_chain = {k: torch.as_tensor(v) for k, v in mcmc_to_sites(by_chain).items()}
         chains, per_chain = next(iter(by_chain.values())).shape[:2]
         draws = {k: v.reshape((chains * per_chain,) + v.shape[2:]) for k, v in by_chain.items()}
+        draws = _cut_to_rows(draws, model, batch)
         diverging = np.zeros((chains, per_chain), dtype=bool)
         for i, (_, steps) in enumerate(sorted(mcmc.diagnostics()["divergences"].items())):
             diverging[i, steps] = True

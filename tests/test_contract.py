@@ -141,6 +141,30 @@ def test_zoo_train_diagnose_and_sample_with_the_tiny_config(name, tmp_path, caps
     capsys.readouterr()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in MODELS if zoo.get(n).supports_nuts])
+def test_zoo_train_with_nuts_diagnose_and_sample(name, tmp_path, capsys, monkeypatch):
+    """``--engine nuts`` end to end for every model NUTS can sample, with the report's idata
+    covering fewer rows than NUTS ran on (per-row draws must be cut to them; this crashed
+    after sampling once)."""
+    import zoo.cli.report
+
+    monkeypatch.setattr(zoo.cli.report, "LOCAL_IDATA_ROWS", 7)
+    run = tmp_path / "run"
+    argv = ["train", name, *tiny_sets(name), "--engine", "nuts", "--steps", "4", "--chains", "1"]
+    assert main([*argv, "--no-progress", "--out", str(run)]) == 0
+    report = (run / "report.md").read_text()
+    assert "failed (" not in report, report
+    idata = zoo.cli.report.read_idata(run / "idata.nc")
+    for site in tiny(name).local_sites:  # the idata's rows, not every row NUTS ran on
+        assert idata.posterior[site].shape[2] == 7, idata.posterior[site].shape
+    assert main(["diagnose", str(run)]) == 0
+    assert main(["sample", str(run), "--num", "3"]) == 0
+    samples = np.load(run / "samples.npz")
+    assert samples.files and all(samples[k].shape[0] == 3 for k in samples.files)
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("kind", sorted(guides.KINDS))
 @pytest.mark.parametrize("name", MODELS)
 def test_every_guide_kind_trains(name, kind, tiny_data):

@@ -368,6 +368,20 @@ class ZooModel(PyroModule):
         overrides this."""
         return None
 
+    def nuts_target(self) -> Callable[[Batch], None]:
+        """What NUTS samples: the model itself, or a method with the same posterior of the
+        globals whose per-row latents are in coordinates NUTS mixes better in (its draws
+        are turned into the model's own sites by :meth:`from_nuts_draws`)."""
+        return self
+
+    def from_nuts_draws(
+        self, draws: Mapping[str, Any], data: Mapping[str, torch.Tensor]
+    ) -> Mapping[str, Any]:
+        """Draws of :meth:`nuts_target` on ``data`` (site -> array with leading dims, e.g.
+        (chain, draw)) as draws of the model's own sites: unchanged unless nuts_target
+        samples other coordinates."""
+        return draws
+
     def svi_point_estimate(
         self,
         data: Mapping[str, torch.Tensor],

@@ -275,6 +275,12 @@ def test_anchored_model_is_the_defaults_posterior_in_other_coordinates():
         draws | {"anchor_noise": draws["anchor_noise"] + 0.05}, data
     )
     assert not np.allclose(other["eps"], back["eps"], atol=1e-2)
+    # NUTS (zoo train --engine nuts, reference posteriors) samples it, and its draws come
+    # back as the model's own sites; the Gaussian variant has no per-row latent to move
+    assert model.nuts_target() == model.anchored_model
+    assert np.array_equal(model.from_nuts_draws(draws, data)["eps"], back["eps"])
+    marginal = zoo.create("capability_factors", num_factors=2, per_domain=10, marginal=True)
+    assert marginal.nuts_target() is marginal
     with pytest.raises(zoo.ConfigError, match="marginal=false"):
         poutine.trace(zoo.create("capability_factors", marginal=True).anchored_model).get_trace(
             batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -32,13 +33,17 @@ def _idata(model, guide, data, record, *, mcmc=None):
     from inference.posterior import posterior
 
     seed = int(record.get("seed", 0))
+    device = device_of(model)
+    to_sites = None
+    if mcmc is not None:  # the draws' coordinates need every row NUTS ran on
+        all_rows = {k: v.to(device) for k, v in data.items()}
+        to_sites = functools.partial(model.from_nuts_draws, data=all_rows)
     if model.local_sites or model.idata_rows is not None:
         rows = min(num_rows(data), model.idata_rows or LOCAL_IDATA_ROWS)
         data = {k: v[:rows] for k, v in data.items()}
         draws = LOCAL_IDATA_DRAWS
     else:
         draws = GLOBAL_IDATA_DRAWS
-    device = device_of(model)
     data = {k: v.to(device) for k, v in data.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -51,6 +56,7 @@ def _idata(model, guide, data, record, *, mcmc=None):
             seed=seed,
             dims=model.dims(),
             coords=model.coords(data),
+            mcmc_to_sites=to_sites,
         ), data
 
 
@@ -171,7 +177,9 @@ def write_outputs(
 
 
 def _draws_guide(model, idata, data):
-    """The run's NUTS draws of ``model``'s latent sites as a guide (:mod:`guides.draws`)."""
+    """The run's NUTS draws of ``model``'s latent sites as a guide (:mod:`guides.draws`).
+    Per-row sites are left out: idata holds them for the first training rows only, and
+    ``evaluate`` may run on other rows (the model then draws them from their prior)."""
     from pyro import poutine
     from pyro.poutine.util import site_is_subsample
 
@@ -183,7 +191,10 @@ def _draws_guide(model, idata, data):
     latent = [
         name
         for name, node in trace.nodes.items()
-        if node["type"] == "sample" and not node["is_observed"] and not site_is_subsample(node)
+        if node["type"] == "sample"
+        and not node["is_observed"]
+        and not site_is_subsample(node)
+        and name not in model.local_sites
     ]
     post = idata.posterior
     draws = {}

@@ -486,7 +486,7 @@ def train_run(
         from inference.mcmc import nuts
 
         mcmc = nuts(
-            model,
+            model.nuts_target(),
             train,
             chains=chains,
             warmup=total,

@@ -468,6 +468,15 @@ class CapabilityFactors(ZooModel):
                 "x_rest", dist.Normal(rest, sigma[..., None, None]).to_event(1), obs=x[..., d0:]
             )
 
+    def nuts_target(self):
+        """NUTS samples :meth:`anchored_model` (the per-row form mixes slowly in eps), and
+        the Gaussian variant (no per-row latents) as it is."""
+        return self if self.config.marginal else self.anchored_model
+
+    def from_nuts_draws(self, draws, data):
+        """:meth:`anchored_model`'s draws as the model's own (``eps`` for ``anchor_noise``)."""
+        return self.eps_from_anchor_noise(draws, data) if "anchor_noise" in draws else draws
+
     def eps_from_anchor_noise(
         self, draws: Mapping[str, np.ndarray], data: Mapping[str, torch.Tensor]
     ) -> dict[str, np.ndarray]:
