@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
+import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -15,7 +18,7 @@ from torch import nn
 from inference.data import full_batch
 from inference.traces import sample_sites
 
-__all__ = ["nuts", "quiet_nuts"]
+__all__ = ["nuts", "quiet_nuts", "independent_chains"]
 
 
 def nuts(
@@ -100,3 +103,53 @@ def quiet_nuts(model: nn.Module, data: Mapping[str, torch.Tensor], **options) ->
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return nuts(model, data, **options)
+
+
+#: the run a forked worker of :func:`independent_chains` draws one chain of (fork shares it,
+#: so neither the model nor the data is pickled)
+_CHAIN_JOB: tuple[Callable, Mapping[str, torch.Tensor], dict] | None = None
+
+
+def _one_chain(seed: int) -> tuple[dict[str, np.ndarray], int]:
+    model, data, options = _CHAIN_JOB
+    mcmc = quiet_nuts(model, data, chains=1, seed=seed, **options)
+    draws = {
+        k: v[0].detach().cpu().numpy() for k, v in mcmc.get_samples(group_by_chain=True).items()
+    }
+    divergent = sum(len(steps) for steps in mcmc.diagnostics()["divergences"].values())
+    return draws, int(divergent)
+
+
+def independent_chains(
+    model: Callable,
+    data: Mapping[str, torch.Tensor],
+    *,
+    chains: int = 4,
+    seed: int = 0,
+    processes: int | None = None,
+    **options,
+) -> tuple[dict[str, np.ndarray], int]:
+    """``chains`` single-chain runs of :func:`quiet_nuts`, chain ``i`` seeded ``seed + i``,
+    each in its own forked process, up to ``processes`` at a time (default: one a core);
+    returns the draws ``(chain, draw, *site)`` and the number of divergent transitions.
+
+    Pyro draws chains in parallel only with a core to spare per chain (on 2 cores, one after
+    another); these use every core. Each chain's seed is its own, so the number of
+    processes changes no chain's draws."""
+    global _CHAIN_JOB
+    if not isinstance(chains, int) or chains < 1:
+        raise ValueError(f"chains must be a positive integer, got {chains!r}")
+    processes = min(chains, processes or os.cpu_count() or 1)
+    _CHAIN_JOB = (model, data, options)
+    try:
+        if processes == 1:
+            runs = [_one_chain(seed + i) for i in range(chains)]
+        else:
+            # one thread a chain: a chain a core, and a forked OpenMP pool can hang
+            fork = multiprocessing.get_context("fork")
+            with fork.Pool(processes, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                runs = pool.map(_one_chain, [seed + i for i in range(chains)], chunksize=1)
+    finally:
+        _CHAIN_JOB = None
+    draws = {k: np.stack([run[k] for run, _ in runs]) for k in runs[0][0]}
+    return draws, sum(divergent for _, divergent in runs)

@@ -472,14 +472,17 @@ GOOD_GRADE = {"khat": 0.3, "mean_error_max": 0.1, "mean_error_median": 0.05,
               "sd_ratio_worst_deviation": 0.1}  # fmt: skip
 
 
-def _fake_nuts(monkeypatch, draws, reference_draws=None):
-    """The reference part with its NUTS run replaced: ``draws`` as the chains' draws."""
-    import inference.reference
+def _fake_nuts(monkeypatch, draws, seen=None):
+    """The reference part with its NUTS run replaced: ``draws`` as the chains' draws;
+    ``seen(model)`` is called with the model NUTS would have sampled."""
     from zoo.evidence import reference as part
 
-    fake = reference_draws or (lambda *a: (None, {}, False))
-    monkeypatch.setattr(part, "_reference_draws", fake)
-    monkeypatch.setattr(inference.reference, "mcmc_draws", lambda mcmc: (draws, 0))
+    def reference_draws(model, data, settings):
+        if seen is not None:
+            seen(model)
+        return draws, 0, {}, False
+
+    monkeypatch.setattr(part, "_reference_draws", reference_draws)
 
 
 def test_a_guide_kind_that_diverges_is_recorded_not_fatal(tmp_path, monkeypatch):
@@ -543,15 +546,14 @@ def test_a_designs_prior_reaches_the_sampled_and_graded_model_and_its_files(tmp_
         "pi": rng.dirichlet(np.ones(5), size=(2, 50, 8)),
     }
 
-    def reference_draws(model, data, settings, sampler=None):
+    def sampled(model):
         seen.append(model.prior("pi").concentration.tolist())
-        return None, {}, False
 
     def grade_kind(model, data, kind, *args):
         seen.append(model.prior("pi").concentration.tolist())
         return dict(GOOD_GRADE)
 
-    _fake_nuts(monkeypatch, draws, reference_draws)
+    _fake_nuts(monkeypatch, draws, sampled)
     monkeypatch.setattr(part, "_grade_kind", grade_kind)
     part.reference("latent_label_shift", quick=True, seeds=1, out=tmp_path)
     # the model's own prior is Dirichlet(alpha / K) = Dirichlet(0.1); the design's is flat

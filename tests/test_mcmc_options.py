@@ -65,3 +65,23 @@ def test_bad_init_values_are_refused_before_sampling(schools, init, message):
     model, data = schools
     with pytest.raises((ValueError, TypeError), match=message):
         _run(model, data, init_values=init)
+
+
+def test_independent_chains_in_processes_are_the_chains_drawn_in_one(schools):
+    """Chain i is seeded seed + i wherever it runs: two forked processes give the draws that
+    one process gives, chain for chain, and the chains differ from each other."""
+    import numpy as np
+
+    from inference.mcmc import independent_chains
+
+    model, data = schools
+    options = {"chains": 2, "warmup": 15, "draws": 10, "seed": 3, "jit_compile": False}
+    forked, divergent = independent_chains(model, data, processes=2, **options)
+    inline, _ = independent_chains(model, data, processes=1, **options)
+    assert set(forked) == {"mu", "tau", "eta"} and forked["mu"].shape == (2, 10)
+    assert forked["eta"].shape == (2, 10, 8) and isinstance(divergent, int)
+    for site in forked:
+        np.testing.assert_allclose(forked[site], inline[site], rtol=1e-5)
+    assert not np.allclose(forked["mu"][0], forked["mu"][1])
+    with pytest.raises(ValueError, match="chains must be a positive integer"):
+        independent_chains(model, data, chains=0)

@@ -65,6 +65,10 @@ _FULL = {
     "khat_particles": 500,
     "jit": True,
     "use_nuts_init": True,
+    # True: chain i is its own run seeded i, drawn in parallel on every core (inference.mcmc.
+    # independent_chains); False: Pyro's chains of one seed, in parallel only with a core
+    # to spare per chain
+    "independent_chains": False,
 }
 _QUICK = {
     "chains": 2,
@@ -130,10 +134,6 @@ class Design:
     quick_config: Mapping[str, Any] = field(default_factory=dict)
     align: Callable | None = None
     priors: Callable[[], Mapping[str, Any]] | None = None
-    #: a model method NUTS samples in place of the model (the same posterior over other
-    #: local sites), and the model method that turns its draws into the model's own sites
-    sampler: str | None = None
-    to_model_sites: str | None = None
 
     def settings_for(self, quick: bool) -> dict[str, Any]:
         merged = _FULL | dict(self.settings)
@@ -191,10 +191,8 @@ DESIGNS: dict[str, Design] = {
         "anchor-benchmark noise as its local latent (2 chains of 200 + 200: R-hat 1.03 and a "
         "bulk ESS of 110, against R-hat 2.3 sampling the capabilities z), and its draws are "
         "turned back into eps",
-        settings={"warmup": 500, "draws": 2200},
+        settings={"warmup": 500, "draws": 4800, "independent_chains": True},
         quick_config={"per_domain": 5},
-        sampler="anchored_model",
-        to_model_sites="eps_from_anchor_noise",
     ),
     "pretraining_factor": Design(
         config={"input_dim": 10, "latent_dim": 2, "num_unlabeled": 1000, "num_test": 100},
@@ -246,28 +244,39 @@ def check_reference_request(
     return DESIGNS[name], seed_list, results_folder(out, quick, FOLDER)
 
 
-def _reference_draws(model, data, s: Mapping[str, Any], sampler: str | None = None):
-    from inference.mcmc import quiet_nuts
+def _reference_draws(model, data, s: Mapping[str, Any]):
+    """NUTS on the model's :meth:`~zoo.base.ZooModel.nuts_target` (the model itself, or its
+    posterior in coordinates NUTS samples better): the draws ``(chain, draw, *site)``, the
+    divergences, the NUTS options and whether the chains started at ``nuts_init``."""
+    from inference.mcmc import independent_chains, quiet_nuts
+    from inference.reference import mcmc_draws
 
     options = {"dense_mass": False} | dict(model.nuts_options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nuts_init's own SVI fit
         init = model.nuts_init(data) if s["use_nuts_init"] else None
-    mcmc = quiet_nuts(
-        getattr(model, sampler) if sampler else model,
-        data,
-        chains=s["chains"],
-        warmup=s["warmup"],
-        draws=s["draws"],
-        seed=0,
-        target_accept=s["target_accept"],
-        max_tree_depth=s["max_tree_depth"],
-        init_values=init,
-        jit_compile=s["jit"],
-        progress=False,
-        **options,
-    )
-    return mcmc, options, init is not None
+    run = {
+        "chains": s["chains"],
+        "seed": 0,
+        "warmup": s["warmup"],
+        "draws": s["draws"],
+        "target_accept": s["target_accept"],
+        "max_tree_depth": s["max_tree_depth"],
+        "init_values": init,
+        "jit_compile": s["jit"],
+        "progress": False,
+    }
+    if s["independent_chains"]:
+        draws, divergences = independent_chains(model.nuts_target(), data, **run, **options)
+    else:
+        draws, divergences = mcmc_draws(quiet_nuts(model.nuts_target(), data, **run, **options))
+    return draws, divergences, options, init is not None
+
+
+def _sampler_name(model) -> str:
+    """What NUTS sampled, for the files: "model", or the name of the model's method."""
+    target = model.nuts_target()
+    return "model" if target is model else target.__name__
 
 
 def _grade_kind(model, data, kind: str, seed: int, s, draws, align) -> dict[str, float]:
@@ -328,7 +337,7 @@ def reference(
     import pyro
 
     import zoo
-    from inference.reference import certify, mcmc_draws, save_draws, thin_to_fit
+    from inference.reference import certify, save_draws, thin_to_fit
     from inference.svi import TrainingDiverged
     from zoo.cli.options import prior_display
     from zoo.cli.runfiles import write_text
@@ -348,10 +357,8 @@ def reference(
     priors = dict(design.priors()) if design.priors is not None else {}
     model = zoo.create(name, priors=priors, **config)
     data = model.default_data()
-    mcmc, options, started_at_init = _reference_draws(model, data, s, design.sampler)
-    draws, divergences = mcmc_draws(mcmc)
-    if design.to_model_sites is not None:
-        draws = getattr(model, design.to_model_sites)(draws, data)
+    draws, divergences, options, started_at_init = _reference_draws(model, data, s)
+    draws = model.from_nuts_draws(draws, data)
     if design.align is not None:
         draws = align_chains(draws, design.align)
     nuts_time = time.perf_counter() - started
@@ -391,7 +398,7 @@ def reference(
         "settings": {k: _jsonable(v) for k, v in s.items()},
         "nuts_options": {k: _jsonable(v) for k, v in options.items()},
         "nuts_init": "the model's nuts_init" if started_at_init else "prior median",
-        "sampler": design.sampler or "model",
+        "sampler": _sampler_name(model),
         "nuts_time_s": round(nuts_time, 1),
         "certificate": certificate,
         "svi_seeds": seed_list,
