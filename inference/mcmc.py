@@ -139,6 +139,8 @@ def independent_chains(
     global _CHAIN_JOB
     if not isinstance(chains, int) or chains < 1:
         raise ValueError(f"chains must be a positive integer, got {chains!r}")
+    if processes is not None and (not isinstance(processes, int) or processes < 1):
+        raise ValueError(f"processes must be a positive integer or None, got {processes!r}")
     processes = min(chains, processes or os.cpu_count() or 1)
     _CHAIN_JOB = (model, data, options)
     try:

@@ -85,3 +85,5 @@ def test_independent_chains_in_processes_are_the_chains_drawn_in_one(schools):
     assert not np.allclose(forked["mu"][0], forked["mu"][1])
     with pytest.raises(ValueError, match="chains must be a positive integer"):
         independent_chains(model, data, chains=0)
+    with pytest.raises(ValueError, match="processes must be a positive integer"):
+        independent_chains(model, data, processes=0)
