@@ -180,10 +180,10 @@ DESIGNS: dict[str, Design] = {
     # too slowly for a reference: at this size eps chains ran at the tree-depth cap of 10,
     # about 4 CPU-s an iteration (some 10 CPU-hours for 4 x 2,200), and 2 chains sampling z
     # disagreed after 100 + 100 (R-hat 2.6). A dense mass matrix over the globals in
-    # anchored_model: 3x faster per iteration but a fifth of the ESS at 200 + 200. The full
-    # run of this design (a94f359, 5,232 s of NUTS beside other work) mixed, R-hat 1.002 and
-    # no divergences, but left a bulk ESS of 1,069 on loading_free (about 0.12 per draw):
-    # certifying needs about 4,800 draws a chain, some 2 CPU-hours.
+    # anchored_model: 3x faster per iteration but a fifth of the ESS at 200 + 200. At 2,200
+    # draws a chain (a94f359) it mixed, R-hat 1.002, but loading_free's bulk ESS was 1,069
+    # (about 0.12 per draw); 4,800 draws a chain, as independent chains on 2 cores, certify
+    # it (e832fc2: 5,089 s of NUTS, 170 CPU-minutes).
     "capability_factors": Design(
         config={"num_factors": 2, "per_domain": 50},
         why="d0 = 2 capabilities and 50 LMs per domain (the default's 3 and 150 leave NUTS "
