@@ -227,6 +227,8 @@ def test_the_sbc_block_reads_verdict_and_power_from_the_results(tmp_path):
 
 
 def test_the_guide_choice_block_names_each_nuts_models_guide_from_its_reference(tmp_path):
+    from zoo.evidence.reference import format_khat
+
     folder = tmp_path / "reference"
     folder.mkdir()
     (folder / "eight_schools.json").write_text(
@@ -237,8 +239,11 @@ def test_the_guide_choice_block_names_each_nuts_models_guide_from_its_reference(
     block = render_guide_choice(tmp_path)
     rows = {line.split("`")[1]: line for line in block.splitlines() if line.startswith("| `")}
     assert sorted(rows) == sorted(n for n in zoo.list_models() if zoo.get(n).supports_nuts)
-    note = json.loads((folder / "eight_schools.json").read_text())["recommendation"]["note"]
-    assert f"| {note} | [results/reference/eight_schools.md]" in rows["eight_schools"]
+    results = json.loads((folder / "eight_schools.json").read_text())
+    note, kind = results["recommendation"]["note"], results["recommendation"]["kind"]
+    khat = format_khat(results["grades"][kind]["khat"])
+    assert f"| {note} | `{kind}` k̂ {khat}, mean err " in rows["eight_schools"]
+    assert "| [results/reference/eight_schools.md]" in rows["eight_schools"]
     assert "quick run only: not evidence" in rows["pac_invariance"]
     assert "not yet made" in rows["latent_label_shift"]
 

@@ -115,8 +115,21 @@ def _reference_or_why(name: str, path: Path) -> tuple[dict | None, str]:
     return results, ""
 
 
+def _grade(results: dict, kind: str) -> str:
+    """One guide kind's grades: k-hat, max mean error and max |sd ratio - 1| (reference sds)."""
+    from zoo.evidence.reference import format_khat
+
+    g = results["grades"][kind]
+    retried = " (retried at a lower lr)" if kind in results.get("retried_kinds", {}) else ""
+    return (
+        f"`{kind}`{retried} k̂ {format_khat(g['khat'])}, mean err "
+        f"{format_figure(g['mean_error_max'], 2)}, sd dev "
+        f"{format_figure(g['sd_ratio_worst_deviation'], 2)}"
+    )
+
+
 def _guide_row(name: str, path: Path) -> str:
-    from zoo.evidence.reference import KIND_ORDER, NO_REFERENCE, format_khat
+    from zoo.evidence.reference import KIND_ORDER, NO_REFERENCE
 
     results, why = _reference_or_why(name, path)
     if results is None:
@@ -131,16 +144,7 @@ def _guide_row(name: str, path: Path) -> str:
     overrides = results.get("prior_overrides", {})
     if overrides:  # the grades are of that posterior, not of the model's default prior
         reference += f"; its design's own prior for {', '.join(overrides)} (see details)"
-    grades = []
-    for kind in KIND_ORDER:
-        g = results["grades"].get(kind)
-        if g is not None:
-            retried = " (retried at a lower lr)" if kind in results.get("retried_kinds", {}) else ""
-            grades.append(
-                f"`{kind}`{retried} k̂ {format_khat(g['khat'])}, mean err "
-                f"{format_figure(g['mean_error_max'], 2)}, sd dev "
-                f"{format_figure(g['sd_ratio_worst_deviation'], 2)}"
-            )
+    grades = [_grade(results, kind) for kind in KIND_ORDER if kind in results["grades"]]
     return (
         f"| `{name}` | {_cell(reference)} | {_cell(results['recommendation']['note'])} | "
         f"{_cell('; '.join(grades))} | `{results['command']}` "
@@ -172,9 +176,11 @@ def render_guide_table(results_dir: Path | str = "results") -> str:
 def _choice_row(name: str, path: Path) -> str:
     results, why = _reference_or_why(name, path)
     if results is None:
-        return f"| `{name}` | {_cell(why)} | |"
+        return f"| `{name}` | {_cell(why)} | | |"
+    kind = results["recommendation"]["kind"]
+    named = _grade(results, kind) if kind in results["grades"] else ""
     return (
-        f"| `{name}` | {_cell(results['recommendation']['note'])} | "
+        f"| `{name}` | {_cell(results['recommendation']['note'])} | {_cell(named)} | "
         f"[results/reference/{name}.md](results/reference/{name}.md) |"
     )
 
@@ -184,7 +190,11 @@ def render_guide_choice(results_dir: Path | str = "results") -> str:
     recommended guide kind, from its reference file (the grades are on the site)."""
     folder = Path(results_dir) / "reference"
     rows = [_choice_row(name, folder / f"{name}.json") for name in _nuts_models()]
-    header = ["| model | which guide | reference and grades |", "|---|---|---|"]
+    header = [
+        "| model | which guide | its grades: k-hat, max mean error, max \\|sd ratio - 1\\| "
+        "in reference sds (mean ± sd over seeds) | reference and every kind's grades |",
+        "|---|---|---|---|",
+    ]
     return "\n".join([CHOICE_BEGIN, "", *header, *rows, "", CHOICE_END])
 
 
