@@ -111,13 +111,11 @@ _CHAIN_JOB: tuple[Callable, Mapping[str, torch.Tensor], dict] | None = None
 
 
 def _one_chain(seed: int) -> tuple[dict[str, np.ndarray], int]:
+    from inference.reference import mcmc_draws
+
     model, data, options = _CHAIN_JOB
-    mcmc = quiet_nuts(model, data, chains=1, seed=seed, **options)
-    draws = {
-        k: v[0].detach().cpu().numpy() for k, v in mcmc.get_samples(group_by_chain=True).items()
-    }
-    divergent = sum(len(steps) for steps in mcmc.diagnostics()["divergences"].values())
-    return draws, int(divergent)
+    draws, divergent = mcmc_draws(quiet_nuts(model, data, chains=1, seed=seed, **options))
+    return {k: v[0] for k, v in draws.items()}, divergent
 
 
 def independent_chains(
